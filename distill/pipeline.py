@@ -1,0 +1,266 @@
+"""A run: its directory, its stages in order, and resume.
+
+Each stage writes into a private work directory (`.NAME.partial/`), which the pipeline
+publishes by renaming it to the stage's output directory once the stage returns, and then
+marks the stage done with `done/NAME.json` (config hash, metrics, seconds). A stage whose
+marker exists with an unchanged hash is skipped. A killed stage leaves its work directory
+behind: the training loop finds its step checkpoints there and continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from distill.errors import TrainingError, UserError
+from distill.recipe import STAGE_ORDER, Recipe
+
+LOGGER_NAME = "distill"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How the pipeline runs one stage.
+
+    `entry` is "module:function"; the function takes (run, work_dir) and returns the
+    stage's headline metrics. It is imported only when the stage runs, so the command
+    line starts fast. `output` is the directory the work dir becomes; None publishes the
+    files of the work dir at the run directory's root (the report).
+    """
+
+    name: str
+    entry: str
+    output: str | None
+    sections: tuple[str, ...]  # recipe sections that change the stage's result
+
+    def function(self) -> Callable[[Run, Path], dict[str, Any]]:
+        module, name = self.entry.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def register(spec: StageSpec) -> None:
+    if spec.name in STAGES:
+        raise ValueError(f"stage '{spec.name}' is registered twice")
+    if spec.name not in STAGE_ORDER:
+        raise ValueError(f"stage '{spec.name}' has no place in STAGE_ORDER")
+    STAGES[spec.name] = spec
+
+
+register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed", "task")))
+
+
+def _section(recipe: Recipe, dotted: str) -> Any:
+    value: Any = recipe
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
+    """Hash of what decides a stage's result: its recipe sections and every earlier stage."""
+    payload = {section: _section(recipe, section) for section in spec.sections}
+    text = json.dumps({"upstream": upstream, "config": payload}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def publish(work_dir: Path, target: Path) -> None:
+    """Atomically replace `target` with the finished `work_dir`."""
+    if target.exists():
+        stale = target.with_name(f".{target.name}.stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(target, stale)
+        os.replace(work_dir, target)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(work_dir, target)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Run:
+    """One run directory and what the stages share: recipe, device, logs, artifacts."""
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path | None = None) -> None:
+        self.recipe = recipe
+        self.dir = Path(out_dir if out_dir is not None else recipe.run.out_dir) / recipe.run_name()
+        self.logger = logging.getLogger(LOGGER_NAME)
+        self.current_stage: str | None = None
+
+    # ----------------------------------------------------------------- shared services
+
+    @cached_property
+    def device(self) -> Any:
+        from distill.train.loop import resolve_device
+
+        return resolve_device(self.recipe.run.device)
+
+    def path(self, artifact: str) -> Path:
+        return self.dir / artifact
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (the training loop's `log` callable)."""
+        row = {"time": round(time.time(), 3), "stage": self.current_stage, **record}
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=float) + "\n")
+
+    def is_done(self, stage: str) -> bool:
+        return (self.dir / "done" / f"{stage}.json").is_file()
+
+    def require(self, artifact: str, stage: str) -> Path:
+        """An earlier stage's output, or a clear error saying which stage makes it."""
+        path = self.path(artifact)
+        if not path.exists():
+            raise UserError(
+                f"'{artifact}/' is missing from the run directory",
+                str(self.dir),
+                f"run the '{stage}' stage first (distill run RECIPE --stages {stage})",
+            )
+        return path
+
+    def data(self) -> Any:
+        from distill.data.datasets import load_prepared
+
+        return load_prepared(self.require("data", "prepare"))
+
+    def newest_student(self) -> Path | None:
+        """The newest transformer student written by an earlier distillation stage."""
+        for name in ("student", "student_tad", "student_ged", "student_gd"):
+            if (self.dir / name).is_dir():
+                return self.dir / name
+        return None
+
+    # ----------------------------------------------------------------- running
+
+    def _setup_logging(self) -> None:
+        self.logger.setLevel(logging.INFO)
+        for handler in list(self.logger.handlers):
+            if getattr(handler, "_distill_run", False):
+                self.logger.removeHandler(handler)
+                handler.close()
+        file_handler = logging.FileHandler(self.dir / "run.log", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        for handler in (file_handler, console):
+            handler._distill_run = True  # type: ignore[attr-defined]
+            self.logger.addHandler(handler)
+        self.logger.propagate = False
+
+    def _apply_threads(self) -> None:
+        if self.recipe.run.threads:
+            import torch
+
+            torch.set_num_threads(self.recipe.run.threads)
+
+    def execute(self, only: list[str] | None = None, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Run the recipe's stages in order; skip those already done with the same config."""
+        enabled = self.recipe.enabled_stages()
+        selected = self._select(enabled, only)
+        if fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "done").mkdir(parents=True, exist_ok=True)
+        (self.dir / "recipe.toml").write_text(self.recipe.to_toml(), encoding="utf-8")
+        self._setup_logging()
+        self._apply_threads()
+        results: dict[str, dict[str, Any]] = {}
+        upstream = ""
+        for name in enabled:
+            spec = STAGES[name]
+            digest = config_hash(self.recipe, spec, upstream)
+            upstream = digest
+            if name not in selected:
+                continue
+            results[name] = self._run_stage(spec, digest)
+        return results
+
+    def _select(self, enabled: list[str], only: list[str] | None) -> list[str]:
+        missing = [name for name in enabled if name not in STAGES]
+        if missing:
+            raise UserError(
+                f"stage(s) {', '.join(missing)} are not available in this version",
+                self.recipe.source,
+                "remove their tables from the recipe",
+            )
+        if not only:
+            return enabled
+        unknown = [name for name in only if name not in enabled]
+        if unknown:
+            raise UserError(
+                f"--stages names {', '.join(unknown)}, which the recipe does not enable",
+                self.recipe.source,
+                f"pick from: {', '.join(enabled)}",
+            )
+        return only
+
+    def _run_stage(self, spec: StageSpec, digest: str) -> dict[str, Any]:
+        marker = self.dir / "done" / f"{spec.name}.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("config_hash") == digest:
+                self.logger.info(f"[{spec.name}] done already, skipped")
+                return done
+            marker.unlink()
+        work = self.dir / f".{spec.name}.partial"
+        hash_file = work / ".config_hash"
+        if work.exists() and (not hash_file.is_file() or hash_file.read_text() != digest):
+            shutil.rmtree(work)  # leftovers of a different configuration cannot be resumed
+        resuming = work.exists()
+        work.mkdir(parents=True, exist_ok=True)
+        hash_file.write_text(digest)
+        self.current_stage = spec.name
+        self.logger.info(f"[{spec.name}] {'resuming' if resuming else 'starting'}")
+        started = time.perf_counter()
+        try:
+            from distill.train.loop import seed_everything
+
+            seed_everything(self.recipe.run.seed)
+            metrics = spec.function()(self, work) or {}
+        except TrainingError:
+            self.logger.error(f"[{spec.name}] stopped; its checkpoints stay in {work} for resume")
+            raise
+        except UserError:
+            shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing half-written
+            raise
+        except KeyboardInterrupt:
+            self.logger.error(f"[{spec.name}] interrupted; rerun `distill run` to resume")
+            raise
+        finally:
+            self.current_stage = None
+        seconds = time.perf_counter() - started
+        hash_file.unlink()
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        if spec.output is None:
+            for item in work.iterdir():
+                os.replace(item, self.dir / item.name)
+            work.rmdir()
+        else:
+            publish(work, self.dir / spec.output)
+        done = {
+            "stage": spec.name,
+            "config_hash": digest,
+            "metrics": metrics,
+            "seconds": round(seconds, 2),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(marker, done)
+        headline = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
+        self.logger.info(f"[{spec.name}] done in {seconds:.1f}s {headline}".rstrip())
+        return done

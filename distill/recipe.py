@@ -1,0 +1,359 @@
+"""Typed recipes: one TOML file describes a whole run.
+
+A recipe is plain data. It is parsed with `tomllib`, validated by pydantic models that
+reject unknown keys (naming the dotted path and the closest known key), and resolved:
+relative paths become absolute against the recipe's folder, so a run never depends on the
+directory it was started from (except `run.out_dir`, which is relative to the caller).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import UserError
+
+BUILTIN_PREFIX = "builtin:"
+STAGE_ORDER = (
+    "prepare",
+    "pretrain",
+    "finetune",
+    "general",
+    "general_enhanced",
+    "task_adaptive",
+    "task_specific",
+    "data_distill",
+    "export",
+    "report",
+)
+
+
+class Section(BaseModel):
+    """Base for every recipe table: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str | None = None  # defaults to the recipe's file name
+    out_dir: str = "runs"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+            return value
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+class DataFiles(Section):
+    train: str
+    dev: str | None = None
+    test: str | None = None
+
+
+class TaskSection(Section):
+    dataset: str | DataFiles = "builtin:tweets"
+    format: Literal["csv", "tsv", "jsonl"] | None = None  # guessed from the suffix when absent
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = Field(default=128, ge=8, le=4096)
+    truncation: Literal["head", "tail", "head+tail"] = "head"
+    head_tokens: int | None = Field(default=None, ge=1)  # head+tail: tokens kept from the start
+    split: list[float] = [0.8, 0.1, 0.1]
+    limit_train: int | None = Field(default=None, ge=1)
+    limit_eval: int | None = Field(default=None, ge=1)  # cap on dev and test each
+    language: Literal["en", "zh"] = "en"
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or any(part <= 0 for part in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError("expected three positive fractions (train, dev, test) that sum to 1")
+        return value
+
+    @model_validator(mode="after")
+    def _head_tokens(self) -> TaskSection:
+        if self.head_tokens is not None and self.head_tokens >= self.max_length - 2:
+            raise ValueError(f"head_tokens ({self.head_tokens}) must be below max_length - 2 ({self.max_length - 2})")
+        return self
+
+    def resolved_head_tokens(self) -> int:
+        """Head share of head+tail truncation; 128 of 512 as in the long-text references."""
+        return self.head_tokens if self.head_tokens is not None else max(1, self.max_length // 4)
+
+
+class TeacherSection(Section):
+    model: str = "builtin:minilm-l6"  # builtin name or a local Hugging Face directory
+    pooling: Literal["cls", "mean", "last4"] = "cls"
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+
+class StudentSection(Section):
+    layers: int = Field(default=2, ge=1)
+    hidden: int | None = Field(default=None, ge=8)  # None = the teacher's width
+    heads: int | None = Field(default=None, ge=1)
+    intermediate: int | None = Field(default=None, ge=8)
+    init: str = "teacher-layers"  # teacher-layers | random | path to a general student
+    layer_map: list[int] | None = None  # zero-based teacher layers, one per student layer
+    prune_vocab: bool = False
+
+
+class TrainSettings(Section):
+    """Optimisation keys shared by every training stage (the one training loop reads them)."""
+
+    enabled: bool = True
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=2e-5, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(default=0.01, ge=0)
+    layer_lr_decay: float | None = Field(default=None, gt=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    adversarial: Literal["none", "fgm", "pgd"] = "none"
+    adv_eps: float = Field(default=1.0, gt=0)
+    adv_alpha: float = Field(default=0.3, gt=0)
+    adv_steps: int = Field(default=3, ge=1)
+    ema: float | None = Field(default=None, gt=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    early_stop_patience: int | None = Field(default=None, ge=1)
+    eval_every: int | None = Field(default=None, ge=1)
+    checkpoint_every: int = Field(default=200, ge=1)
+
+
+class RelationSettings(Section):
+    """MiniLM-family relation keys (DESIGN.md §5)."""
+
+    relations: list[Literal["qq", "kk", "vv", "qk"]] = ["qq", "kk", "vv"]
+    relation_heads: int | None = Field(default=None, ge=1)  # None: 48 when it divides both widths
+    teacher_layer: int = -1
+    student_layer: int = -1
+
+
+class FinetuneStage(TrainSettings):
+    layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
+
+
+class PretrainStage(TrainSettings):
+    corpus: list[str] = []  # text files or builtins; empty = the task's training texts
+    corpus_limit: int | None = Field(default=None, ge=1)
+    mask_prob: float = Field(default=0.15, gt=0, lt=1)
+    whole_word: bool = True
+    lr: float = Field(default=5e-5, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    from_scratch: bool = False  # random init with a vocabulary built from the corpus
+    vocab_min_freq: int = Field(default=2, ge=1)
+    vocab_max_size: int | None = Field(default=None, ge=16)
+    layers: int = Field(default=4, ge=1)
+    hidden: int = Field(default=256, ge=8)
+    heads: int = Field(default=4, ge=1)
+    intermediate: int = Field(default=1024, ge=8)
+
+
+class GeneralStage(TrainSettings, RelationSettings):
+    corpus: list[str] = []  # text files or builtins; empty = the task's unlabelled texts
+    corpus_limit: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+
+
+class TaskAdaptiveStage(TrainSettings, RelationSettings):
+    augment: bool = False  # add the data-distillation augmenter's texts
+    lr: float = Field(default=1e-4, gt=0)
+
+
+class TaskSpecificStage(TrainSettings, RelationSettings):
+    temperature: float = Field(default=2.0, gt=0)
+    soft_weight: float = Field(default=1.0, ge=0)
+    hard_weight: float = Field(default=1.0, ge=0)
+    relation_weight: float = Field(default=0.0, ge=0)
+    baseline_twin: bool = False  # also train the same student on gold labels only
+    lr: float = Field(default=5e-5, gt=0)
+
+
+class AugmentSettings(Section):
+    unk: float = Field(default=0.1, ge=0, le=1)
+    pos_swap: float = Field(default=0.1, ge=0, le=1)
+    n_sampling: float = Field(default=0.3, ge=0, le=1)
+    multiplier: int = Field(default=10, ge=1)
+
+
+class DataDistillStage(TrainSettings):
+    students: list[Literal["bow", "cnn", "bigru"]] = ["bow", "cnn"]
+    labels: Literal["hard", "soft"] = "soft"
+    temperature: float = Field(default=2.0, gt=0)
+    augment: AugmentSettings = AugmentSettings()
+    embed_dim: int = Field(default=128, ge=4)
+    hidden: int = Field(default=128, ge=4)
+    vocab_min_freq: int = Field(default=1, ge=1)
+    vocab_max_size: int | None = Field(default=50000, ge=16)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    epochs: float = Field(default=5.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class StagesSection(Section):
+    pretrain: PretrainStage | None = None
+    finetune: FinetuneStage | None = None
+    general: GeneralStage | None = None
+    general_enhanced: GeneralStage | None = None
+    task_adaptive: TaskAdaptiveStage | None = None
+    task_specific: TaskSpecificStage | None = None
+    data_distill: DataDistillStage | None = None
+
+
+class ExportSection(Section):
+    enabled: bool = True
+    opset: int = Field(default=17, ge=11)
+    quantize: Literal["none", "int8"] = "int8"
+    parity_tolerance: float = Field(default=1e-4, gt=0)
+
+
+class ReportSection(Section):
+    enabled: bool = True
+    batch_sizes: list[int] = [1, 32]
+    warmup: int = Field(default=5, ge=0)
+    repeats: int = Field(default=50, ge=1)
+    threads: int | None = Field(default=None, ge=1)  # None = the run's thread count
+
+
+class Recipe(Section):
+    run: RunSection = RunSection()
+    task: TaskSection = TaskSection()
+    teacher: TeacherSection = TeacherSection()
+    student: StudentSection = StudentSection()
+    stages: StagesSection = StagesSection()
+    export: ExportSection = ExportSection()
+    report: ReportSection = ReportSection()
+
+    # Set by load_recipe, not by the TOML file.
+    source: str | None = Field(default=None, exclude=True)
+
+    def stage_enabled(self, name: str) -> bool:
+        """Whether the recipe asks for a stage (prepare always runs)."""
+        if name == "prepare":
+            return True
+        if name in ("export", "report"):
+            return getattr(self, name).enabled
+        section = getattr(self.stages, name)
+        return section is not None and section.enabled
+
+    def enabled_stages(self) -> list[str]:
+        return [name for name in STAGE_ORDER if self.stage_enabled(name)]
+
+    def run_name(self) -> str:
+        if self.run.name:
+            return self.run.name
+        return Path(self.source).stem if self.source else "run"
+
+    def to_toml(self) -> str:
+        """The resolved recipe, as written into the run directory."""
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def _is_local_path(value: str) -> bool:
+    return not value.startswith(BUILTIN_PREFIX) and value not in ("teacher-layers", "random")
+
+
+def _resolve(value: str, base: Path) -> str:
+    if not _is_local_path(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Make every file path in the recipe absolute against the recipe's folder."""
+    task = recipe.task
+    if isinstance(task.dataset, DataFiles):
+        for key in ("train", "dev", "test"):
+            value = getattr(task.dataset, key)
+            if value is not None:
+                setattr(task.dataset, key, _resolve(value, base))
+    else:
+        task.dataset = _resolve(task.dataset, base)
+    recipe.teacher.model = _resolve(recipe.teacher.model, base)
+    recipe.student.init = _resolve(recipe.student.init, base)
+    for name in ("pretrain", "general", "general_enhanced"):
+        section = getattr(recipe.stages, name)
+        if section is not None:
+            section.corpus = [_resolve(item, base) for item in section.corpus]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of an error location, for close matches."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if not isinstance(part, str) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            # union members such as `str | DataFiles` appear in the path by their type name
+            continue
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        models = [a for a in candidates if issubclass(a, BaseModel)]
+        model = models[0] if models else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    union_tags = {"str", "int", "float", "bool", "list"}
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in union_tags))]
+    return ".".join(parts)
+
+
+def _describe(error: dict[str, Any], where: str) -> UserError:
+    loc = tuple(error["loc"])
+    key = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        known = list(model.model_fields) if model else []
+        known = [name for name in known if name != "source"]
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
+        return UserError(f"unknown key '{key}'", where, hint)
+    value = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    return UserError(f"bad value for '{key}' = {value!r}: {message}", where, "fix the value in the recipe")
+
+
+def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Validate a recipe dict; the first problem becomes one UserError line."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # Unions (e.g. dataset = str | table) report one error per member; prefer a key error.
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        raise _describe(errors[0], where) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, validate and resolve a TOML recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}", None, "pass the path of a .toml recipe")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("recipe is not UTF-8 text", str(path), "save the recipe as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"recipe is not valid TOML: {exc}", str(path), "fix the TOML syntax") from None
+    recipe = parse_recipe(data, str(path))
+    recipe.source = str(path.resolve())
+    _resolve_paths(recipe, path.resolve().parent)
+    return recipe
