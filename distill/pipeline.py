@@ -61,6 +61,7 @@ def register(spec: StageSpec) -> None:
 
 
 register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed", "task")))
+register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune")))
 
 
 def _section(recipe: Recipe, dotted: str) -> Any:
@@ -139,6 +140,14 @@ class Run:
         from distill.data.datasets import load_prepared
 
         return load_prepared(self.require("data", "prepare"))
+
+    def teacher_dir(self) -> Path:
+        """The fine-tuned teacher: this run's, or the recipe's model when it is already fine-tuned."""
+        if self.recipe.stage_enabled("finetune"):
+            return self.require("teacher", "finetune")
+        from distill.models.teacher import resolve_model_path
+
+        return resolve_model_path(self.recipe.teacher.model)
 
     def newest_student(self) -> Path | None:
         """The newest transformer student written by an earlier distillation stage."""

@@ -1,0 +1,113 @@
+"""Examples turned into id tensors once, and batched for training and inference.
+
+Every batch is a dict: `inputs` (what `model(**inputs)` takes), `labels` (gold ids, or -1
+for unlabelled texts) and `index` (row numbers, so a loss can look up cached teacher
+outputs for the same rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from distill.data.tokenize import TextEncoder
+from distill.data.words import UNK_ID, WordTokenizer, WordVocab
+
+NO_LABEL = -1
+ENCODE_CHUNK = 2048
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    longest = max(len(row) for row in rows)
+    out = torch.full((len(rows), longest), value, dtype=torch.long)  # (batch, longest)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+class EncodedDataset(Dataset):
+    """Texts (and pairs) tokenised once by a TextEncoder, for transformer models."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        texts: Sequence[str],
+        labels: Sequence[int] | None = None,
+        pairs: Sequence[str | None] | None = None,
+    ) -> None:
+        self.pad_id = encoder.pad_id
+        self.ids: list[list[int]] = []
+        self.types: list[list[int]] = []
+        has_pairs = pairs is not None and any(p is not None for p in pairs)
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            chunk = list(texts[start : start + ENCODE_CHUNK])
+            chunk_pairs = [p or "" for p in pairs[start : start + ENCODE_CHUNK]] if has_pairs else None
+            encoded = encoder.encode(chunk, chunk_pairs)
+            lengths = encoded["attention_mask"].sum(axis=1)
+            for row, length in enumerate(lengths):
+                self.ids.append(encoded["input_ids"][row, :length].tolist())
+                self.types.append(encoded["token_type_ids"][row, :length].tolist())
+        self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[int, list[int], list[int], int]:
+        return index, self.ids[index], self.types[index], self.labels[index]
+
+    def length(self, index: int) -> int:
+        return len(self.ids[index])
+
+    def collate(self, items: list[tuple[int, list[int], list[int], int]]) -> dict:
+        indices, ids, types, labels = zip(*items)
+        input_ids = _pad(ids, self.pad_id)  # (batch, longest)
+        return {
+            "inputs": {
+                "input_ids": input_ids,
+                "attention_mask": _pad([[1] * len(row) for row in ids], 0),
+                "token_type_ids": _pad(types, 0),
+            },
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "index": torch.tensor(indices, dtype=torch.long),
+        }
+
+
+class WordDataset(Dataset):
+    """Texts split into words and looked up in a word vocabulary, for BOW/CNN students."""
+
+    def __init__(
+        self,
+        tokenizer: WordTokenizer,
+        vocab: WordVocab,
+        texts: Sequence[str],
+        labels: Sequence[int] | None = None,
+        max_len: int = 128,
+    ) -> None:
+        self.ids = [vocab.encode(tokenizer.split(text), max_len) or [UNK_ID] for text in texts]
+        self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[int, list[int], int]:
+        return index, self.ids[index], self.labels[index]
+
+    def length(self, index: int) -> int:
+        return len(self.ids[index])
+
+    def collate(self, items: list[tuple[int, list[int], int]]) -> dict:
+        indices, ids, labels = zip(*items)
+        return {
+            "inputs": {"input_ids": _pad(ids, 0)},  # (batch, longest), pad id 0
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "index": torch.tensor(indices, dtype=torch.long),
+        }
+
+
+def length_sorted_batches(dataset: EncodedDataset | WordDataset, batch_size: int) -> Iterator[list[int]]:
+    """Row indices grouped by similar length, so inference pads little."""
+    order = sorted(range(len(dataset)), key=dataset.length)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,65 @@
+"""Predictions and classification metrics, the same for every model and stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from distill.data.encoded import EncodedDataset, WordDataset, length_sorted_batches
+from distill.train.loop import move_to_device
+
+
+def output_logits(output: object) -> torch.Tensor:
+    """Logits of a Hugging Face output object or of a model that returns a tensor."""
+    return output.logits if hasattr(output, "logits") else output  # type: ignore[union-attr]
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    dataset: EncodedDataset | WordDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Logits (N, C) for every row, in dataset order, from length-sorted batches."""
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    order: list[int] = []
+    for indices in length_sorted_batches(dataset, batch_size):
+        batch = move_to_device(dataset.collate([dataset[i] for i in indices]), device)
+        chunks.append(output_logits(model(**batch["inputs"])).float().cpu())
+        order.extend(indices)
+    model.train(was_training)
+    logits = torch.cat(chunks)  # (N, C) in length order
+    result = torch.empty_like(logits)
+    result[torch.tensor(order)] = logits
+    return result
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class F1 and the confusion matrix (rows = gold)."""
+    ids = list(range(len(labels)))
+    per_class = f1_score(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "per_class_f1": {label: float(score) for label, score in zip(labels, per_class)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+    }
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: EncodedDataset | WordDataset,
+    labels: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> dict:
+    """Metrics of a model on a labelled dataset."""
+    logits = predict_logits(model, dataset, device, batch_size)
+    predictions = logits.argmax(dim=-1).numpy()
+    return classification_metrics(np.asarray(dataset.labels), predictions, labels)

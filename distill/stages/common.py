@@ -1,0 +1,64 @@
+"""What every training stage shares: recipe -> loop settings, text encoders, evaluation hooks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.data.encoded import EncodedDataset
+from distill.data.tokenize import TextEncoder
+from distill.recipe import Recipe, TrainSettings
+from distill.report.evaluate import evaluate_model
+from distill.train.loop import TrainConfig
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def train_config(section: TrainSettings, seed: int, **overrides: Any) -> TrainConfig:
+    """The loop's settings from a recipe stage table (keys of the same names)."""
+    values = {name: getattr(section, name) for name in TrainConfig.__dataclass_fields__ if hasattr(section, name)}
+    values.update(seed=seed, **overrides)
+    return TrainConfig(**values)
+
+
+def text_encoder(recipe: Recipe, model_dir: Path) -> TextEncoder:
+    task = recipe.task
+    return TextEncoder.from_pretrained_dir(model_dir, task.max_length, task.truncation, task.resolved_head_tokens())
+
+
+def task_dataset(encoder: TextEncoder, examples: list, label2id: dict[str, int] | None = None) -> EncodedDataset:
+    labels = [label2id[e.label] for e in examples] if label2id is not None else None
+    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples])
+
+
+def dev_evaluator(
+    dataset: EncodedDataset, labels: list[str], device: torch.device
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """eval_fn for the loop: dev accuracy and macro-F1."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        metrics = evaluate_model(model, dataset, labels, device)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+    return evaluate
+
+
+def copy_tokenizer(source: Path, target: Path) -> None:
+    """Tokenizer files travel with every saved model directory."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def split_metrics(model: torch.nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], device: torch.device) -> dict:
+    """Full metrics (accuracy, macro-F1, per-class F1, confusion matrix) per split."""
+    return {name: evaluate_model(model, dataset, labels, device) for name, dataset in datasets.items()}

@@ -1,0 +1,68 @@
+"""`finetune`: train the teacher on the task with the known tricks (DESIGN.md §5 FT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.losses import hard_label_loss
+from distill.models.teacher import build_classifier, resolve_model_path
+from distill.stages.common import (
+    copy_tokenizer,
+    dev_evaluator,
+    split_metrics,
+    task_dataset,
+    text_encoder,
+    train_config,
+    write_metrics,
+)
+from distill.train.loop import train
+
+
+def teacher_source(run: Any) -> Path:
+    """The further-pretrained encoder when the pretrain stage ran, else the recipe's teacher."""
+    if run.recipe.stage_enabled("pretrain"):
+        return run.require("mlm", "pretrain")
+    return resolve_model_path(run.recipe.teacher.model)
+
+
+def run(run: Any, work: Path) -> dict[str, Any]:
+    recipe = run.recipe
+    section = recipe.stages.finetune
+    data = run.data()
+    source = teacher_source(run)
+    encoder = text_encoder(recipe, source)
+    model = build_classifier(source, data.labels, recipe.teacher.pooling, recipe.teacher.dropout)
+    label2id = data.label2id
+    train_set = task_dataset(encoder, data.train, label2id)
+    dev_set = task_dataset(encoder, data.dev, label2id)
+    smoothing = section.label_smoothing
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(**batch["inputs"]).logits
+        loss = hard_label_loss(logits, batch["labels"], label_smoothing=smoothing)
+        return loss, {}
+
+    result = train(
+        model,
+        loss_fn,
+        train_set,
+        train_config(section, recipe.run.seed),
+        collate=train_set.collate,
+        work_dir=work,
+        eval_fn=dev_evaluator(dev_set, data.labels, run.device),
+        metric="accuracy",
+        log=run.log_metrics,
+        device=run.device,
+        desc="finetune",
+    )
+    model.save_pretrained(work)
+    copy_tokenizer(source, work)
+    metrics = split_metrics(model, {"dev": dev_set, "test": task_dataset(encoder, data.test, label2id)}, data.labels, run.device)
+    metrics["best_step"] = result.best_step
+    metrics["steps"] = result.global_step
+    metrics["seconds"] = round(result.seconds, 2)
+    write_metrics(work / "metrics.json", metrics)
+    return {"dev_accuracy": metrics["dev"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"]}
