@@ -1,0 +1,162 @@
+"""MiniLM / MiniLMv2 self-attention relation losses.
+
+A relation is softmax(A·Bᵀ/√d_r) over R relation heads, where A and B are a layer's
+query, key or value projections. Splitting into R heads of size d_r = width/R (R dividing
+both widths) lets a narrow student mimic a wide teacher without a learned projection.
+`("qq", "kk", "vv")` is MiniLMv2; `("qk", "vv")` is MiniLM (attention distribution +
+value relation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.errors import UserError
+from distill.models.features import Features
+
+PROJECTIONS = {"q": "queries", "k": "keys", "v": "values"}
+RELATIONS = tuple(a + b for a in PROJECTIONS for b in PROJECTIONS)  # "qq", "qk", ..., "vv"
+
+
+class RelationSettingsError(UserError, ValueError):
+    """Relation settings that do not fit the models at hand.
+
+    Heads and layers can only be checked once both models are loaded, so this is a
+    `UserError` (one line for the user) as well as a `ValueError` (bad argument).
+    """
+
+
+def relation_logits(a: Tensor, b: Tensor, num_heads: int) -> Tensor:
+    """Scaled dot products between every pair of positions, per relation head.
+
+    a, b: (batch, seq, width) projections of one layer -> (batch, num_heads, seq, seq)
+    holding A_h·B_hᵀ/√d_r with d_r = width / num_heads.
+    """
+    if a.shape != b.shape:
+        raise ValueError(
+            f"relation inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    batch, seq, width = a.shape
+    _check_heads(num_heads, {"input": width})
+    head_size = width // num_heads
+    # (batch, heads, seq, head_size)
+    a_heads = a.reshape(batch, seq, num_heads, head_size).transpose(1, 2)
+    b_heads = b.reshape(batch, seq, num_heads, head_size).transpose(1, 2)
+    return a_heads @ b_heads.transpose(-1, -2) / math.sqrt(head_size)  # (batch, heads, seq, seq)
+
+
+def relation_kl(
+    teacher_a: Tensor,
+    teacher_b: Tensor,
+    student_a: Tensor,
+    student_b: Tensor,
+    attention_mask: Tensor,
+    num_heads: int,
+) -> Tensor:
+    """KL(teacher relation ‖ student relation), a scalar.
+
+    teacher_a, teacher_b: (batch, seq, teacher_width); student_a, student_b:
+    (batch, seq, student_width); attention_mask: (batch, seq), 0 on padding.
+    Padded keys get no probability; padded query rows are left out. The per-row KL is
+    averaged over relation heads and over every real query position in the batch.
+    """
+    _check_heads(num_heads, {"teacher": teacher_a.shape[-1], "student": student_a.shape[-1]})
+    if teacher_a.shape[:2] != student_a.shape[:2] or attention_mask.shape != teacher_a.shape[:2]:
+        raise ValueError(
+            f"teacher {tuple(teacher_a.shape)}, student {tuple(student_a.shape)} and mask "
+            f"{tuple(attention_mask.shape)} must share (batch, seq); "
+            "feed both models the same tokens"
+        )
+    real = attention_mask.bool()
+    key_mask = real[:, None, None, :]  # (batch, 1, 1, seq)
+    log_p_T = _masked_log_softmax(relation_logits(teacher_a, teacher_b, num_heads), key_mask)
+    log_p_S = _masked_log_softmax(relation_logits(student_a, student_b, num_heads), key_mask)
+    kl = F.kl_div(log_p_S, log_p_T, reduction="none", log_target=True)  # (batch, heads, seq, seq)
+    kl_rows = kl.masked_fill(~key_mask, 0.0).sum(-1)  # (batch, heads, seq)
+    query_mask = real[:, None, :]  # (batch, 1, seq)
+    num_rows = (real.sum() * num_heads).clamp_min(1)
+    return kl_rows.masked_fill(~query_mask, 0.0).sum() / num_rows
+
+
+def relation_loss(
+    teacher: Features,
+    student: Features,
+    teacher_layer: int,
+    student_layer: int,
+    relations: Sequence[str],
+    num_heads: int,
+) -> Tensor:
+    """Mean of the listed relation KLs between one teacher layer and one student layer.
+
+    A relation name is two letters of q/k/v: "qq" relates queries to queries, "qk" queries
+    to keys (the attention distribution). Layer indices may be negative (-1 = last).
+    """
+    pairs = parse_relations(relations)
+    terms = [
+        relation_kl(
+            _layer(teacher, first, teacher_layer, "teacher"),
+            _layer(teacher, second, teacher_layer, "teacher"),
+            _layer(student, first, student_layer, "student"),
+            _layer(student, second, student_layer, "student"),
+            teacher.attention_mask,
+            num_heads,
+        )
+        for first, second in pairs
+    ]
+    return torch.stack(terms).mean()
+
+
+def attention_kl(
+    teacher: Features, student: Features, teacher_layer: int, student_layer: int, num_heads: int
+) -> Tensor:
+    """KL between the attention distributions of two layers (MiniLM's attention transfer).
+
+    This is the "qk" relation: with `num_heads` equal to the models' attention heads it is
+    exactly the KL between their softmax(QKᵀ/√d_head) attention maps (absolute position
+    embeddings), so it needs no `output_attentions` and works with fused attention kernels.
+    """
+    return relation_loss(teacher, student, teacher_layer, student_layer, ("qk",), num_heads)
+
+
+def parse_relations(relations: Sequence[str]) -> list[tuple[str, str]]:
+    """Validated relation names as (first, second) Features field pairs."""
+    unknown = [name for name in relations if name not in RELATIONS]
+    if isinstance(relations, str) or unknown or not relations:
+        raise RelationSettingsError(
+            f"relations must be a non-empty list of {', '.join(RELATIONS)}, got {relations!r}",
+            where="relations",
+            fix='use ["qq", "kk", "vv"] (MiniLMv2) or ["qk", "vv"] (MiniLM)',
+        )
+    return [(PROJECTIONS[name[0]], PROJECTIONS[name[1]]) for name in relations]
+
+
+def _layer(features: Features, field: str, index: int, side: str) -> Tensor:
+    layers: tuple[Tensor, ...] = getattr(features, field)
+    if not -len(layers) <= index < len(layers):
+        raise RelationSettingsError(
+            f"{side} layer {index} is out of range for a {side} with {len(layers)} layers",
+            where=f"{side}_layer",
+            fix=f"use an index from {-len(layers)} to {len(layers) - 1} (-1 = last)",
+        )
+    return layers[index]
+
+
+def _masked_log_softmax(logits: Tensor, key_mask: Tensor) -> Tensor:
+    """Log-softmax over keys in float32, padded keys pushed to the lowest finite value."""
+    logits = logits.float()
+    return torch.log_softmax(logits.masked_fill(~key_mask, torch.finfo(logits.dtype).min), dim=-1)
+
+
+def _check_heads(num_heads: int, widths: dict[str, int]) -> None:
+    if num_heads <= 0 or any(width % num_heads for width in widths.values()):
+        described = " and ".join(f"the {name} width {width}" for name, width in widths.items())
+        raise RelationSettingsError(
+            f"{num_heads} relation heads must divide {described}",
+            where="relation_heads",
+            fix=f"pick a divisor of {math.gcd(*widths.values())}",
+        )

@@ -1,0 +1,287 @@
+"""Distillation losses checked against loop-based references and hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from distill.errors import UserError
+from distill.losses import (
+    HiddenProjection,
+    attention_kl,
+    combine,
+    hard_label_loss,
+    hidden_mse,
+    relation_kl,
+    relation_logits,
+    relation_loss,
+    soft_label_loss,
+    soft_label_loss_from_probs,
+)
+from distill.models.features import FeatureExtractor, Features
+
+BATCH, SEQ = 3, 5
+MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])  # (batch, seq)
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def loop_relation_kl(t_a, t_b, s_a, s_b, mask, heads) -> float:
+    """Reference: per example, head and real query, softmax over the real keys only."""
+
+    def row(a, b, example, head, query, keys):
+        size = a.shape[-1] // heads
+        part = slice(head * size, (head + 1) * size)
+        scores = [float(a[example, query, part] @ b[example, key, part]) for key in keys]
+        return torch.softmax(torch.tensor(scores, dtype=torch.float64) / math.sqrt(size), dim=0)
+
+    total, rows = 0.0, 0
+    for example in range(mask.shape[0]):
+        real = [position for position in range(mask.shape[1]) if mask[example, position]]
+        for head in range(heads):
+            for query in real:
+                p = row(t_a, t_b, example, head, query, real)
+                q = row(s_a, s_b, example, head, query, real)
+                total += float((p * (p.log() - q.log())).sum())
+                rows += 1
+    return total / rows
+
+
+def random_features(width: int, layers: int, seed: int) -> Features:
+    def per_layer(offset: int) -> tuple[torch.Tensor, ...]:
+        seeds = [seed + 10 * layer + offset for layer in range(layers)]
+        return tuple(randn(BATCH, SEQ, width, seed=layer_seed) for layer_seed in seeds)
+
+    return Features(
+        logits=None,
+        queries=per_layer(1),
+        keys=per_layer(2),
+        values=per_layer(3),
+        hidden_states=per_layer(4),
+        attention_mask=MASK,
+    )
+
+
+# --- relations ---------------------------------------------------------------------
+
+
+def test_relation_logits_single_head_is_scaled_dot_product():
+    a, b = randn(2, 4, 8, seed=0), randn(2, 4, 8, seed=1)
+    expected = (a @ b.transpose(1, 2) / math.sqrt(8))[:, None]  # (batch, 1, seq, seq)
+    torch.testing.assert_close(relation_logits(a, b, num_heads=1), expected)
+
+
+@pytest.mark.parametrize("teacher_width, student_width", [(32, 32), (32, 16)])
+def test_relation_kl_matches_loop_reference(teacher_width, student_width):
+    t_a, t_b = randn(BATCH, SEQ, teacher_width, seed=0), randn(BATCH, SEQ, teacher_width, seed=1)
+    s_a, s_b = randn(BATCH, SEQ, student_width, seed=2), randn(BATCH, SEQ, student_width, seed=3)
+    loss = relation_kl(t_a, t_b, s_a, s_b, MASK, num_heads=4)
+    expected = loop_relation_kl(t_a, t_b, s_a, s_b, MASK, heads=4)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.01
+
+
+def test_relation_kl_is_zero_when_student_equals_teacher():
+    a, b = randn(BATCH, SEQ, 32, seed=0), randn(BATCH, SEQ, 32, seed=1)
+    loss = relation_kl(a, b, a.clone(), b.clone(), MASK, num_heads=4)
+    assert loss.item() == pytest.approx(0, abs=1e-6)
+
+
+def test_relation_kl_ignores_padded_positions():
+    tensors = [randn(BATCH, SEQ, 32, seed=seed) for seed in range(4)]
+    padded = ~MASK.bool()
+    changed = [t.masked_fill(padded[..., None], 1e3) for t in tensors]
+    before = relation_kl(*tensors, MASK, num_heads=4)
+    after = relation_kl(*changed, MASK, num_heads=4)
+    assert not torch.equal(changed[0], tensors[0])
+    torch.testing.assert_close(after, before)
+
+
+def test_relation_heads_must_divide_both_widths():
+    teacher, student = randn(BATCH, SEQ, 32, seed=0), randn(BATCH, SEQ, 20, seed=1)
+    with pytest.raises(ValueError, match="teacher width 32 and the student width 20") as error:
+        relation_kl(teacher, teacher, student, student, MASK, num_heads=8)
+    assert isinstance(error.value, UserError)
+    assert "divisor of 4" in str(error.value)
+
+
+def test_relation_loss_averages_the_listed_relations_at_the_chosen_layers():
+    teacher = random_features(32, layers=3, seed=0)
+    student = random_features(16, layers=2, seed=100)
+    loss = relation_loss(teacher, student, -1, 0, ("qk", "vv"), num_heads=4)
+    t_q, t_k, t_v = teacher.queries[2], teacher.keys[2], teacher.values[2]
+    s_q, s_k, s_v = student.queries[0], student.keys[0], student.values[0]
+    attention = loop_relation_kl(t_q, t_k, s_q, s_k, MASK, heads=4)
+    values = loop_relation_kl(t_v, t_v, s_v, s_v, MASK, heads=4)
+    assert loss.item() == pytest.approx((attention + values) / 2, rel=1e-5)
+
+
+def test_relation_loss_rejects_unknown_relations_and_layers():
+    teacher, student = random_features(32, layers=2, seed=0), random_features(32, layers=2, seed=1)
+    for relations in (("qq", "ss"), "qk", ()):
+        with pytest.raises(ValueError, match="relations must be"):
+            relation_loss(teacher, student, -1, -1, relations, num_heads=4)
+    with pytest.raises(UserError, match="student layer 2 is out of range for a student with 2"):
+        relation_loss(teacher, student, -1, 2, ("vv",), num_heads=4)
+
+
+def tiny_eager_bert(seed: int, width: int) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attn_implementation="eager",  # so output_attentions returns the real maps
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def test_attention_kl_equals_kl_of_the_models_attention_maps():
+    teacher, student = tiny_eager_bert(0, width=32), tiny_eager_bert(1, width=16)
+    batch = {"input_ids": torch.randint(3, 100, (BATCH, SEQ)), "attention_mask": MASK}
+    with torch.no_grad(), FeatureExtractor(teacher) as t_fx, FeatureExtractor(student) as s_fx:
+        loss = attention_kl(t_fx.extract(**batch), s_fx.extract(**batch), 1, 0, num_heads=4)
+        p_T = teacher(**batch, output_attentions=True).attentions[1]  # (batch, heads, seq, seq)
+        p_S = student(**batch, output_attentions=True).attentions[0]  # (batch, heads, seq, seq)
+    real_keys = MASK.bool()[:, None, None, :]
+    terms = torch.where(real_keys, p_T * (p_T.log() - p_S.log()), torch.zeros(()))
+    rows = terms.sum(-1)  # (batch, heads, seq)
+    expected = rows[MASK.bool()[:, None, :].expand_as(rows)].mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+# --- soft and hard labels ------------------------------------------------------------
+
+STUDENT_LOGITS = [[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]]
+TEACHER_LOGITS = [[2.0, 0.0, 1.0], [0.0, 0.0, 3.0]]
+
+
+def softmax(row: list[float], temperature: float = 1.0) -> list[float]:
+    exps = [math.exp(z / temperature) for z in row]
+    return [e / sum(exps) for e in exps]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_soft_label_loss_equals_hand_computation(temperature):
+    expected = 0.0
+    for student_row, teacher_row in zip(STUDENT_LOGITS, TEACHER_LOGITS):
+        p_S, p_T = softmax(student_row, temperature), softmax(teacher_row, temperature)
+        expected += sum(t * math.log(t / s) for t, s in zip(p_T, p_S))
+    expected = expected / 2 * temperature**2
+    loss = soft_label_loss(torch.tensor(STUDENT_LOGITS), torch.tensor(TEACHER_LOGITS), temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_label_loss_value_at_temperature_two():
+    loss = soft_label_loss(torch.tensor(STUDENT_LOGITS), torch.tensor(TEACHER_LOGITS), 2.0)
+    assert loss.item() == pytest.approx(0.5275969, rel=1e-6)  # worked out once with math.exp/log
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_soft_label_gradient_is_temperature_times_probability_gap(temperature):
+    student = torch.tensor(STUDENT_LOGITS, requires_grad=True)
+    teacher = torch.tensor(TEACHER_LOGITS)
+    soft_label_loss(student, teacher, temperature).backward()
+    p_S = torch.softmax(student.detach() / temperature, dim=-1)
+    p_T = torch.softmax(teacher / temperature, dim=-1)
+    torch.testing.assert_close(student.grad, temperature * (p_S - p_T) / 2)
+
+
+def test_soft_label_loss_from_probs_matches_logits():
+    student, teacher = torch.tensor(STUDENT_LOGITS), torch.tensor(TEACHER_LOGITS)
+    from_probs = soft_label_loss_from_probs(student, torch.softmax(teacher, dim=-1), 2.0)
+    torch.testing.assert_close(from_probs, soft_label_loss(student, teacher, 2.0))
+
+
+def test_soft_label_loss_from_one_hot_probs_is_tempered_cross_entropy():
+    student = torch.tensor(STUDENT_LOGITS)
+    one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    first, second = softmax(STUDENT_LOGITS[0], 2.0), softmax(STUDENT_LOGITS[1], 2.0)
+    expected = -(math.log(first[0]) + math.log(second[2])) / 2 * 2.0**2
+    loss = soft_label_loss_from_probs(student, one_hot, 2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_label_loss_from_probs_rejects_non_probabilities():
+    with pytest.raises(ValueError, match="sum to 1"):
+        soft_label_loss_from_probs(torch.tensor(STUDENT_LOGITS), torch.tensor(TEACHER_LOGITS), 1.0)
+
+
+def test_hard_label_loss_with_smoothing_equals_hand_computation():
+    labels, smoothing = [1, 2], 0.1
+    expected = 0.0
+    for row, label in zip(STUDENT_LOGITS, labels):
+        log_p = [math.log(p) for p in softmax(row)]
+        expected += (1 - smoothing) * -log_p[label] + smoothing / 3 * -sum(log_p)
+    loss = hard_label_loss(
+        torch.tensor(STUDENT_LOGITS), torch.tensor(labels), label_smoothing=smoothing
+    )
+    assert loss.item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def test_hard_label_loss_without_smoothing_is_negative_log_likelihood():
+    loss = hard_label_loss(torch.tensor(STUDENT_LOGITS), torch.tensor([0, 2]))
+    first, second = softmax(STUDENT_LOGITS[0]), softmax(STUDENT_LOGITS[1])
+    expected = -(math.log(first[0]) + math.log(second[2])) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+# --- hidden states -------------------------------------------------------------------
+
+
+def test_hidden_mse_averages_over_real_tokens_only():
+    student, teacher = randn(BATCH, SEQ, 8, seed=0), randn(BATCH, SEQ, 8, seed=1)
+    real = MASK.bool()
+    expected = ((student[real] - teacher[real]) ** 2).mean()  # (real tokens, width) flattened
+    torch.testing.assert_close(hidden_mse(student, teacher, MASK), expected)
+    padded_changed = student.masked_fill(~real[..., None], 50.0)
+    torch.testing.assert_close(hidden_mse(padded_changed, teacher, MASK), expected)
+
+
+def test_hidden_mse_projects_a_narrower_student():
+    torch.manual_seed(0)
+    projection = HiddenProjection(student_width=16, teacher_width=32)
+    student, teacher = randn(BATCH, SEQ, 16, seed=0), randn(BATCH, SEQ, 32, seed=1)
+    real = MASK.bool()
+    with torch.no_grad():
+        projected = student @ projection.project.weight.T + projection.project.bias
+    expected = ((projected[real] - teacher[real]) ** 2).mean()
+    torch.testing.assert_close(hidden_mse(student, teacher, MASK, projection), expected)
+    with pytest.raises(ValueError, match="HiddenProjection"):
+        hidden_mse(student, teacher, MASK)
+
+
+def test_hidden_projection_is_identity_for_equal_widths():
+    projection = HiddenProjection(32, 32)
+    hidden = randn(BATCH, SEQ, 32, seed=0)
+    assert list(projection.parameters()) == []
+    assert torch.equal(projection(hidden), hidden)
+
+
+# --- combining weighted terms ----------------------------------------------------------
+
+
+def test_combine_weights_terms_and_skips_zero_weights():
+    soft = torch.tensor(2.0, requires_grad=True)
+    hard = torch.tensor(3.0, requires_grad=True)
+    unused = torch.tensor(9.0)
+    total, logs = combine({"soft": (0.5, soft), "hard": (2.0, hard), "relation": (0.0, unused)})
+    assert total.item() == pytest.approx(7.0)
+    assert logs == {"soft": 2.0, "hard": 3.0, "loss": 7.0}
+    total.backward()
+    assert soft.grad.item() == pytest.approx(0.5)
+    assert hard.grad.item() == pytest.approx(2.0)
+
+
+def test_combine_rejects_all_zero_and_negative_weights():
+    with pytest.raises(ValueError, match="every loss weight is zero"):
+        combine({"soft": (0.0, torch.tensor(1.0))})
+    with pytest.raises(ValueError, match="non-negative: hard"):
+        combine({"soft": (1.0, torch.tensor(1.0)), "hard": (-1.0, torch.tensor(1.0))})
