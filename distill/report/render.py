@@ -1,0 +1,295 @@
+"""Turn a validated report dict into report.json, .md, .html and .png.
+
+Rendering only formats: every derived number (retention, speed-up, parity, paired tests)
+is computed once by the report stage and read from the dict here, so all four views agree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import Bbox
+
+from distill.report.schema import validate_report
+
+MISSING = "—"
+_TERMINAL_COLUMNS = ("model", "accuracy", "macro-F1", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")
+_MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^"}
+_LEGEND = (
+    "Retention = model accuracy / teacher accuracy. Speed-up = teacher bs1 p50 / model bs1 p50. "
+    "Parity = largest absolute logit difference between the ONNX export and the original model."
+)
+
+
+def render_markdown(report: dict) -> str:
+    """A Markdown page: headline, one table row per model, paired tests, baseline, hardware."""
+    headers, rows = _table(report)
+    lines = [f"# distill report: {report['dataset']}", "", _headline(report), ""]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
+    lines += ["", _LEGEND, ""]
+    significance = list(_significance_lines(report))
+    if significance:
+        lines += ["## Paired tests", ""] + [f"- {line}" for line in significance] + [""]
+    if "baseline" in report:
+        lines += [_baseline_line(report["baseline"]), ""]
+    lines.append(_hardware_line(report["hardware"]))
+    return "\n".join(lines) + "\n"
+
+
+def render_terminal(report: dict) -> str:
+    """A compact fixed-width table for the console, columns padded to their widest cell."""
+    headers, rows = _table(report)
+    keep = [headers.index(name) for name in _TERMINAL_COLUMNS]
+    table = [[headers[i] for i in keep]] + [[row[i] for i in keep] for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(keep))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text + ["", _headline(report)]) + "\n"
+
+
+def render_chart(report: dict, png_path: str | Path) -> None:
+    """Two panels: accuracy vs batch-1 latency (log x, labelled points) and size per model."""
+    models = list(_model_entries(report))
+    colors = [f"C{index % 10}" for index in range(len(models))]
+    figure = Figure(figsize=(13, 5.5), dpi=110, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    accuracy_axes, size_axes = figure.subplots(1, 2, width_ratios=(3, 2))
+    annotations = _plot_accuracy_vs_latency(accuracy_axes, report, models, colors)
+    _plot_sizes(size_axes, models, colors)
+    hardware = report["hardware"]
+    figure.suptitle(
+        f"{report['dataset']}: {report['test_size']} test texts, "
+        f"CPU {hardware['cpu']}, {hardware['threads']} threads",
+        fontsize=11,
+    )
+    canvas.draw()  # label boxes are only known once the figure is laid out
+    _separate_labels(annotations, accuracy_axes, canvas.get_renderer())
+    figure.savefig(png_path)
+
+
+def _plot_accuracy_vs_latency(axes, report: dict, models: list, colors: list[str]) -> list:
+    """One coloured, labelled point per model plus teacher and baseline reference lines."""
+    annotations = []
+    for (label, kind, metrics), color in zip(models, colors):
+        x, y = metrics["latency_ms"]["bs1_p50"], metrics["accuracy"]
+        axes.scatter(x, y, s=140 if kind == "teacher" else 70, color=color, marker=_MARKERS[kind], zorder=3)
+        annotations.append(
+            axes.annotate(
+                label, (x, y), xytext=(8, 6), textcoords="offset points", fontsize=9, color=color,
+                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6}, annotation_clip=False,
+            )
+        )
+    axes.axhline(report["teacher"]["accuracy"], color="0.5", ls="--", lw=0.8, label="teacher accuracy")
+    if "baseline" in report:
+        baseline = report["baseline"]
+        axes.axhline(baseline["accuracy"], color="0.5", ls=":", lw=0.8, label=f"baseline ({baseline['name']})")
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.margins(x=0.25, y=0.2)
+    axes.set_xlabel("latency at batch size 1, median (ms, log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("accuracy vs CPU latency (up and left is better)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    return annotations
+
+
+def _plot_sizes(axes, models: list, colors: list[str]) -> None:
+    """Bars of size on disk, each with its value written on top."""
+    positions = range(len(models))
+    bars = axes.bar(positions, [metrics["size_mb"] for _, _, metrics in models], color=colors)
+    axes.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    axes.set_xticks(positions, [label for label, _, _ in models], rotation=30, ha="right", fontsize=9)
+    axes.set_ylabel("size on disk (MB)")
+    axes.set_title("model size")
+    axes.margins(y=0.12)
+
+
+def render_html(report: dict, png_name: str) -> str:
+    """A self-contained page (inline style, no scripts) showing the table, chart and hardware."""
+    headers, rows = _table(report)
+    escape = html.escape
+    head_cells = "".join(f"<th>{escape(name)}</th>" for name in headers)
+    body_rows = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    significance = "".join(f"<li>{escape(line)}</li>" for line in _significance_lines(report))
+    title = escape(f"distill report: {report['dataset']}")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        "th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}"
+        "img{max-width:100%}.note{color:#555}</style>",
+        "</head><body>",
+        f"<h1>{title}</h1>",
+        f"<p><strong>{escape(_headline(report))}</strong></p>",
+        f"<table><thead><tr>{head_cells}</tr></thead><tbody>\n{body_rows}\n</tbody></table>",
+        f'<p class="note">{escape(_LEGEND)}</p>',
+        f'<img src="{escape(png_name)}" alt="accuracy versus latency and model size">',
+    ]
+    if significance:
+        parts.append(f"<h2>Paired tests</h2><ul>{significance}</ul>")
+    if "baseline" in report:
+        parts.append(f"<p>{escape(_baseline_line(report['baseline']))}</p>")
+    parts += [f"<h2>Hardware</h2><p>{escape(_hardware_line(report['hardware']))}</p>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
+    """Validate `report`, then write report.json/.md/.html/.png into `run_dir`; return their paths."""
+    validate_report(report)
+    run_dir = Path(run_dir)
+    paths = {suffix: run_dir / f"report.{suffix}" for suffix in ("json", "md", "html", "png")}
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    paths["md"].write_text(render_markdown(report), encoding="utf-8")
+    render_chart(report, paths["png"])
+    paths["html"].write_text(render_html(report, paths["png"].name), encoding="utf-8")
+    return paths
+
+
+def _model_entries(report: dict) -> Iterator[tuple[str, str, dict]]:
+    """(row label, kind, metrics) for the teacher, then each student and its int8 variant."""
+    yield "teacher", "teacher", report["teacher"]
+    for student in report["students"]:
+        yield student["name"], student["kind"], student
+        if "int8" in student:
+            # Quantisation keeps the parameter count, so the int8 row shows the fp32 count.
+            yield f"{student['name']} int8", student["kind"], {"params": student["params"], **student["int8"]}
+
+
+def _table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Column headers and formatted cells shared by the Markdown, terminal and HTML views."""
+    large = _largest_batch_size(report["teacher"]["latency_ms"])
+    headers = ["model", "kind", "accuracy", "macro-F1", "retention", "params", "size MB", "bs1 p50/p95 ms"]
+    if large:
+        headers.append(f"bs{large} p50 ms")
+    headers += ["throughput/s", "speed-up", "parity"]
+    rows = []
+    for label, kind, metrics in _model_entries(report):
+        latency = metrics["latency_ms"]
+        row = [
+            label,
+            kind,
+            f"{metrics['accuracy']:.4f}",
+            f"{metrics['macro_f1']:.4f}",
+            _optional(metrics.get("retention"), lambda value: f"{100 * value:.1f}%"),
+            _params(metrics["params"]),
+            f"{metrics['size_mb']:.1f}",
+            f"{_ms(latency['bs1_p50'])} / {_ms(latency['bs1_p95'])}",
+        ]
+        if large:
+            row.append(_optional(latency.get(f"bs{large}_p50"), _ms))
+        row += [
+            _optional(metrics.get("throughput_per_s"), lambda value: f"{value:,.0f}"),
+            _optional(metrics.get("speedup"), lambda value: f"{value:.1f}×"),
+            _optional(metrics.get("onnx_parity_max_abs_diff"), lambda value: f"{value:.1e}"),
+        ]
+        rows.append(row)
+    return headers, rows
+
+
+def _largest_batch_size(latency: dict) -> int | None:
+    """The largest timed batch size above 1 (the throughput column), or None if only bs1 was timed."""
+    sizes = [int(match[1]) for key in latency if (match := re.fullmatch(r"bs(\d+)_p50", key))]
+    return max((size for size in sizes if size > 1), default=None)
+
+
+def _headline(report: dict) -> str:
+    """One sentence on the most accurate student, read straight from its stored metrics."""
+    if not report["students"]:
+        return f"Teacher only: accuracy {report['teacher']['accuracy']:.4f} on {report['test_size']} test texts."
+    best = max(report["students"], key=lambda student: student["accuracy"])
+    return (
+        f"Most accurate student: {best['name']} ({best['kind']}) keeps {100 * best['retention']:.1f}% of the "
+        f"teacher's accuracy, runs {best['speedup']:.1f}× faster at batch size 1 and takes "
+        f"{best['size_mb']:.1f} MB against the teacher's {report['teacher']['size_mb']:.1f} MB "
+        f"({report['test_size']} test texts)."
+    )
+
+
+def _significance_lines(report: dict) -> Iterator[str]:
+    """Paired bootstrap and McNemar results and teacher agreement, for students that carry them."""
+    comparisons = (("vs_teacher", "the teacher"), ("vs_gold_twin", "its twin trained on gold labels only"))
+    for student in report["students"]:
+        for key, other in comparisons:
+            if key in student:
+                test = student[key]
+                yield (
+                    f"{student['name']} vs {other}: accuracy {100 * test['diff']:+.1f} points "
+                    f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}), "
+                    f"exact McNemar p = {test['p_value']:.3g}"
+                )
+        if "agreement" in student:
+            yield f"{student['name']} agrees with the teacher on {100 * student['agreement']:.1f}% of test texts"
+
+
+def _baseline_line(baseline: dict) -> str:
+    return (
+        f"Baseline {baseline['name']}: accuracy {baseline['accuracy']:.4f}, "
+        f"macro-F1 {baseline['macro_f1']:.4f}."
+    )
+
+
+def _hardware_line(hardware: dict) -> str:
+    """CPU, cores, threads, then whichever library versions and OS were recorded."""
+    parts = [f"{hardware['cpu']}, {hardware['logical_cores']} logical cores, {hardware['threads']} threads"]
+    versions = ("torch", "onnxruntime", "transformers", "python")
+    parts += [f"{name} {hardware[name]}" for name in versions if name in hardware]
+    if "os" in hardware:
+        parts.append(hardware["os"])
+    return "Hardware: " + "; ".join(parts) + "."
+
+
+def _separate_labels(annotations: list, axes, renderer) -> None:
+    """Move each point label to the nearest height (up or down) where it covers no point and
+    no earlier label; the leader line keeps a moved label tied to its point."""
+    point_size_px = 14
+    obstacles = [
+        Bbox.from_bounds(x - point_size_px / 2, y - point_size_px / 2, point_size_px, point_size_px)
+        for x, y in axes.transData.transform([annotation.xy for annotation in annotations])
+    ]
+    for annotation in annotations:
+        start_x, start_y = annotation.xyann
+        for nudge in (0, 8, -8, 16, -16, 24, -24, 32, -32, 40, -40, None):
+            annotation.xyann = (start_x, start_y + (nudge or 0))
+            if nudge is None:  # nowhere free nearby: keep the plain position
+                break
+            box = _text_box(annotation, renderer)
+            if not any(box.overlaps(other) for other in obstacles):
+                break
+        obstacles.append(_text_box(annotation, renderer))
+
+
+def _text_box(annotation, renderer) -> Bbox:
+    """The label's own box in pixels, without its leader line (which always touches its point)."""
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _optional(value: float | None, fmt: Callable[[float], str]) -> str:
+    return MISSING if value is None else fmt(value)
+
+
+def _ms(value: float) -> str:
+    """About three significant digits without exponents: 0.0512, 4.56, 38.2, 1234."""
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:#.3g}"
+
+
+def _params(count: int) -> str:
+    for divisor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= divisor:
+            return f"{count / divisor:.1f}{suffix}"
+    return str(count)

@@ -1,0 +1,161 @@
+"""The report.json contract (JSON Schema, draft 2020-12) and a checker for it.
+
+Tools and tests read report.json by key, so a report is validated before it is written.
+The checker covers the keywords this schema uses, so no extra dependency is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+_NUMBER = {"type": "number"}
+_NON_NEGATIVE = {"type": "number", "minimum": 0}
+_FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+
+_LATENCY = {
+    "type": "object",
+    "description": "Milliseconds per batch: bs{n}_p50 / bs{n}_p95 for each timed batch size n.",
+    "required": ["bs1_p50", "bs1_p95"],
+    "properties": {"bs1_p50": _NON_NEGATIVE, "bs1_p95": _NON_NEGATIVE},
+    "additionalProperties": _NON_NEGATIVE,
+}
+
+_PAIRED_TEST = {
+    "type": "object",
+    "description": "Accuracy difference with its bootstrap interval and exact McNemar p-value.",
+    "required": ["diff", "low", "high", "p_value"],
+    "properties": {"diff": _NUMBER, "low": _NUMBER, "high": _NUMBER, "p_value": _FRACTION},
+}
+
+_MEASURED_MODEL = {
+    "accuracy": _FRACTION,
+    "macro_f1": _FRACTION,
+    "params": _COUNT,
+    "size_mb": _NON_NEGATIVE,
+    "latency_ms": _LATENCY,
+    "throughput_per_s": _NON_NEGATIVE,
+}
+
+_INT8 = {
+    "type": "object",
+    "required": ["accuracy", "macro_f1", "size_mb", "latency_ms"],
+    "properties": {
+        **_MEASURED_MODEL,
+        "retention": _NON_NEGATIVE,
+        "speedup": _NON_NEGATIVE,
+        "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
+        "agreement": _FRACTION,
+    },
+}
+
+_STUDENT = {
+    "type": "object",
+    "required": [
+        "name", "kind", "accuracy", "macro_f1", "retention", "params", "size_mb", "onnx", "onnx_int8",
+        "latency_ms", "throughput_per_s", "speedup", "onnx_parity_max_abs_diff",
+    ],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "kind": {"enum": ["transformer", "bow", "cnn"]},
+        **_MEASURED_MODEL,
+        "retention": _NON_NEGATIVE,
+        "onnx": {"type": ["string", "null"]},
+        "onnx_int8": {"type": ["string", "null"]},
+        "speedup": _NON_NEGATIVE,
+        "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
+        "int8": _INT8,
+        "vs_teacher": _PAIRED_TEST,
+        "vs_gold_twin": _PAIRED_TEST,
+        "agreement": _FRACTION,
+    },
+}
+
+REPORT_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "distill report.json",
+    "type": "object",
+    "required": ["dataset", "test_size", "hardware", "teacher", "students"],
+    "properties": {
+        "dataset": {"type": "string", "minLength": 1},
+        "test_size": {"type": "integer", "minimum": 1},
+        "hardware": {
+            "type": "object",
+            "required": ["cpu", "logical_cores", "threads"],
+            "properties": {
+                "cpu": {"type": "string"},
+                "logical_cores": {"type": "integer", "minimum": 1},
+                "threads": {"type": "integer", "minimum": 1},
+            },
+        },
+        "teacher": {"type": "object", "required": list(_MEASURED_MODEL), "properties": _MEASURED_MODEL},
+        "students": {"type": "array", "items": _STUDENT},
+        "baseline": {
+            "type": "object",
+            "required": ["name", "accuracy", "macro_f1"],
+            "properties": {"name": {"type": "string"}, "accuracy": _FRACTION, "macro_f1": _FRACTION},
+        },
+        "threads": {"type": "integer", "minimum": 1},
+        "created": {"type": "string"},
+        "notes": {"type": "string"},
+    },
+}
+
+_TYPE_CHECKS = {
+    "object": lambda value: isinstance(value, dict),
+    "array": lambda value: isinstance(value, list),
+    "string": lambda value: isinstance(value, str),
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    # JSON has no NaN or infinity, so a number that cannot be written is not a number here.
+    "number": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+    "boolean": lambda value: isinstance(value, bool),
+    "null": lambda value: value is None,
+}
+
+
+def validate_report(report: dict) -> None:
+    """Raise ValueError naming the first path in `report` that breaks REPORT_SCHEMA."""
+    _check(report, REPORT_SCHEMA, "report")
+
+
+def _check(value: Any, schema: dict, path: str) -> None:
+    """Recursive check of the keywords REPORT_SCHEMA uses; `path` is a dotted/indexed location."""
+    if "type" in schema:
+        allowed = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_TYPE_CHECKS[name](value) for name in allowed):
+            raise ValueError(f"{path}: expected {' or '.join(allowed)}, got {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise ValueError(f"{path}: expected one of {schema['enum']}, got {value!r}")
+    if _TYPE_CHECKS["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise ValueError(f"{path}: {value!r} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise ValueError(f"{path}: {value!r} is above the maximum {schema['maximum']}")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        raise ValueError(f"{path}: must not be empty")
+    if isinstance(value, dict):
+        _check_object(value, schema, path)
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            _check(item, schema["items"], f"{path}[{index}]")
+
+
+def _check_object(value: dict, schema: dict, path: str) -> None:
+    """Required keys first (the commonest mistake), then each present property."""
+    for key in schema.get("required", []):
+        if key not in value:
+            raise ValueError(f"{path}: missing required key {key!r} (at {_join(path, key)})")
+    properties = schema.get("properties", {})
+    extra_schema = schema.get("additionalProperties")
+    for key, item in value.items():
+        if key in properties:
+            _check(item, properties[key], _join(path, key))
+        elif isinstance(extra_schema, dict):
+            _check(item, extra_schema, _join(path, key))
+
+
+def _join(path: str, key: object) -> str:
+    """`report.students[0]` + `name` -> `report.students[0].name`; odd keys are quoted."""
+    return f"{path}.{key}" if isinstance(key, str) and re.fullmatch(r"\w+", key) else f"{path}[{key!r}]"

@@ -1,0 +1,134 @@
+"""report.json schema and the four rendered views (markdown, terminal, html, png)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from distill.report.render import render_html, render_markdown, render_terminal, write_report
+from distill.report.schema import validate_report
+
+
+def _latency(bs1: float) -> dict:
+    return {"bs1_p50": bs1, "bs1_p95": bs1 * 1.25, "bs32_p50": bs1 * 8, "bs32_p95": bs1 * 9}
+
+
+def _student(name: str, kind: str, accuracy: float, retention: float, speedup: float) -> dict:
+    # retention and speedup deliberately disagree with accuracy and latency, so a renderer
+    # that recomputed them instead of reading them would show different numbers
+    return {
+        "name": name, "kind": kind, "accuracy": accuracy, "macro_f1": accuracy - 0.02,
+        "retention": retention, "params": 4_400_000, "size_mb": 16.9,
+        "onnx": f"onnx/{name}.onnx", "onnx_int8": None, "latency_ms": _latency(2.0),
+        "throughput_per_s": 1500.0, "speedup": speedup, "onnx_parity_max_abs_diff": 3.2e-6,
+    }
+
+
+@pytest.fixture
+def report() -> dict:
+    student = _student("student", "transformer", 0.80, 0.777, 12.3)
+    student["int8"] = {
+        "accuracy": 0.79, "macro_f1": 0.77, "size_mb": 4.4, "latency_ms": _latency(1.5),
+        "throughput_per_s": 2400.0, "retention": 0.654, "speedup": 21.5,
+    }
+    student["vs_teacher"] = {"diff": -0.01, "low": -0.02, "high": 0.005, "p_value": 0.21}
+    return {
+        "dataset": "builtin:tweets <demo>",
+        "test_size": 400,
+        "hardware": {"cpu": "Test CPU", "logical_cores": 2, "threads": 2, "torch": "2.13.0"},
+        "teacher": {
+            "accuracy": 0.81, "macro_f1": 0.79, "params": 22_700_000, "size_mb": 86.7,
+            "latency_ms": _latency(14.0), "throughput_per_s": 180.0,
+        },
+        "students": [student, _student("cnn", "cnn", 0.74, 0.888, 45.6)],
+        "baseline": {"name": "tfidf-logreg", "accuracy": 0.7, "macro_f1": 0.68},
+    }
+
+
+def test_schema_accepts_a_valid_report(report):
+    validate_report(report)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["students"][1]["latency_ms"].pop("bs1_p50"), "report.students[1].latency_ms.bs1_p50"),
+        (lambda r: r.pop("teacher"), "report.teacher"),
+        (lambda r: r["students"][0]["int8"].pop("size_mb"), "report.students[0].int8.size_mb"),
+        (lambda r: r["students"][0].update(kind="rnn"), "report.students[0].kind"),
+        (lambda r: r["teacher"].update(accuracy=81.0), "report.teacher.accuracy"),
+        (lambda r: r["teacher"].update(params=True), "report.teacher.params"),
+        (lambda r: r["students"][1].update(speedup=float("nan")), "report.students[1].speedup"),
+    ],
+)
+def test_schema_rejects_a_broken_report_naming_the_path(report, mutate, message):
+    mutate(report)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_report(report)
+
+
+def _markdown_table(markdown: str) -> tuple[list[str], list[list[str]]]:
+    """(header cells, body rows) of the one table in the page; the |---| rule is skipped."""
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    return cells[0], cells[1:]
+
+
+def test_markdown_has_one_row_per_model_teacher_first(report):
+    _, rows = _markdown_table(render_markdown(report))
+    assert [row[0] for row in rows] == ["teacher", "student", "student int8", "cnn"]
+    assert [row[1] for row in rows] == ["teacher", "transformer", "transformer", "cnn"]
+
+
+def test_retention_and_speedup_are_read_from_the_report(report):
+    markdown = render_markdown(report)
+    header, body = _markdown_table(markdown)
+    rows = {row[0]: row for row in body}
+    retention, speedup = header.index("retention"), header.index("speed-up")
+    assert (rows["student"][retention], rows["student"][speedup]) == ("77.7%", "12.3×")
+    assert (rows["student int8"][retention], rows["student int8"][speedup]) == ("65.4%", "21.5×")
+    assert (rows["cnn"][retention], rows["cnn"][speedup]) == ("88.8%", "45.6×")
+    assert (rows["teacher"][retention], rows["teacher"][speedup]) == ("—", "—")
+    assert "keeps 77.7% of the teacher's accuracy, runs 12.3× faster" in markdown
+
+
+def test_markdown_cells_baseline_significance_and_hardware(report):
+    markdown = render_markdown(report)
+    teacher = _markdown_table(markdown)[1][0]
+    assert teacher[2:10] == ["0.8100", "0.7900", "—", "22.7M", "86.7", "14.0 / 17.5", "112", "180"]
+    assert "Baseline tfidf-logreg: accuracy 0.7000, macro-F1 0.6800." in markdown
+    assert "student vs the teacher: accuracy -1.0 points (bootstrap interval -2.0 to +0.5)" in markdown
+    assert "p = 0.21" in markdown
+    assert "Hardware: Test CPU, 2 logical cores, 2 threads; torch 2.13.0." in markdown
+
+
+def test_terminal_table_is_aligned_with_one_line_per_model(report):
+    lines = render_terminal(report).splitlines()
+    assert lines[0].split()[:3] == ["model", "accuracy", "macro-F1"]
+    assert [line.split()[0] for line in lines[2:6]] == ["teacher", "student", "student", "cnn"]
+    assert len({line.index("0.") for line in lines[2:6]}) == 1  # the accuracy column lines up
+
+
+def test_html_escapes_text_and_links_the_chart(report):
+    page = render_html(report, "report.png")
+    assert "builtin:tweets &lt;demo&gt;" in page and "<demo>" not in page
+    assert '<img src="report.png"' in page
+    assert page.count("<tr><td>") == 4
+
+
+def test_write_report_writes_all_four_files_and_json_round_trips(report, tmp_path):
+    paths = write_report(report, tmp_path)
+    assert sorted(path.name for path in paths.values()) == ["report.html", "report.json", "report.md", "report.png"]
+    assert json.loads(paths["json"].read_text(encoding="utf-8")) == report
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["md"].read_text(encoding="utf-8") == render_markdown(report)
+
+
+def test_write_report_refuses_an_invalid_report_before_writing(report, tmp_path):
+    broken = copy.deepcopy(report)
+    del broken["students"][0]["name"]
+    with pytest.raises(ValueError, match=r"report\.students\[0\]\.name"):
+        write_report(broken, tmp_path)
+    assert list(tmp_path.iterdir()) == []
