@@ -48,13 +48,16 @@ def _builtin_minilm_l6() -> Path:
 BUILTIN_MODELS = {"builtin:minilm-l6": _builtin_minilm_l6}
 
 
-def resolve_model_path(spec: str) -> Path:
-    """Turn ``builtin:NAME`` or a local directory into a directory holding a Hugging Face ``config.json``."""
+def resolve_model_path(spec: str, where: str = "[teacher] model") -> Path:
+    """Turn ``builtin:NAME`` or a local directory into a directory holding a Hugging Face ``config.json``.
+
+    ``where`` names the recipe key the spec came from, for the error message.
+    """
     if spec.startswith("builtin:"):
         if spec not in BUILTIN_MODELS:
             raise UserError(
                 f"unknown builtin model {spec!r}",
-                "teacher.model",
+                where,
                 f"use one of {', '.join(sorted(BUILTIN_MODELS))} or a local model directory",
             )
         path = BUILTIN_MODELS[spec]()
@@ -63,13 +66,13 @@ def resolve_model_path(spec: str) -> Path:
     if not path.is_dir():
         raise UserError(
             f"model directory {str(path)!r} does not exist",
-            "teacher.model",
+            where,
             "give a local Hugging Face model directory (with config.json) or a builtin: model",
         )
     if not (path / "config.json").is_file():
         raise UserError(
             f"model directory {str(path)!r} has no config.json",
-            "teacher.model",
+            where,
             "point to a directory written by save_pretrained (config.json plus weights)",
         )
     return path
@@ -77,7 +80,7 @@ def resolve_model_path(spec: str) -> Path:
 
 def _check_pooling(pooling: str) -> None:
     if pooling not in POOLINGS:
-        raise UserError(f"unknown pooling {pooling!r}", "teacher.pooling", f"use one of {', '.join(POOLINGS)}")
+        raise UserError(f"unknown pooling {pooling!r}", "[teacher] pooling", f"use one of {', '.join(POOLINGS)}")
 
 
 class PooledBertConfig(BertConfig):
@@ -103,7 +106,7 @@ class PooledBertForSequenceClassification(BertPreTrainedModel):
         if config.pooling == "cls":
             raise UserError(
                 "PooledBertForSequenceClassification needs pooling 'mean' or 'last4', got 'cls'",
-                "teacher.pooling",
+                "[teacher] pooling",
                 "use BertForSequenceClassification for cls pooling (build_classifier does this)",
             )
         self.num_labels = config.num_labels
@@ -178,9 +181,9 @@ def register_pooled_bert() -> None:
 def label_maps(labels: list[str]) -> dict[str, dict]:
     """``id2label`` / ``label2id`` config entries for the given label names, in order."""
     if not labels:
-        raise UserError("no labels given", "task.label_column", "the training data must have at least one label")
+        raise UserError("no labels given", "[task] label_column", "the training data must have at least one label")
     if len(set(labels)) != len(labels):
-        raise UserError(f"duplicate label names {labels}", "task.label_column", "give each label once")
+        raise UserError(f"duplicate label names {labels}", "[task] label_column", "give each label once")
     return {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
 
@@ -204,7 +207,7 @@ def _classifier_config(
     if pooling != "cls" and family not in BERT_FAMILY:
         raise UserError(
             f"pooling {pooling!r} needs a BERT-family teacher, got model_type {family!r}",
-            "teacher.pooling",
+            "[teacher] pooling",
             "use pooling = \"cls\" with this teacher, or a BERT teacher",
         )
     settings = {**_encoder_settings(encoder_config), **label_maps(labels)}
@@ -212,8 +215,8 @@ def _classifier_config(
         if not hasattr(encoder_config, "classifier_dropout"):
             raise UserError(
                 f"head dropout is not configurable for model_type {family!r}",
-                "teacher.dropout",
-                "remove teacher.dropout to keep the architecture's default",
+                "[teacher] dropout",
+                "remove [teacher] dropout to keep the architecture's default",
             )
         settings["classifier_dropout"] = dropout
     if pooling != "cls":
@@ -253,7 +256,7 @@ def build_classifier(
         raise UserError(
             f"the teacher checkpoint lacks encoder weights {missing[:3]}",
             str(path),
-            "point teacher.model to a complete pretrained encoder",
+            "point [teacher] model to a complete pretrained encoder",
         )
     base.load_state_dict(encoder.state_dict())
     return model
@@ -262,7 +265,7 @@ def build_classifier(
 def load_classifier(model_dir: str | Path) -> PreTrainedModel:
     """A saved classifier (teacher or student) from a local directory, in eval mode."""
     register_pooled_bert()
-    path = resolve_model_path(str(model_dir))
+    path = resolve_model_path(str(model_dir), where="classifier directory")
     return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).eval()
 
 
