@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -228,18 +228,18 @@ class _Trainer:
             DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # Stages use parts of a model (e.g. no pooler under an MLM loss).
                 find_unused_parameters=True,
             )
             if self.distributed
             else self.model
         )
 
-        num_samples = self._num_samples(train_data)
+        self.num_samples = self._num_samples(train_data)
         # Also used on a single process: its order is a function of (seed, epoch) only.
         self.sampler = DistributedSampler(
             train_data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed
         )
-        self.num_samples = num_samples
         self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or math.ceil(round(cfg.epochs * self.steps_per_epoch, 6))
@@ -413,7 +413,7 @@ class _Trainer:
     def _forward_backward(self, batch: Any, num_micro: int) -> None:
         loss, logs = self._compute_loss(batch)
         self._backward(loss, num_micro)
-        self._record({"loss": loss.item(), **logs})
+        self._record(logs)
         if self.adversary is not None:
             adversarial_loss = self.adversary.adversarial_backward(
                 lambda: self._compute_loss(batch)[0], lambda loss: self._backward(loss, num_micro)
@@ -422,6 +422,7 @@ class _Trainer:
                 self._record({"adversarial_loss": adversarial_loss})
 
     def _compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, logs with the loss value); a non-finite loss stops training at once."""
         with self.autocast():
             output = self.loss_fn(self.train_model, batch)
         if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], torch.Tensor)):
@@ -445,7 +446,7 @@ class _Trainer:
                 self.desc,
                 f"{resumable}; lower the learning rate or check the data for broken examples",
             )
-        return loss, {key: float(item) for key, item in logs.items()}
+        return loss, {"loss": value, **{key: float(item) for key, item in logs.items()}}
 
     def _backward(self, loss: torch.Tensor, num_micro: int) -> None:
         self.scaler.scale(loss / num_micro).backward()
@@ -596,7 +597,7 @@ def train(
     """Train `model` (and `extra_modules`) on `train_data` by minimising `loss_fn`.
 
     `loss_fn(model, batch) -> (loss, logs)` gets the batch on the device and the model to
-    call (wrapped in DDP under torch.distributed). `eval_fn(model) -> metrics` is called
+    call: under torch.distributed a DDP wrapper, whose `.module` is the model itself. `eval_fn(model) -> metrics` is called
     every `cfg.eval_every` steps or once per epoch, under EMA weights when EMA is on; the
     best state by `metric` is kept. Training resumes from `work_dir/checkpoint/` when it
     exists and ends with the same weights an uninterrupted run would have. `device=None`
