@@ -1,0 +1,132 @@
+"""Bad input through the real command line: exit code 2, one `error:` line, no traceback."""
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_rows, write_rows
+
+GOOD_TASK = '[task]\ndataset = "data.csv"\n'
+
+# case: (command, recipe body, data file bytes or None for the tiny CSV, what the error line says)
+BAD_INPUT = {
+    "unknown-key": ("run", GOOD_TASK + "[run]\nsede = 1\n", None, ["unknown key 'run.sede'", "did you mean 'seed'?"]),
+    "unknown-nested-key": (
+        "run",
+        GOOD_TASK + "[stages.finetune]\nlr = 1e-4\nepoch = 2\n",
+        None,
+        ["unknown key 'stages.finetune.epoch'", "'epochs'"],
+    ),
+    "wrong-type": ("run", GOOD_TASK + "[run]\nseed = \"42\"\n", None, ["'run.seed' = '42'", "valid integer"]),
+    "invalid-toml": ("run", GOOD_TASK + "[run\nseed = 1\n", None, ["not valid TOML", "bad.toml"]),
+    "missing-data-file": ("validate", '[task]\ndataset = "nope.csv"\n', None, ["data file not found", "nope.csv"]),
+    "missing-column": (
+        "validate",
+        GOOD_TASK + 'text_column = "sentence"\n',
+        None,
+        ["column 'sentence' not found", "columns: text, pair, label", "text_column"],
+    ),
+    "empty-data-file": ("validate", GOOD_TASK, b"", ["data file has no rows", "data.csv"]),
+    "non-utf8-data": (
+        "validate",
+        GOOD_TASK,
+        b"text,label\nfine,a\nok,b\ncaf\xe9,b\n",
+        ["not UTF-8", "line 4", "data.csv"],
+    ),
+    "single-class": (
+        "validate",
+        GOOD_TASK,
+        b"text,label\na,pos\nb,pos\nc,pos\n",
+        ["single class (pos)", "label_column"],
+    ),
+}
+
+# the data problems again, through `distill run`, which must leave no half-written stage behind
+DATA_PROBLEMS = ["missing-data-file", "missing-column", "empty-data-file", "non-utf8-data", "single-class"]
+
+
+def write_case(folder: Path, case: str) -> Path:
+    _, body, data, _ = BAD_INPUT[case]
+    if data is None:
+        write_rows(folder / "data.csv", tiny_rows())
+    else:
+        (folder / "data.csv").write_bytes(data)
+    recipe = folder / "bad.toml"
+    recipe.write_text(body + "\n[export]\nenabled = false\n[report]\nenabled = false\n", encoding="utf-8")
+    return recipe
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, run_cli, case):
+    command, _, _, expected = BAD_INPUT[case]
+    recipe = write_case(tmp_path, case)
+    result = run_cli(command, recipe.name)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0]
+    assert result.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_recipe_file_is_one_error_line(tmp_path, run_cli):
+    result = run_cli("validate", "missing.toml")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: recipe file not found: missing.toml; pass the path of a .toml recipe"
+    ]
+
+
+def error_line(err: str) -> str:
+    """The single `error:` line, which must be the last thing on stderr (after any progress log)."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", DATA_PROBLEMS)
+def test_failing_run_leaves_nothing_half_written(tmp_path, monkeypatch, distill_main, case):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_case(tmp_path, case)
+    code, out, err = distill_main("run", recipe.name)
+    assert code == 2
+    line = error_line(err)
+    for text in BAD_INPUT[case][3]:
+        assert text in line
+    run_dir = tmp_path / "runs" / "bad"
+    assert not (run_dir / ".prepare.partial").exists()
+    assert not (run_dir / "data").exists()
+    assert not (run_dir / "done" / "prepare.json").exists()
+    assert [path.name for path in run_dir.iterdir() if path.name.startswith(".")] == []
+
+
+def test_teacher_path_that_does_not_exist(tmp_path, distill_main):
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(GOOD_TASK + '[teacher]\nmodel = "models/none"\n', encoding="utf-8")
+    code, out, err = distill_main("validate", recipe)
+    assert code == 2
+    line = error_line(err)
+    assert "does not exist" in line and str(tmp_path / "models" / "none") in line and "[teacher] model" in line
+
+
+def test_stages_option_naming_a_disabled_stage(tmp_path, monkeypatch, distill_main):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_case(tmp_path, "single-class")
+    code, out, err = distill_main("run", recipe.name, "--stages", "finetune")
+    assert code == 2
+    assert "--stages names finetune" in error_line(err) and "pick from: prepare" in error_line(err)
+
+
+def test_validate_accepts_a_good_recipe(tmp_path, distill_main):
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD_TASK + "[stages.finetune]\n", encoding="utf-8")
+    code, out, err = distill_main("validate", recipe)
+    assert code == 0, err
+    assert "ok: data: 40/5/5 train/dev/test rows, labels negative, neutral, positive" in out
+    assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, export, report")

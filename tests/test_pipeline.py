@@ -1,0 +1,148 @@
+"""`distill run` on a tiny CSV recipe that only prepares the data: files, resume, --fresh, --out."""
+
+import json
+import tomllib
+
+import pytest
+
+from distill.recipe import load_recipe
+
+TASK = '[task]\ndataset = "tiny.csv"\n'
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_csv):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def done_record(run_dir):
+    return json.loads((run_dir / "done" / "prepare.json").read_text(encoding="utf-8"))
+
+
+def log_lines(run_dir, text):
+    return [line for line in (run_dir / "run.log").read_text(encoding="utf-8").splitlines() if text in line]
+
+
+def test_run_writes_the_prepared_data_and_the_run_files(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK + "[run]\nseed = 3\n")
+    code, out, err = distill_main("run", recipe.name)
+    assert code == 0, err
+    run_dir = workdir / "runs" / "tiny"
+    assert out.strip() == f"run directory: {run_dir.relative_to(workdir)}"
+
+    data = run_dir / "data"
+    rows = {name: (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() for name in ("train", "dev", "test")}
+    assert {name: len(lines) for name, lines in rows.items()} == {"train": 40, "dev": 5, "test": 5}
+    first = json.loads(rows["train"][0])
+    assert set(first) == {"text", "label"} and first["label"] in ("negative", "neutral", "positive")
+    texts = [json.loads(line)["text"] for lines in rows.values() for line in lines]
+    assert len(set(texts)) == 50
+
+    assert json.loads((data / "labels.json").read_text(encoding="utf-8")) == ["negative", "neutral", "positive"]
+    stats = json.loads((data / "stats.json").read_text(encoding="utf-8"))
+    assert stats["sizes"] == {"train": 40, "dev": 5, "test": 5}
+    assert stats["cleaning"]["all"]["read"] == 50
+
+    resolved = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    assert resolved["run"]["seed"] == 3
+    assert resolved["task"]["dataset"] == str(workdir.resolve() / "tiny.csv")
+    assert resolved["export"]["enabled"] is False
+
+    done = done_record(run_dir)
+    assert done["stage"] == "prepare"
+    assert done["metrics"] == {"train": 40, "dev": 5, "test": 5, "labels": 3}
+    assert {"config_hash", "seconds", "finished"} <= set(done)
+    assert log_lines(run_dir, "[prepare] starting") and log_lines(run_dir, "[prepare] done in")
+    assert sorted(path.name for path in run_dir.iterdir()) == ["data", "done", "recipe.toml", "run.log"]
+
+
+def test_second_run_skips_prepare(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    run_dir = workdir / "runs" / "tiny"
+    before = done_record(run_dir)
+    train = (run_dir / "data" / "train.jsonl").read_bytes()
+    code, _, err = distill_main("run", recipe.name)
+    assert code == 0
+    assert "[prepare] done already, skipped" in err
+    assert len(log_lines(run_dir, "[prepare] done already, skipped")) == 1
+    assert len(log_lines(run_dir, "[prepare] starting")) == 1
+    assert done_record(run_dir) == before
+    assert (run_dir / "data" / "train.jsonl").read_bytes() == train
+
+
+def test_changing_the_seed_reruns_prepare(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    run_dir = workdir / "runs" / "tiny"
+    before = done_record(run_dir)
+    train = (run_dir / "data" / "train.jsonl").read_bytes()
+    make_recipe(TASK + "[run]\nseed = 1234\n")
+    assert distill_main("run", recipe.name)[0] == 0
+    assert done_record(run_dir)["config_hash"] != before["config_hash"]
+    assert len(log_lines(run_dir, "[prepare] starting")) == 2
+    assert not log_lines(run_dir, "skipped")
+    assert (run_dir / "data" / "train.jsonl").read_bytes() != train
+    assert tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))["run"]["seed"] == 1234
+
+
+def test_fresh_starts_over(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    run_dir = workdir / "runs" / "tiny"
+    (run_dir / "leftover.txt").write_text("from an earlier run", encoding="utf-8")
+    code, _, err = distill_main("run", recipe.name, "--fresh")
+    assert code == 0
+    assert "skipped" not in err
+    assert not (run_dir / "leftover.txt").exists()
+    assert len(log_lines(run_dir, "[prepare] starting")) == 1
+    assert (run_dir / "done" / "prepare.json").is_file()
+
+
+def test_out_puts_the_run_under_the_given_folder(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK + '[run]\nname = "named"\n')
+    code, out, _ = distill_main("run", recipe.name, "--out", "elsewhere/runs")
+    assert code == 0
+    run_dir = workdir / "elsewhere" / "runs" / "named"
+    assert (run_dir / "done" / "prepare.json").is_file()
+    assert (run_dir / "data" / "train.jsonl").is_file()
+    assert not (workdir / "runs").exists()
+    assert out.strip() == "run directory: elsewhere/runs/named"
+
+
+def test_stages_option_runs_only_the_named_stage(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    code, _, err = distill_main("run", recipe.name, "--stages", "prepare")
+    assert code == 0, err
+    assert (workdir / "runs" / "tiny" / "done" / "prepare.json").is_file()
+
+
+def test_run_from_another_folder_finds_the_data_next_to_the_recipe(workdir, make_recipe, distill_main, monkeypatch):
+    recipe = make_recipe(TASK)
+    (workdir / "sub").mkdir()
+    monkeypatch.chdir(workdir / "sub")
+    code, _, err = distill_main("run", f"../{recipe.name}")
+    assert code == 0, err
+    assert (workdir / "sub" / "runs" / "tiny" / "data" / "train.jsonl").is_file()
+
+
+def test_recipe_in_the_run_dir_loads_again(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    again = load_recipe(workdir / "runs" / "tiny" / "recipe.toml")
+    original = load_recipe(recipe)
+    for section in ("task", "teacher", "student", "stages", "export", "report"):
+        assert getattr(again, section) == getattr(original, section)
+    assert again.run.seed == original.run.seed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Recipe.to_toml() writes run.name only when the recipe set it, so RUN/recipe.toml of a "
+    "recipe named by its file loads back with run_name() == 'recipe' instead of the run's name",
+)
+def test_recipe_in_the_run_dir_keeps_the_run_name(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    assert load_recipe(workdir / "runs" / "tiny" / "recipe.toml").run_name() == "tiny"
