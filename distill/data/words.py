@@ -37,21 +37,24 @@ _ENGLISH_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 class WordTokenizer:
     """Splits text into words and joins words back into text, per language.
 
-    The literal marker `[UNK]` (what UNK noise writes into augmented texts so the teacher
-    sees its own unknown token) becomes the vocabulary's `<unk>` word, so the student's
-    UNK embedding is trained on exactly the noise that stands for unseen words at serving.
+    The teacher's unknown token (`unk_marker`, which UNK noise writes into augmented texts
+    so the teacher sees its own unknown token) becomes the vocabulary's `<unk>` word, so the
+    student's UNK embedding is trained on the very noise that stands for unseen words.
     """
 
-    def __init__(self, language: Language) -> None:
+    def __init__(self, language: Language, unk_marker: str = UNK_MARKER) -> None:
         if language not in LANGUAGES:
             raise UserError(
                 f"unknown language {language!r}", "task.language", f"use one of {list(LANGUAGES)}"
             )
+        if not unk_marker or unk_marker.isspace():
+            raise UserError("the unknown-word marker is empty", "word tokenizer", "e.g. '[UNK]'")
         self.language = language
+        self.unk_marker = unk_marker
 
     def split(self, text: str) -> list[str]:
         words: list[str] = []
-        for index, piece in enumerate(text.split(UNK_MARKER)):
+        for index, piece in enumerate(text.split(self.unk_marker)):
             if index > 0:
                 words.append(UNK_TOKEN)
             words.extend(self._split_plain(piece))
@@ -59,7 +62,7 @@ class WordTokenizer:
 
     def join(self, words: Sequence[str]) -> str:
         separator = "" if self.language == "zh" else " "
-        return separator.join(UNK_MARKER if word == UNK_TOKEN else word for word in words)
+        return separator.join(self.unk_marker if word == UNK_TOKEN else word for word in words)
 
     def _split_plain(self, text: str) -> list[str]:
         if self.language == "zh":

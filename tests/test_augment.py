@@ -1,0 +1,160 @@
+"""Augmentation for data distillation: rates, POS tags, spans, seeding, no leakage."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+
+import jieba.posseg
+import pytest
+
+from distill.data.augment import Augmenter, PosSwapper, n_sample, unk_noise
+from distill.data.words import WordTokenizer
+from distill.errors import UserError
+
+# Dictionary words only, so jieba tags them the same in any context.
+ZH_TEXTS = [
+    "我喜欢苹果和香蕉",
+    "他讨厌电脑",
+    "妈妈购买漂亮的衣服",
+    "老师喜欢便宜的书",
+    "学生讨厌昂贵的手机",
+    "朋友购买新鲜的苹果",
+    "我们喜欢漂亮的城市",
+]
+
+
+def test_unk_noise_rate_matches_p():
+    words = [f"w{index}" for index in range(20_000)]
+    noisy = unk_noise(words, 0.1, random.Random(0), "[UNK]")
+    assert len(noisy) == len(words)
+    rate = sum(word == "[UNK]" for word in noisy) / len(words)
+    assert abs(rate - 0.1) < 0.01
+    assert all(new in ("[UNK]", old) for old, new in zip(words, noisy))
+    assert unk_noise(words[:50], 0.0, random.Random(0), "[UNK]") == words[:50]
+    assert unk_noise(words[:50], 1.0, random.Random(0), "[UNK]") == ["[UNK]"] * 50
+
+
+def test_n_sample_returns_a_contiguous_span_of_uniform_length():
+    words = ["a", "b", "c", "d", "e"]
+    rng = random.Random(0)
+    lengths = Counter()
+    for _ in range(5000):
+        span = n_sample(words, rng)
+        starts = [start for start in range(len(words)) if words[start : start + len(span)] == span]
+        assert span and starts, span
+        lengths[len(span)] += 1
+    assert set(lengths) == {1, 2, 3, 4, 5}
+    assert all(abs(count / 5000 - 1 / 5) < 0.03 for count in lengths.values())
+
+
+def test_n_sample_respects_min_len_and_keeps_short_texts_whole():
+    rng = random.Random(0)
+    assert all(len(n_sample(list("abcdef"), rng, min_len=4)) >= 4 for _ in range(200))
+    assert n_sample(["a", "b"], rng, min_len=3) == ["a", "b"]
+    assert n_sample([], rng) == []
+    with pytest.raises(UserError, match="min_len"):
+        n_sample(["a"], rng, min_len=0)
+
+
+def test_pos_swap_draws_uniformly_from_other_words_of_the_same_tag():
+    swapper = PosSwapper({"apple": "n", "pear": "n", "plum": "n", "run": "v"})
+    rng = random.Random(0)
+    drawn = Counter(swapper.swap(["apple"], 1.0, rng)[0] for _ in range(4000))
+    assert set(drawn) == {"pear", "plum"}
+    assert abs(drawn["pear"] / 4000 - 0.5) < 0.03
+    # the only verb and unknown words stay
+    assert swapper.swap(["run", "zzz", "run"], 1.0, rng) == ["run", "zzz", "run"]
+    assert swapper.swap(["apple"] * 50, 0.0, rng) == ["apple"] * 50
+
+
+def test_pos_swap_rate_matches_p():
+    swapper = PosSwapper({"apple": "n", "pear": "n"})
+    swapped = swapper.swap(["apple"] * 20_000, 0.3, random.Random(1))
+    assert abs(swapped.count("pear") / 20_000 - 0.3) < 0.01
+
+
+def test_chinese_pos_swap_keeps_the_jieba_tag():
+    tokenizer = WordTokenizer("zh")
+    swapper = PosSwapper.from_texts(ZH_TEXTS, tokenizer)
+    # jieba's own tags of the corpus, in context
+    context_tags = {pair.word: pair.flag for text in ZH_TEXTS for pair in jieba.posseg.cut(text)}
+    rng = random.Random(0)
+    changed = 0
+    for text in ZH_TEXTS:
+        words = tokenizer.split(text)
+        for old, new in zip(words, swapper.swap(words, 1.0, rng)):
+            if new != old:
+                changed += 1
+                assert new in context_tags, new  # drawn from the training vocabulary
+                assert context_tags[new] == context_tags[old], (old, new)
+    assert changed >= 15  # nouns, verbs and adjectives all had company
+
+
+def test_english_pos_swap_without_spacy_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    monkeypatch.setitem(sys.modules, "en_core_web_sm", None)
+    with pytest.raises(UserError, match=r"distill\[spacy\]"):
+        Augmenter("en", pos_swap=0.1).fit(["a good film"])
+    # without POS swap, English needs no spaCy
+    texts = Augmenter("en", pos_swap=0.0, seed=3).fit(["a good film", "a bad film"]).augment(["a good film"])
+    assert texts
+
+
+def test_augmenter_word_rates_are_exclusive_and_exact():
+    words = [f"w{index}" for index in range(2000)]
+    augmenter = Augmenter("en", unk=0.2, pos_swap=0.3, n_sampling=0.0, multiplier=10, seed=0)
+    # every word shares its tag with one partner: w0/w1, w2/w3, ...
+    augmenter.swapper = PosSwapper({word: str(index // 2) for index, word in enumerate(words)})
+    texts = augmenter.augment([" ".join(words)])
+    assert len(texts) == 10
+    outcomes = Counter()
+    for text in texts:
+        for old, new in zip(words, text.split(" "), strict=True):
+            outcomes["unk" if new == "[UNK]" else "kept" if new == old else "swapped"] += 1
+    assert abs(outcomes["unk"] / 20_000 - 0.2) < 0.01
+    assert abs(outcomes["swapped"] / 20_000 - 0.3) < 0.01
+
+
+def test_augment_is_reproducible_per_seed():
+    train = ["the film was great fun", "a dull and slow story", "great cast but weak plot"]
+
+    def run(seed: int) -> list[str]:
+        return Augmenter("en", pos_swap=0.0, seed=seed).fit(train).augment(train)
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_augment_drops_training_excluded_and_duplicate_texts():
+    train = ["Great movie tonight", "great movie", "bad acting here"]
+    augmenter = Augmenter("en", unk=0.05, pos_swap=0.0, n_sampling=1.0, multiplier=40, seed=0)
+    unfiltered = augmenter.augment(train[:1] + train[2:])
+    assert "great movie" in unfiltered and "acting" in unfiltered  # spans the filter must catch
+
+    texts = augmenter.augment(train, exclude={"Acting", "Bad acting HERE"})
+    assert len(texts) == len(set(texts)) and len(texts) <= 40 * len(train)
+    # compared in normal form: lowercase words joined by spaces
+    assert not {"great movie tonight", "great movie", "bad acting here", "acting"} & set(texts)
+    assert "great" in texts  # other spans survive
+
+
+def test_chinese_augmentation_stays_unspaced_and_avoids_dev_texts():
+    dev = ["我喜欢苹果"]
+    augmenter = Augmenter("zh", unk=0.1, pos_swap=0.2, n_sampling=0.5, multiplier=20, seed=0)
+    texts = augmenter.fit(ZH_TEXTS).augment(ZH_TEXTS, exclude=dev)
+    assert texts and not any(" " in text for text in texts)
+    assert not (set(ZH_TEXTS) | set(dev)) & set(texts)
+    assert any("[UNK]" in text for text in texts)
+
+
+def test_augmenter_validation():
+    with pytest.raises(UserError, match="unk \\+ pos_swap"):
+        Augmenter("zh", unk=0.6, pos_swap=0.6)
+    with pytest.raises(UserError, match="n_sampling"):
+        Augmenter("zh", n_sampling=1.5)
+    with pytest.raises(UserError, match="multiplier"):
+        Augmenter("zh", multiplier=0)
+    with pytest.raises(RuntimeError, match="fit"):
+        Augmenter("zh", pos_swap=0.1).augment(ZH_TEXTS)
