@@ -28,7 +28,10 @@ VOCAB = [
     "happy",
 ]  # fmt: skip
 TEXTS = ["Unbelievable plot!", "films was good", "so bad"]
-KEPT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "unbeliev", "##able", "film", "good", "bad", "plot", "##s", "was", "!", "so"]  # fmt: skip
+KEPT = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "unbeliev", "##able", "film", "good", "bad", "plot", "##s", "was", "!", "so",
+]  # fmt: skip
 
 
 @pytest.fixture

@@ -50,12 +50,9 @@ def test_build_student_overrides_depth_and_width_only(teacher):
     student = build_student(teacher.config, layers=2, hidden=16, heads=2, intermediate=24)
     config = student.config
     assert type(student) is BertForSequenceClassification
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
-        2,
-        16,
-        2,
-        24,
-    )
+    depth_and_width = (config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
+    assert depth_and_width == (2, 16, 2)
+    assert config.intermediate_size == 24
     assert (config.vocab_size, config.max_position_embeddings) == (100, 64)
     assert config.id2label == LABELS
     assert student.bert.encoder.layer[1].intermediate.dense.weight.shape == (24, 16)
@@ -85,7 +82,14 @@ def test_heads_must_divide_hidden(teacher):
 
 @pytest.mark.parametrize(
     ("teacher_layers", "student_layers", "expected"),
-    [(6, 3, [1, 3, 5]), (12, 4, [2, 5, 8, 11]), (12, 6, [1, 3, 5, 7, 9, 11]), (4, 4, [0, 1, 2, 3]), (6, 4, [0, 2, 3, 5]), (6, 1, [5])],
+    [
+        (6, 3, [1, 3, 5]),
+        (12, 4, [2, 5, 8, 11]),
+        (12, 6, [1, 3, 5, 7, 9, 11]),
+        (4, 4, [0, 1, 2, 3]),
+        (6, 4, [0, 2, 3, 5]),
+        (6, 1, [5]),
+    ],
 )
 def test_default_layer_map_takes_every_kth_layer(teacher_layers, student_layers, expected):
     assert default_layer_map(teacher_layers, student_layers) == expected

@@ -108,13 +108,23 @@ def test_last4_pooling_averages_cls_of_last_four_layers(encoder_dir):
 
 
 def test_last4_on_two_layers_averages_both(tmp_path):
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
+    )
     BertModel(config).save_pretrained(tmp_path)
     model = build_classifier(tmp_path, LABELS, pooling="last4").eval()
     with torch.no_grad():
         states = model.bert(**batch(), output_hidden_states=True).hidden_states
         pooled = (states[1][:, 0] + states[2][:, 0]) / 2
         torch.testing.assert_close(model(**batch()).logits, model.classifier(pooled))
+
+
+def test_pooled_model_loss_is_cross_entropy(encoder_dir):
+    model = build_classifier(encoder_dir, LABELS, pooling="mean").eval()
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        output = model(**batch(), labels=labels)
+    torch.testing.assert_close(output.loss, nn.functional.cross_entropy(output.logits, labels))
 
 
 def test_encoder_weights_come_from_the_checkpoint(encoder_dir):
