@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,96 @@ def validate(recipe: Path) -> None:
     for line in check_recipe(parsed):
         click.echo(f"ok: {line}")
     click.echo(f"{recipe}: valid; stages: {', '.join(parsed.enabled_stages())}")
+
+
+def _run_with_teacher(recipe: Path) -> "Run":  # noqa: F821 - imported lazily for a fast CLI
+    """The recipe's run with data and teacher ready (finished stages are skipped)."""
+    from distill.pipeline import Run
+    from distill.recipe import load_recipe
+
+    job = Run(load_recipe(recipe))
+    needed = [name for name in ("prepare", "pretrain", "finetune") if job.recipe.stage_enabled(name)]
+    job.execute(only=needed)
+    return job
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+def augment(recipe: Path) -> None:
+    """Write the augmented training texts of the data-distillation path (cached in the run)."""
+    from distill.stages.augmentation import run_augment
+
+    job = _run_with_teacher(recipe)
+    summary = run_augment(job)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+def label(recipe: Path) -> None:
+    """Let the fine-tuned teacher label the augmented texts (resumable, cached in the run)."""
+    from distill.stages.augmentation import run_label
+
+    job = _run_with_teacher(recipe)
+    summary = run_label(job)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--quantize", type=click.Choice(["none", "int8"]), default=None, help="Override the recipe's [export] quantize.")
+def export_command(run_dir: Path, quantize: str | None) -> None:
+    """Export the teacher and every student of a run to ONNX, with parity checks."""
+    from distill.pipeline import Run
+    from distill.stages.export import export_run
+
+    summary = export_run(Run.from_dir(run_dir), quantize)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def eval_command(run_dir: Path) -> None:
+    """Evaluate the teacher and every student of a run on its test split."""
+    from distill.pipeline import Run
+    from distill.stages.report import evaluate_run
+
+    click.echo(evaluate_run(Run.from_dir(run_dir)))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Measure and write report.json/md/html/png for a run, and print the table."""
+    from distill.pipeline import Run
+    from distill.stages.report import report_run
+
+    click.echo(report_run(Run.from_dir(run_dir)))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
+@click.option("--file", "text_file", type=click.Path(dir_okay=False, path_type=Path), help="A UTF-8 file, one text per line.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int) -> None:
+    """Classify texts with an exported model (a manifest or a folder with one); JSON lines out."""
+    from distill.export.runtime import OnnxPredictor
+
+    inputs = list(texts)
+    if text_file is not None:
+        if not text_file.is_file():
+            raise UserError(f"text file not found: {text_file}", "--file", "give a UTF-8 file, one text per line")
+        try:
+            inputs += [line for line in text_file.read_text(encoding="utf-8").split("\n") if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError("text file is not UTF-8", str(text_file), "re-save it as UTF-8") from None
+    if not inputs:
+        raise UserError("no texts to classify", None, "pass --text TEXT (repeatable) or --file FILE")
+    predictor = OnnxPredictor(model_dir, threads=threads, batch_size=batch_size)
+    for text, prediction in zip(inputs, predictor.predict(inputs)):
+        click.echo(json.dumps({"text": text, **prediction}, ensure_ascii=False))
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from distill.errors import TrainingError, UserError
 from distill.recipe import STAGE_ORDER, Recipe
 
 LOGGER_NAME = "distill"
+CHECKPOINTS = ".train"  # inside a stage's work dir; removed when the stage is published
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,45 @@ def register(spec: StageSpec) -> None:
 
 
 register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed", "task")))
+register(StageSpec("pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain")))
 register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune")))
+register(StageSpec("general", "distill.stages.general:run_general", "student_gd", ("student", "stages.general")))
+register(
+    StageSpec("general_enhanced", "distill.stages.general:run_general_enhanced", "student_ged", ("student", "stages.general_enhanced"))
+)
+register(
+    StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"))
+)
+register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific")))
+register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("stages.data_distill",)))
+register(StageSpec("export", "distill.stages.export:run", "onnx", ("export",)))
+register(StageSpec("report", "distill.stages.report:run", None, ("report",)))
 
 
 def _section(recipe: Recipe, dotted: str) -> Any:
     value: Any = recipe
     for part in dotted.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part, None)  # an absent optional table hashes as None
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _file_fingerprints(recipe: Recipe) -> dict[str, list[float]]:
+    """Size and modification time of the task's data files, so editing a file reruns prepare."""
+    dataset = recipe.task.dataset
+    paths = [dataset] if isinstance(dataset, str) else [p for p in (dataset.train, dataset.dev, dataset.test) if p]
+    stats = {}
+    for path in paths:
+        if Path(path).is_file():
+            stat = Path(path).stat()
+            stats[path] = [stat.st_size, stat.st_mtime]
+    return stats
 
 
 def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
     """Hash of what decides a stage's result: its recipe sections and every earlier stage."""
     payload = {section: _section(recipe, section) for section in spec.sections}
+    if "task" in spec.sections:
+        payload["data_files"] = _file_fingerprints(recipe)
     text = json.dumps({"upstream": upstream, "config": payload}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -99,6 +126,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class Run:
     """One run directory and what the stages share: recipe, device, logs, artifacts."""
 
+    @classmethod
+    def from_dir(cls, run_dir: str | Path) -> Run:
+        """An existing run, from the resolved recipe written into its directory."""
+        from distill.recipe import load_recipe
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "recipe.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no recipe.toml)", None, "pass runs/NAME of a finished `distill run`")
+        recipe = load_recipe(run_dir / "recipe.toml")
+        recipe.run.name = run_dir.name
+        return cls(recipe, run_dir.parent)
+
     def __init__(self, recipe: Recipe, out_dir: str | Path | None = None) -> None:
         self.recipe = recipe
         self.dir = Path(out_dir if out_dir is not None else recipe.run.out_dir) / recipe.run_name()
@@ -112,6 +151,13 @@ class Run:
         from distill.train.loop import resolve_device
 
         return resolve_device(self.recipe.run.device)
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where the running stage's training loop keeps its resumable step checkpoints."""
+        if self.current_stage is None:
+            raise RuntimeError("no stage is running")
+        return self.dir / f".{self.current_stage}.partial" / CHECKPOINTS
 
     def path(self, artifact: str) -> Path:
         return self.dir / artifact
@@ -238,9 +284,6 @@ class Run:
         self.logger.info(f"[{spec.name}] {'resuming' if resuming else 'starting'}")
         started = time.perf_counter()
         try:
-            from distill.train.loop import seed_everything
-
-            seed_everything(self.recipe.run.seed)
             metrics = spec.function()(self, work) or {}
         except TrainingError:
             self.logger.error(f"[{spec.name}] stopped; its checkpoints stay in {work} for resume")
@@ -255,7 +298,7 @@ class Run:
             self.current_stage = None
         seconds = time.perf_counter() - started
         hash_file.unlink()
-        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
         if spec.output is None:
             for item in work.iterdir():
                 os.replace(item, self.dir / item.name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -293,37 +294,52 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             section.corpus = [_resolve(item, base) for item in section.corpus]
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last key of an error location, for close matches."""
+def _members(annotation: Any) -> list[Any]:
+    """The types a field accepts, without None (`X | None` is one member, `str | Table` two)."""
+    if get_origin(annotation) in (Union, UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """The user's dotted key path of an error location, and the model owning its last key.
+
+    pydantic inserts the member's type name after a union field (`dataset.DataFiles.tst`);
+    those tags are not keys the user wrote, so they are dropped here.
+    """
+    parts: list[str] = []
     model: Any = Recipe
-    for part in loc[:-1]:
-        if not isinstance(part, str) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+    owner: type[BaseModel] | None = Recipe
+    union_tag_next = False
+    for part in loc:
+        if union_tag_next:
+            union_tag_next = False
+            members = [m for m in _members(field_annotation) if isinstance(m, type) and m.__name__ == part]
+            model = members[0] if members and issubclass(members[0], BaseModel) else None
             continue
-        field = model.model_fields.get(part)
-        if field is None:
-            # union members such as `str | DataFiles` appear in the path by their type name
-            continue
-        annotation = field.annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        models = [a for a in candidates if issubclass(a, BaseModel)]
-        model = models[0] if models else None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    union_tags = {"str", "int", "float", "bool", "list"}
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in union_tags))]
-    return ".".join(parts)
+        parts.append(str(part))
+        owner = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if owner is not None and isinstance(part, str) and part in owner.model_fields:
+            field_annotation = owner.model_fields[part].annotation
+            members = _members(field_annotation)
+            if len(members) > 1:
+                union_tag_next = True
+                model = None
+            else:
+                member = members[0]
+                model = member if isinstance(member, type) and issubclass(member, BaseModel) else None
+        else:
+            model = None
+    return parts, owner
 
 
 def _describe(error: dict[str, Any], where: str) -> UserError:
-    loc = tuple(error["loc"])
-    key = _dotted(loc)
+    parts, model = _walk(tuple(error["loc"]))
+    key = ".".join(parts)
     if error["type"] == "extra_forbidden":
-        model = _model_at(loc)
         known = list(model.model_fields) if model else []
         known = [name for name in known if name != "source"]
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        close = difflib.get_close_matches(parts[-1], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(known)}"
         return UserError(f"unknown key '{key}'", where, hint)
     value = error.get("input")
@@ -355,5 +371,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UserError(f"recipe is not valid TOML: {exc}", str(path), "fix the TOML syntax") from None
     recipe = parse_recipe(data, str(path))
     recipe.source = str(path.resolve())
+    if recipe.run.name is None:
+        recipe.run.name = path.stem  # recorded, so the resolved recipe names the same run
     _resolve_paths(recipe, path.resolve().parent)
     return recipe

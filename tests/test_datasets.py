@@ -80,22 +80,12 @@ def test_utf8_bom_and_non_ascii_text_are_read(tmp_path):
     assert read_examples(path, task(str(path))) == [Example("很好的书", "positive"), Example("café", "negative")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_rows_from_text splits JSON lines with str.splitlines(), which also breaks at U+2028, U+0085 "
-    "and other Unicode line separators that JSON allows raw inside strings",
-)
 def test_jsonl_text_may_hold_unicode_line_separators(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "a\u2028b", "label": "x"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert read_examples(path, task(str(path))) == [Example("a\u2028b", "x")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TSV is read with csv's default double-quote handling: a field that starts with a quote "
-    "loses its quotes, and an unbalanced one swallows the following lines",
-)
 def test_tsv_fields_keep_their_quotes(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text('text\tlabel\n"great" film\tpos\n"no closing quote\tneg\nplain\tpos\n', encoding="utf-8")
@@ -330,11 +320,6 @@ def test_builtin_limits_apply(tmp_path):
 # --------------------------------------------------------------------------- prepared files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_split splits with str.splitlines(), so a text holding U+2028 written by write_split "
-    "(ensure_ascii=False keeps it raw) does not read back",
-)
 def test_prepared_split_round_trips_unicode_line_separators(tmp_path):
     write_split([Example("a\u2028b", "x")], tmp_path / "train.jsonl")
     assert read_split(tmp_path / "train.jsonl") == [Example("a\u2028b", "x")]

@@ -137,11 +137,6 @@ def test_recipe_in_the_run_dir_loads_again(workdir, make_recipe, distill_main):
     assert again.run.seed == original.run.seed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Recipe.to_toml() writes run.name only when the recipe set it, so RUN/recipe.toml of a "
-    "recipe named by its file loads back with run_name() == 'recipe' instead of the run's name",
-)
 def test_recipe_in_the_run_dir_keeps_the_run_name(workdir, make_recipe, distill_main):
     recipe = make_recipe(TASK)
     assert distill_main("run", recipe.name)[0] == 0

@@ -67,12 +67,6 @@ def test_unknown_key_without_close_match_lists_known_keys():
     assert "batch_sizes" in line and "repeats" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recipe._dotted drops every location part that starts with a capital letter or is named "
-    "str/int/float/bool/list (meant for pydantic union tags), so a misspelt key such as 'Run' or "
-    "'task.Text_column' is reported as unknown key '' or 'task'",
-)
 @pytest.mark.parametrize("data, dotted", [({"Run": {}}, "Run"), ({"task": {"Text_column": "t"}}, "task.Text_column")])
 def test_unknown_capitalised_key_is_named(data, dotted):
     assert f"unknown key '{dotted}'" in error_of(data)

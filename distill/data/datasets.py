@@ -102,7 +102,7 @@ def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
     """(line number, row dict) pairs from CSV/TSV/JSON-lines text."""
     if fmt == "jsonl":
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -113,7 +113,10 @@ def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
                 raise UserError(f"line {number} is not a JSON object", str(path), "one JSON object per line")
             rows.append((number, row))
         return rows
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if fmt == "tsv" else ",")
+    if fmt == "tsv":  # TSV has no quoting: a quote character is part of the text
+        reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.DictReader(io.StringIO(text))
     try:
         return [(reader.line_num, row) for row in reader]
     except csv.Error as exc:
@@ -353,7 +356,9 @@ def write_split(examples: list[Example], path: Path) -> None:
 def read_split(path: Path) -> list[Example]:
     """Read a prepared `data/*.jsonl` file of the run directory."""
     examples = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line:
+            continue
         row = json.loads(line)
         examples.append(Example(text=row["text"], label=row["label"], text_pair=row.get("text_pair")))
     return examples

@@ -51,7 +51,7 @@ def run(run: Any, work: Path) -> dict[str, Any]:
         train_set,
         train_config(section, recipe.run.seed),
         collate=train_set.collate,
-        work_dir=work,
+        work_dir=run.checkpoints,
         eval_fn=dev_evaluator(dev_set, data.labels, run.device),
         metric="accuracy",
         log=run.log_metrics,
