@@ -219,6 +219,14 @@ class Run:
             self.logger.addHandler(handler)
         self.logger.propagate = False
 
+    @staticmethod
+    def _quiet_libraries() -> None:
+        """Keep the console to distill's own lines: no per-load progress bars or load reports."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
     def _apply_threads(self) -> None:
         if self.recipe.run.threads:
             import torch
@@ -234,6 +242,7 @@ class Run:
         (self.dir / "done").mkdir(parents=True, exist_ok=True)
         (self.dir / "recipe.toml").write_text(self.recipe.to_toml(), encoding="utf-8")
         self._setup_logging()
+        self._quiet_libraries()
         self._apply_threads()
         results: dict[str, dict[str, Any]] = {}
         upstream = ""

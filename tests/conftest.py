@@ -14,6 +14,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models run fastest on one thread, and parallel test runs do not oversubscribe."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # Three labels with unequal shares (50/30/20 %), so stratification is visible.
 LABEL_SIZES = {"negative": 25, "neutral": 15, "positive": 10}
 
