@@ -14,12 +14,21 @@ from distill.data.tokenize import TextEncoder
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.export import onnx as onnx_export
-from distill.export.onnx import ParityError, check_parity, export_shallow, export_transformer, quantize_int8
+from distill.export.onnx import (
+    ParityError,
+    check_parity,
+    export_shallow,
+    export_transformer,
+    quantize_int8,
+)
 from distill.export.runtime import OnnxPredictor, find_manifest, read_manifest, softmax
 from distill.models.shallow import ShallowConfig, build_shallow
 
 LABELS = ["negative", "neutral", "positive"]
-WORDS = "the a movie film was is not very good bad great awful plot acting i liked it boring fun ##s ##ing , . !".split()
+WORDS = (
+    "the a movie film was is not very good bad great awful plot acting i liked it boring fun"
+    " ##s ##ing , . !"
+).split()
 TEXTS = [
     "the movie was good",
     "",
@@ -35,7 +44,10 @@ PAIRS = ["good", "the plot", "bad", "awful acting", "", "fun fun", "great", "not
 
 @pytest.fixture(scope="module")
 def encoder():
-    vocab = {token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    vocab = {
+        token: index
+        for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])
+    }
     tokenizer = Tokenizer.from_str(BertWordPieceTokenizer(vocab).to_str())
     return TextEncoder(tokenizer, max_length=12, truncation="head+tail", head_tokens=4)
 
@@ -44,8 +56,13 @@ def encoder():
 def bert(encoder):
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=encoder.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=32, num_labels=len(LABELS),
+        vocab_size=encoder.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=len(LABELS),
         initializer_range=0.2,  # wide enough that the texts get different labels
     )
     return BertForSequenceClassification(config).eval()
@@ -54,14 +71,23 @@ def bert(encoder):
 @pytest.fixture(scope="module")
 def word_vocab():
     splitter = WordTokenizer("en")
-    return WordVocab.build(splitter.split(text) for text in TEXTS[:-2])  # the last words stay unknown
+    return WordVocab.build(
+        splitter.split(text) for text in TEXTS[:-2]
+    )  # the last words stay unknown
 
 
-def shallow_student(kind, vocab, num_labels=len(LABELS)):
+def shallow_student(kind, vocab, num_labels=3):
     torch.manual_seed(1)
     config = ShallowConfig(
-        kind=kind, vocab_size=len(vocab), num_labels=num_labels, embed_dim=16, hidden=16, channels=8,
-        kernel_sizes=(2, 3), max_len=10, id2label=dict(enumerate(LABELS[:num_labels])),
+        kind=kind,
+        vocab_size=len(vocab),
+        num_labels=num_labels,
+        embed_dim=16,
+        hidden=16,
+        channels=8,
+        kernel_sizes=(2, 3),
+        max_len=10,
+        id2label=dict(enumerate(LABELS[:num_labels])),
     )
     return build_shallow(config).eval(), config
 
@@ -120,7 +146,9 @@ def test_transformer_round_trip_equals_torch(bert, encoder, transformer_export, 
 
 def test_transformer_round_trip_with_pairs(bert, encoder, transformer_export):
     expected = torch_probabilities(bert, encoder.encode(TEXTS, PAIRS))
-    logits = OnnxPredictor(transformer_export.manifest_path, batch_size=2).predict_logits(TEXTS, PAIRS)
+    logits = OnnxPredictor(transformer_export.manifest_path, batch_size=2).predict_logits(
+        TEXTS, PAIRS
+    )
     np.testing.assert_allclose(softmax(logits), expected, atol=1e-5)
 
 
@@ -128,7 +156,9 @@ def test_transformer_round_trip_with_pairs(bert, encoder, transformer_export):
 def test_shallow_round_trip_equals_torch(kind, shallow_exports, word_vocab, tmp_path):
     model, exported = shallow_exports[kind]
     splitter = WordTokenizer("en")
-    ids = word_vocab.encode_batch([splitter.split(text) for text in TEXTS], max_len=10)  # (texts, longest)
+    ids = word_vocab.encode_batch(
+        [splitter.split(text) for text in TEXTS], max_len=10
+    )  # (texts, longest)
     expected = torch_probabilities(model, {"input_ids": ids})
     alone = copy_manifest_files(exported.manifest_path, tmp_path / "alone")
     predictor = OnnxPredictor(alone, batch_size=3)
@@ -142,7 +172,11 @@ def test_transformer_manifest_describes_inputs_and_files(transformer_export, out
     assert manifest["kind"] == "transformer"
     assert manifest["labels"] == LABELS
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert (manifest["max_length"], manifest["truncation"], manifest["head_tokens"]) == (12, "head+tail", 4)
+    assert (manifest["max_length"], manifest["truncation"], manifest["head_tokens"]) == (
+        12,
+        "head+tail",
+        4,
+    )
     assert manifest["tokenizer_file"] == "student.tokenizer.json"
     assert 0.0 <= manifest["parity_max_abs_diff"] <= 1e-4
     assert manifest["file_sizes"] == {
@@ -153,7 +187,11 @@ def test_transformer_manifest_describes_inputs_and_files(transformer_export, out
 
 def test_shallow_manifest_names_vocab_and_language(shallow_exports):
     manifest = read_manifest(shallow_exports["cnn"][1].manifest_path)
-    assert (manifest["kind"], manifest["language"], manifest["vocab_file"]) == ("cnn", "en", "cnn.vocab.json")
+    assert (manifest["kind"], manifest["language"], manifest["vocab_file"]) == (
+        "cnn",
+        "en",
+        "cnn.vocab.json",
+    )
     assert manifest["inputs"] == ["input_ids"]
     assert manifest["max_length"] == 10
 
@@ -167,7 +205,9 @@ def test_int8_is_smaller_and_predicts(transformer_export, encoder, bert):
     assert sizes["model"] == quantized.onnx_path.stat().st_size < sizes["model_before_quantization"]
     logits = OnnxPredictor(quantized.manifest_path).predict_logits(TEXTS)
     with torch.no_grad():
-        expected = bert(**{k: torch.from_numpy(v) for k, v in encoder.encode(TEXTS).items()}).logits.numpy()
+        expected = bert(
+            **{k: torch.from_numpy(v) for k, v in encoder.encode(TEXTS).items()}
+        ).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=0.1)
 
 
@@ -234,5 +274,7 @@ def test_predictor_input_checks(shallow_exports):
 
 def test_runtime_does_not_import_torch():
     code = "import sys, distill.export.runtime; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -18,7 +18,14 @@ from distill.export.serve import create_app
 from distill.models.shallow import ShallowConfig, build_shallow
 
 LABELS = ["negative", "positive"]
-TEXTS = ["a good film", "bad plot", "the acting was awful and the plot was bad", "good good good", "fine", ""]
+TEXTS = [
+    "a good film",
+    "bad plot",
+    "the acting was awful and the plot was bad",
+    "good good good",
+    "fine",
+    "",
+]
 MAX_BATCH = 4
 MAX_CHARS = 50
 
@@ -28,12 +35,19 @@ def manifest_path(tmp_path_factory):
     splitter = WordTokenizer("en")
     vocab = WordVocab.build(splitter.split(text) for text in TEXTS)
     config = ShallowConfig(
-        kind="bow", vocab_size=len(vocab), num_labels=2, embed_dim=16, hidden=16, max_len=16,
+        kind="bow",
+        vocab_size=len(vocab),
+        num_labels=2,
+        embed_dim=16,
+        hidden=16,
+        max_len=16,
         id2label=dict(enumerate(LABELS)),
     )
     torch.manual_seed(0)
     model = build_shallow(config).eval()
-    return export_shallow(model, config, vocab, tmp_path_factory.mktemp("onnx"), "bow", TEXTS).manifest_path
+    return export_shallow(
+        model, config, vocab, tmp_path_factory.mktemp("onnx"), "bow", TEXTS
+    ).manifest_path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +61,9 @@ def client(predictor):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, MAX_BATCH, MAX_CHARS), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(predictor, MAX_BATCH, MAX_CHARS), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -81,13 +97,22 @@ def test_predict_equals_predictor(client, predictor):
 
 
 def test_malformed_json_is_400(client):
-    response = client.post("/predict", content=b'{"texts": ["a"', headers={"content-type": "application/json"})
+    response = client.post(
+        "/predict", content=b'{"texts": ["a"', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
 
 
 @pytest.mark.parametrize(
     "body",
-    [{"texts": [1, 2]}, {"texts": "one text"}, {"text": ["a"]}, {"texts": ["a"], "extra": 1}, ["a"], {"texts": []}],
+    [
+        {"texts": [1, 2]},
+        {"texts": "one text"},
+        {"text": ["a"]},
+        {"texts": ["a"], "extra": 1},
+        ["a"],
+        {"texts": []},
+    ],
     ids=["numbers", "string", "misspelt-key", "unknown-key", "bare-list", "empty-list"],
 )
 def test_wrong_shape_is_422(client, body):
@@ -136,5 +161,7 @@ def test_internal_failure_is_logged_and_500_without_details(manifest_path, monke
 
 def test_serve_module_does_not_import_torch():
     code = "import sys, distill.export.serve; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -10,7 +10,24 @@ from distill.data.tokenize import TextEncoder, split_pair_budget, truncate_ids
 from distill.errors import UserError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "the", "movie", "was", "good", "bad", "##s"]
+WORDS = [
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "g",
+    "h",
+    "i",
+    "j",
+    "the",
+    "movie",
+    "was",
+    "good",
+    "bad",
+    "##s",
+]
 VOCAB = {token: index for index, token in enumerate(SPECIALS + WORDS)}
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 
@@ -39,7 +56,7 @@ def test_truncate_head_tail_keeps_both_ends():
 def test_truncate_head_tail_at_512_keeps_128_and_382():
     ids = list(range(1000))
     kept = truncate_ids(ids, 510, "head+tail", head_tokens=128)
-    assert kept == ids[:128] + ids[1000 - 382:]
+    assert kept == ids[:128] + ids[1000 - 382 :]
 
 
 def test_truncate_head_tail_with_budget_below_head_tokens_keeps_head():
@@ -59,7 +76,13 @@ def test_truncate_rejects_unknown_mode():
 
 @pytest.mark.parametrize(
     ("len_a", "len_b", "budget", "expected"),
-    [(3, 4, 10, (3, 4)), (2, 20, 10, (2, 8)), (20, 2, 10, (8, 2)), (20, 30, 10, (5, 5)), (20, 20, 9, (5, 4))],
+    [
+        (3, 4, 10, (3, 4)),
+        (2, 20, 10, (2, 8)),
+        (20, 2, 10, (8, 2)),
+        (20, 30, 10, (5, 5)),
+        (20, 20, 9, (5, 4)),
+    ],
 )
 def test_split_pair_budget_is_longest_first(len_a, len_b, budget, expected):
     assert split_pair_budget(len_a, len_b, budget) == expected
@@ -82,7 +105,14 @@ def test_encode_one_head_tail(tokenizer):
 
 def test_encode_one_counts_wordpieces_and_unknowns(tokenizer):
     encoder = TextEncoder(tokenizer, max_length=32)
-    assert encoder.encode_one("The movies zzz") == [CLS, VOCAB["the"], VOCAB["movie"], VOCAB["##s"], UNK, SEP]
+    assert encoder.encode_one("The movies zzz") == [
+        CLS,
+        VOCAB["the"],
+        VOCAB["movie"],
+        VOCAB["##s"],
+        UNK,
+        SEP,
+    ]
 
 
 def test_encode_pairs_truncates_longest_first_with_token_types(tokenizer):
@@ -101,7 +131,10 @@ def test_encode_pads_to_longest_with_mask(tokenizer):
     batch = encoder.encode(["a", "a b c"])
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(array.dtype == np.int64 and array.shape == (2, 5) for array in batch.values())
-    assert batch["input_ids"].tolist() == [[CLS, VOCAB["a"], SEP, PAD, PAD], [CLS, *word_ids("a b c"), SEP]]
+    assert batch["input_ids"].tolist() == [
+        [CLS, VOCAB["a"], SEP, PAD, PAD],
+        [CLS, *word_ids("a b c"), SEP],
+    ]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert not batch["token_type_ids"].any()
 
@@ -149,7 +182,9 @@ def test_save_and_from_pretrained_dir_round_trip(tokenizer, tmp_path):
     encoder = TextEncoder(tokenizer, max_length=6, truncation="tail")
     assert encoder.save(tmp_path).name == "tokenizer.json"
     loaded = TextEncoder.from_pretrained_dir(tmp_path, max_length=6, truncation="tail")
-    assert loaded.encode_one("the movie was good bad a") == encoder.encode_one("the movie was good bad a")
+    assert loaded.encode_one("the movie was good bad a") == encoder.encode_one(
+        "the movie was good bad a"
+    )
 
 
 def test_from_pretrained_dir_builds_from_vocab_txt(tmp_path):
@@ -164,6 +199,11 @@ def test_from_pretrained_dir_without_tokenizer_files_says_what_is_missing(tmp_pa
 
 
 def test_module_imports_neither_torch_nor_transformers():
-    code = "import sys, distill.data.tokenize; print('torch' in sys.modules or 'transformers' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, distill.data.tokenize;"
+        " print('torch' in sys.modules or 'transformers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -28,16 +28,18 @@ def truncate_ids(ids: Sequence[int], budget: int, mode: str, head_tokens: int = 
     smaller than `head_tokens`)."""
     _check_mode(mode, "truncate_ids")
     if budget < 0 or head_tokens < 0:
-        raise ValueError(f"budget and head_tokens must be >= 0, got budget={budget}, head_tokens={head_tokens}")
+        raise ValueError(
+            f"budget and head_tokens must be >= 0, got budget={budget}, head_tokens={head_tokens}"
+        )
     ids = list(ids)
     if len(ids) <= budget:
         return ids
     if mode == "head":
         return ids[:budget]
     if mode == "tail":
-        return ids[len(ids) - budget:]
+        return ids[len(ids) - budget :]
     head = min(head_tokens, budget)
-    return ids[:head] + ids[len(ids) - (budget - head):]
+    return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
 def split_pair_budget(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
@@ -56,7 +58,9 @@ def split_pair_budget(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
 
 def _check_mode(mode: str, where: str) -> None:
     if mode not in TRUNCATION_MODES:
-        raise UserError(f"unknown truncation mode {mode!r}", where, f"use one of {', '.join(TRUNCATION_MODES)}")
+        raise UserError(
+            f"unknown truncation mode {mode!r}", where, f"use one of {', '.join(TRUNCATION_MODES)}"
+        )
 
 
 class TextEncoder:
@@ -72,16 +76,18 @@ class TextEncoder:
         _check_mode(truncation, "TextEncoder truncation")
         if max_length < 3:
             raise UserError(
-                f"max_length={max_length} leaves no room for text", "TextEncoder",
+                f"max_length={max_length} leaves no room for text",
+                "TextEncoder",
                 "use max_length >= 3 ([CLS] and [SEP] count towards it)",
             )
         if truncation == "head+tail" and not 0 < head_tokens < max_length - 2:
             raise UserError(
                 f"head_tokens={head_tokens} leaves no tail tokens at max_length={max_length}",
                 "TextEncoder head+tail truncation",
-                f"set head_tokens between 1 and {max_length - 3} ([CLS] and [SEP] count towards max_length)",
+                f"set head_tokens between 1 and {max_length - 3} ([CLS] and [SEP] count as well)",
             )
-        # A private copy: turning the library's truncation/padding off must not change the caller's tokenizer.
+        # A private copy: turning the library's truncation and padding off must not change
+        # the caller's tokenizer.
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -96,17 +102,20 @@ class TextEncoder:
     def from_pretrained_dir(
         cls, path: str | Path, max_length: int, truncation: str = "head", head_tokens: int = 128
     ) -> TextEncoder:
-        """Loads `tokenizer.json`, or builds a WordPiece tokenizer from `vocab.txt` when only a vocab exists."""
+        """Loads `tokenizer.json`, or builds a WordPiece tokenizer from a lone `vocab.txt`."""
         path = Path(path)
         tokenizer_file, vocab_file = path / TOKENIZER_FILE, path / VOCAB_FILE
         if tokenizer_file.is_file():
             tokenizer = Tokenizer.from_file(str(tokenizer_file))
         elif vocab_file.is_file():
             lowercase = _read_do_lower_case(path / "tokenizer_config.json")
-            tokenizer = Tokenizer.from_str(BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase).to_str())
+            tokenizer = Tokenizer.from_str(
+                BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase).to_str()
+            )
         else:
             raise UserError(
-                f"no {TOKENIZER_FILE} or {VOCAB_FILE} found", str(path),
+                f"no {TOKENIZER_FILE} or {VOCAB_FILE} found",
+                str(path),
                 "point to a Hugging Face model directory saved with its tokenizer",
             )
         return cls(tokenizer, max_length, truncation, head_tokens)
@@ -128,46 +137,61 @@ class TextEncoder:
         ids, _ = self._assemble(ids_a, ids_b)
         return ids
 
-    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Encodes a batch, padded to its longest example.
 
         Returns int64 arrays `input_ids`, `attention_mask`, `token_type_ids`, each (batch, longest).
         """
         texts = list(texts)
         if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; give one pair per text")
+            raise ValueError(
+                f"got {len(texts)} texts but {len(pairs)} pairs; give one pair per text"
+            )
         ids_a = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
         ids_b: list[list[int] | None]
         if pairs is None:
             ids_b = [None] * len(texts)
         else:
-            ids_b = [e.ids for e in self.tokenizer.encode_batch(list(pairs), add_special_tokens=False)]
-        examples = [self._assemble(a, b) for a, b in zip(ids_a, ids_b)]
+            ids_b = [
+                e.ids for e in self.tokenizer.encode_batch(list(pairs), add_special_tokens=False)
+            ]
+        examples = [self._assemble(a, b) for a, b in zip(ids_a, ids_b, strict=True)]
         longest = max((len(ids) for ids, _ in examples), default=0)
-        input_ids = np.full((len(examples), longest), self.pad_id, dtype=np.int64)  # (batch, longest)
+        input_ids = np.full(
+            (len(examples), longest), self.pad_id, dtype=np.int64
+        )  # (batch, longest)
         attention_mask = np.zeros((len(examples), longest), dtype=np.int64)  # (batch, longest)
         token_type_ids = np.zeros((len(examples), longest), dtype=np.int64)  # (batch, longest)
         for row, (ids, types) in enumerate(examples):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
             token_type_ids[row, : len(ids)] = types
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
 
     def _assemble(self, ids_a: list[int], ids_b: list[int] | None) -> tuple[list[int], list[int]]:
-        """Truncates the content ids and wraps them in special tokens; returns (ids, token types)."""
+        """Truncates the content ids and wraps them in special tokens; returns (ids, types)."""
         if ids_b is None:
             a = truncate_ids(ids_a, self.max_length - 2, self.truncation, self.head_tokens)
             return [self.cls_id, *a, self.sep_id], [0] * (len(a) + 2)
         keep_a, keep_b = split_pair_budget(len(ids_a), len(ids_b), self.max_length - 3)
         a = truncate_ids(ids_a, keep_a, self.truncation, self.head_tokens)
         b = truncate_ids(ids_b, keep_b, self.truncation, self.head_tokens)
-        return [self.cls_id, *a, self.sep_id, *b, self.sep_id], [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        return [self.cls_id, *a, self.sep_id, *b, self.sep_id], [0] * (len(a) + 2) + [1] * (
+            len(b) + 1
+        )
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
             raise UserError(
-                f"the tokenizer has no {token} token", "TextEncoder",
+                f"the tokenizer has no {token} token",
+                "TextEncoder",
                 "use a BERT-style tokenizer whose vocabulary holds [CLS], [SEP] and [PAD]",
             )
         return token_id

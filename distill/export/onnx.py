@@ -33,6 +33,7 @@ from distill.export.runtime import (
     MANIFEST_VERSION,
     OUTPUT_NAME,
     TRANSFORMER_KIND,
+    InputEncoder,
     OnnxPredictor,
     input_encoder,
     read_manifest,
@@ -73,7 +74,10 @@ class _LogitsOnly(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         optional = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        output = self.model(input_ids=input_ids, **{key: value for key, value in optional.items() if value is not None})
+        output = self.model(
+            input_ids=input_ids,
+            **{key: value for key, value in optional.items() if value is not None},
+        )
         return output if isinstance(output, torch.Tensor) else output.logits
 
 
@@ -137,20 +141,24 @@ def check_parity(model: nn.Module, manifest_path: str | Path, texts: Sequence[st
     with _eval_mode(model), torch.no_grad():
         tensors = {key: torch.from_numpy(value).to(device) for key, value in inputs.items()}
         expected = _LogitsOnly(model)(**tensors).float().cpu().numpy()  # (texts, num_labels)
-    if expected.shape[-1] != len(predictor.labels):
+    outputs, labels = expected.shape[-1], len(predictor.labels)
+    if outputs != labels:
         raise UserError(
-            f"the model has {expected.shape[-1]} outputs but {len(predictor.labels)} labels were given",
-            str(manifest_path), "pass one label name per model output, in id order",
+            f"the model has {outputs} outputs but {labels} labels were given",
+            str(manifest_path),
+            "pass one label name per model output, in id order",
         )
     return float(np.abs(predictor.run(inputs) - expected).max())
 
 
 def quantize_int8(onnx_path: str | Path) -> ExportedModel:
-    """Writes `NAME.int8.onnx` (dynamic quantization, int8 weights) and its manifest `NAME.int8.json`."""
+    """Writes `NAME.int8.onnx` (dynamic quantization, int8 weights) and `NAME.int8.json`."""
     onnx_path = Path(onnx_path)
     manifest = read_manifest(onnx_path.with_suffix(".json"))
     if manifest.get("quantization", "none") != "none":
-        raise UserError("this model is already quantized", str(onnx_path), "quantize the fp32 export instead")
+        raise UserError(
+            "this model is already quantized", str(onnx_path), "quantize the fp32 export instead"
+        )
     int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
     graph = onnx.load(str(onnx_path))
     # The exporter's shape annotations can disagree with onnx's own shape inference, which the
@@ -170,30 +178,41 @@ def quantize_int8(onnx_path: str | Path) -> ExportedModel:
 
 
 def _export_checked(
-    model: nn.Module, manifest: dict[str, Any], out_dir: Path, texts: Sequence[str], side_file: tuple[str, str]
+    model: nn.Module,
+    manifest: dict[str, Any],
+    out_dir: Path,
+    texts: Sequence[str],
+    side_file: tuple[str, str],
 ) -> ExportedModel:
     """Builds the graph from `texts`, writes the manifest, and keeps both only if parity holds."""
     texts = _require_texts(texts)
     onnx_path = out_dir / manifest["model_file"]
-    encode = input_encoder(manifest, out_dir)
-    _export_graph(model, _example_inputs(encode(texts if len(texts) > 1 else texts * 2, None)), onnx_path, manifest)
+    example = _example_inputs(input_encoder(manifest, out_dir), texts)
+    _export_graph(model, example, onnx_path, manifest["opset"])
     role, file_name = side_file
-    manifest["file_sizes"] = {"model": onnx_path.stat().st_size, role: (out_dir / file_name).stat().st_size}
+    manifest["file_sizes"] = {
+        "model": onnx_path.stat().st_size,
+        role: (out_dir / file_name).stat().st_size,
+    }
     manifest_path = _write_manifest(manifest, onnx_path)
     difference = check_parity(model, manifest_path, texts)
     if difference > PARITY_TOLERANCE:
         for written in (onnx_path, manifest_path, out_dir / file_name):
             written.unlink()
         raise ParityError(
-            f"ONNX logits differ from torch by {difference:.2e} (tolerance {PARITY_TOLERANCE:.0e}); export removed",
-            str(onnx_path), "try another opset in [export] opset, or check the model for data-dependent control flow",
+            f"ONNX logits differ from torch by {difference:.2e} (tolerance {PARITY_TOLERANCE:.0e});"
+            " export removed",
+            str(onnx_path),
+            "try another [export] opset, or check the model for data-dependent control flow",
         )
     manifest["parity_max_abs_diff"] = difference
     _write_manifest(manifest, onnx_path)
     return ExportedModel(onnx_path, manifest_path)
 
 
-def _export_graph(model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Path, manifest: dict[str, Any]) -> None:
+def _export_graph(
+    model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Path, opset: int
+) -> None:
     """One ONNX graph with dynamic batch and sequence axes and a single `logits` output."""
     device = _device_of(model)
     example = tuple(torch.from_numpy(value).to(device) for value in inputs.values())
@@ -205,7 +224,7 @@ def _export_graph(model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Pa
             str(onnx_path),
             input_names=list(inputs),
             output_names=[OUTPUT_NAME],
-            opset_version=manifest["opset"],
+            opset_version=opset,
             dynamo=True,
             external_data=False,
             dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
@@ -213,9 +232,13 @@ def _export_graph(model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Pa
         )
 
 
-def _example_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """torch.export turns a dimension it sees as 1 into a constant, so the example gets at least two
-    positions; the added ones are padding (0 in every input, and masked)."""
+def _example_inputs(encode: InputEncoder, texts: list[str]) -> dict[str, np.ndarray]:
+    """The inputs the graph is traced on, at least two texts by two positions.
+
+    torch.export turns a dimension it sees as 1 into a constant; added positions are padding
+    (0 in every input, and masked).
+    """
+    inputs = encode(texts if len(texts) > 1 else texts * 2, None)
     missing = max(0, 2 - next(iter(inputs.values())).shape[1])
     return {key: np.pad(value, ((0, 0), (0, missing))) for key, value in inputs.items()}
 
@@ -235,7 +258,11 @@ def _manifest_head(
         "max_length": max_length,
         "opset": opset,
         "quantization": "none",
-        "versions": {"distill": distill.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {
+            "distill": distill.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
     }
 
 
@@ -254,7 +281,9 @@ def _make_out_dir(out_dir: str | Path) -> Path:
 def _require_texts(texts: Sequence[str]) -> list[str]:
     texts = list(texts)
     if not texts:
-        raise UserError("no example texts for the ONNX parity check", "export", "pass a few real task texts")
+        raise UserError(
+            "no example texts for the ONNX parity check", "export", "pass a few real task texts"
+        )
     return texts
 
 

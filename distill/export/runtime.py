@@ -42,14 +42,22 @@ def find_manifest(manifest_or_dir: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise UserError("no exported model here", str(path), "give an export folder or its NAME.json manifest")
+        raise UserError(
+            "no exported model here", str(path), "give an export folder or its NAME.json manifest"
+        )
     manifests = sorted(p for p in path.glob("*.json") if p.with_suffix(".onnx").is_file())
     if len(manifests) == 1:
         return manifests[0]
     if not manifests:
-        raise UserError("no ONNX manifest (NAME.json beside NAME.onnx) found", str(path), "run `distill export` first")
+        raise UserError(
+            "no ONNX manifest (NAME.json beside NAME.onnx) found",
+            str(path),
+            "run `distill export` first",
+        )
     names = ", ".join(p.name for p in manifests)
-    raise UserError(f"several exported models found ({names})", str(path), "give the path of one manifest")
+    raise UserError(
+        f"several exported models found ({names})", str(path), "give the path of one manifest"
+    )
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -58,17 +66,26 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read the manifest ({error})", str(path), "re-export the model") from None
+        raise UserError(
+            f"cannot read the manifest ({error})", str(path), "re-export the model"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"not a {MANIFEST_FORMAT} manifest", str(path), "give the NAME.json written beside NAME.onnx")
+        raise UserError(
+            f"not a {MANIFEST_FORMAT} manifest",
+            str(path),
+            "give the NAME.json written beside NAME.onnx",
+        )
     if manifest.get("version") != MANIFEST_VERSION:
         raise UserError(
-            f"manifest version {manifest.get('version')!r} is not supported (expected {MANIFEST_VERSION})",
-            str(path), "re-export the model with this version of distill",
+            f"manifest version {manifest.get('version')!r} is not {MANIFEST_VERSION}",
+            str(path),
+            "re-export the model with this version of distill",
         )
     kind = manifest.get("kind")
     if kind not in _KIND_KEYS:
-        raise UserError(f"unknown model kind {kind!r}", str(path), f"use one of {', '.join(_KIND_KEYS)}")
+        raise UserError(
+            f"unknown model kind {kind!r}", str(path), f"use one of {', '.join(_KIND_KEYS)}"
+        )
     missing = [key for key in (*_COMMON_KEYS, *_KIND_KEYS[kind]) if key not in manifest]
     if missing:
         raise UserError(f"manifest lacks {', '.join(missing)}", str(path), "re-export the model")
@@ -89,11 +106,21 @@ class OnnxPredictor:
     to the longest of the whole request; results come back in input order.
     """
 
-    def __init__(self, manifest_or_dir: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, manifest_or_dir: str | Path, threads: int | None = None, batch_size: int = 32
+    ) -> None:
         if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}", "OnnxPredictor", "use a positive batch size")
+            raise UserError(
+                f"batch_size must be >= 1, got {batch_size}",
+                "OnnxPredictor",
+                "use a positive batch size",
+            )
         if threads is not None and threads < 1:
-            raise UserError(f"threads must be >= 1, got {threads}", "OnnxPredictor", "leave it unset for all cores")
+            raise UserError(
+                f"threads must be >= 1, got {threads}",
+                "OnnxPredictor",
+                "leave it unset for all cores",
+            )
         self.manifest_path = find_manifest(manifest_or_dir)
         self.manifest = read_manifest(self.manifest_path)
         self.labels: list[str] = list(self.manifest["labels"])
@@ -103,7 +130,9 @@ class OnnxPredictor:
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(
-            str(directory / self.manifest["model_file"]), sess_options=options, providers=["CPUExecutionProvider"]
+            str(directory / self.manifest["model_file"]),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self._encode_inputs = input_encoder(self.manifest, directory)
 
@@ -115,21 +144,32 @@ class OnnxPredictor:
     def kind(self) -> str:
         return self.manifest["kind"]
 
-    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """The model's named int64 inputs for one batch, each (batch, longest)."""
-        return self._encode_inputs(_as_text_list(texts), None if pairs is None else _as_text_list(pairs))
+        return self._encode_inputs(
+            _as_text_list(texts), None if pairs is None else _as_text_list(pairs)
+        )
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Logits (batch, num_labels) of one encoded batch."""
         return self.session.run([OUTPUT_NAME], inputs)[0]
 
-    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+    def predict_logits(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Logits (len(texts), num_labels) in input order."""
         texts = _as_text_list(texts)
         pairs = None if pairs is None else _as_text_list(pairs)
         if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; give one pair per text")
-        lengths = [len(text) + (0 if pairs is None else len(pairs[index])) for index, text in enumerate(texts)]
+            raise ValueError(
+                f"got {len(texts)} texts but {len(pairs)} pairs; give one pair per text"
+            )
+        lengths = [
+            len(text) + (0 if pairs is None else len(pairs[index]))
+            for index, text in enumerate(texts)
+        ]
         order = np.argsort(lengths, kind="stable")
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)  # (texts, num_labels)
         for start in range(0, len(texts), self.batch_size):
@@ -138,13 +178,17 @@ class OnnxPredictor:
             logits[rows] = self.run(self.encode([texts[row] for row in rows], batch_pairs))
         return logits
 
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def predict(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """One `{"label": str, "probabilities": {label: float}}` per text, in input order."""
         probabilities = softmax(self.predict_logits(texts, pairs))  # (texts, num_labels)
         return [
             {
                 "label": self.labels[int(row.argmax())],
-                "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+                "probabilities": {
+                    label: float(p) for label, p in zip(self.labels, row, strict=True)
+                },
             }
             for row in probabilities
         ]
@@ -158,7 +202,7 @@ def _as_text_list(texts: Sequence[str]) -> list[str]:
 
 
 def input_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
-    """The text -> inputs function a manifest describes; its tokenizer or vocab file lies in `directory`."""
+    """The text -> inputs function a manifest describes; its tokenizer/vocab is in `directory`."""
     if manifest["kind"] == TRANSFORMER_KIND:
         return _transformer_encoder(manifest, directory)
     return _word_encoder(manifest, directory)
@@ -166,7 +210,9 @@ def input_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
 
 def _transformer_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
     tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer_file"]))
-    encoder = TextEncoder(tokenizer, manifest["max_length"], manifest["truncation"], manifest["head_tokens"])
+    encoder = TextEncoder(
+        tokenizer, manifest["max_length"], manifest["truncation"], manifest["head_tokens"]
+    )
     input_names = manifest["inputs"]
 
     def encode(texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -184,9 +230,12 @@ def _word_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
     def encode(texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, np.ndarray]:
         if pairs is not None:
             raise UserError(
-                f"{manifest['kind']} students read single texts, not text pairs", manifest["name"],
+                f"{manifest['kind']} students read single texts, not text pairs",
+                manifest["name"],
                 "send single texts to this model",
             )
-        return {"input_ids": vocab.encode_batch([splitter.split(text) for text in texts], max_length)}
+        return {
+            "input_ids": vocab.encode_batch([splitter.split(text) for text in texts], max_length)
+        }
 
     return encode

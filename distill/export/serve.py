@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    texts: list[StrictStr] = Field(min_length=1, description="texts to classify, at most the server's max_batch")
+    texts: list[StrictStr] = Field(
+        min_length=1, description="texts to classify, at most the server's max_batch"
+    )
 
 
 class Prediction(BaseModel):
@@ -40,12 +42,15 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def create_app(predictor: OnnxPredictor, max_batch: int = 64, max_text_chars: int = 2000) -> FastAPI:
+def create_app(
+    predictor: OnnxPredictor, max_batch: int = 64, max_text_chars: int = 2000
+) -> FastAPI:
     """A FastAPI app with `POST /predict`, `GET /health` and `GET /metadata` over `predictor`."""
     if max_batch < 1 or max_text_chars < 1:
         raise UserError(
             f"max_batch and max_text_chars must be >= 1, got {max_batch} and {max_text_chars}",
-            "serve", "use positive limits",
+            "serve",
+            "use positive limits",
         )
     app = FastAPI(title=f"distill: {predictor.name}")
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -69,10 +74,14 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 64, max_text_chars: in
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> dict[str, object]:
         if len(request.texts) > max_batch:
-            raise HTTPException(413, f"{len(request.texts)} texts in one request; send at most {max_batch}")
+            raise HTTPException(
+                413, f"{len(request.texts)} texts in one request; send at most {max_batch}"
+            )
         for index, text in enumerate(request.texts):
             if len(text) > max_text_chars:
-                raise HTTPException(413, f"text {index} has {len(text)} characters; the limit is {max_text_chars}")
+                raise HTTPException(
+                    413, f"text {index} has {len(text)} characters; the limit is {max_text_chars}"
+                )
         # onnxruntime's run() is thread-safe and releases the GIL: keep the event loop free.
         return {"predictions": await run_in_threadpool(predictor.predict, request.texts)}
 
