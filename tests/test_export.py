@@ -178,6 +178,7 @@ def test_transformer_manifest_describes_inputs_and_files(transformer_export, out
         4,
     )
     assert manifest["tokenizer_file"] == "student.tokenizer.json"
+    assert manifest["opset"] == 18
     assert 0.0 <= manifest["parity_max_abs_diff"] <= 1e-4
     assert manifest["file_sizes"] == {
         "model": (out_dir / "student.onnx").stat().st_size,
@@ -238,10 +239,15 @@ def test_check_parity_rejects_label_count_mismatch(shallow_exports, word_vocab):
         check_parity(two_labels, shallow_exports["bow"][1].manifest_path, TEXTS)
 
 
-def test_export_needs_example_texts(word_vocab, tmp_path):
+def test_export_needs_example_texts_and_a_positive_tolerance(word_vocab, tmp_path):
     model, config = shallow_student("bow", word_vocab)
     with pytest.raises(UserError, match="parity check"):
         export_shallow(model, config, word_vocab, tmp_path, "bow", [])
+    with pytest.raises(UserError, match="tolerance must be > 0"):
+        export_shallow(
+            model, config, word_vocab, tmp_path / "new", "bow", TEXTS, parity_tolerance=0
+        )
+    assert not (tmp_path / "new").exists()
 
 
 def test_folder_with_several_manifests_lists_them(transformer_export, shallow_exports, out_dir):

@@ -89,11 +89,14 @@ def export_transformer(
     labels: Sequence[str],
     texts: Sequence[str],
     opset: int = DEFAULT_OPSET,
+    parity_tolerance: float = PARITY_TOLERANCE,
 ) -> ExportedModel:
     """Exports a BERT-style classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
-    `labels` are the label names in logit order; `texts` are real examples for the parity check.
+    `labels` are the label names in logit order; `texts` are real examples for the parity check,
+    which raises `ParityError` (and removes the export) above `parity_tolerance`.
     """
+    _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
     tokenizer_file = f"{name}.tokenizer.json"
     encoder.tokenizer.save(str(out_dir / tokenizer_file))
@@ -101,12 +104,13 @@ def export_transformer(
     if "token_type_ids" in signature(model.forward).parameters:
         input_names.append("token_type_ids")
     manifest = {
-        **_manifest_head(name, TRANSFORMER_KIND, labels, input_names, encoder.max_length, opset),
+        **_manifest_head(name, TRANSFORMER_KIND, labels, input_names, encoder.max_length),
         "truncation": encoder.truncation,
         "head_tokens": encoder.head_tokens,
         "tokenizer_file": tokenizer_file,
     }
-    return _export_checked(model, manifest, out_dir, texts, side_file=("tokenizer", tokenizer_file))
+    side_file = ("tokenizer", tokenizer_file)
+    return _export_checked(model, manifest, out_dir, texts, side_file, opset, parity_tolerance)
 
 
 def export_shallow(
@@ -117,19 +121,22 @@ def export_shallow(
     name: str,
     texts: Sequence[str],
     opset: int = DEFAULT_OPSET,
+    parity_tolerance: float = PARITY_TOLERANCE,
 ) -> ExportedModel:
     """Exports a BOW/CNN/BiGRU student as `NAME.onnx` + `NAME.json` + `NAME.vocab.json`."""
+    _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
     vocab_file = f"{name}.vocab.json"
     vocab.save(out_dir / vocab_file)
     labels = [config.id2label[index] for index in range(config.num_labels)]
     manifest = {
-        **_manifest_head(name, config.kind, labels, ["input_ids"], config.max_len, opset),
+        **_manifest_head(name, config.kind, labels, ["input_ids"], config.max_len),
         "truncation": "head",
         "vocab_file": vocab_file,
         "language": config.language,
     }
-    return _export_checked(model, manifest, out_dir, texts, side_file=("vocab", vocab_file))
+    side_file = ("vocab", vocab_file)
+    return _export_checked(model, manifest, out_dir, texts, side_file, opset, parity_tolerance)
 
 
 def check_parity(model: nn.Module, manifest_path: str | Path, texts: Sequence[str]) -> float:
@@ -183,12 +190,16 @@ def _export_checked(
     out_dir: Path,
     texts: Sequence[str],
     side_file: tuple[str, str],
+    opset: int,
+    parity_tolerance: float,
 ) -> ExportedModel:
     """Builds the graph from `texts`, writes the manifest, and keeps both only if parity holds."""
     texts = _require_texts(texts)
     onnx_path = out_dir / manifest["model_file"]
     example = _example_inputs(input_encoder(manifest, out_dir), texts)
-    _export_graph(model, example, onnx_path, manifest["opset"])
+    _export_graph(model, example, onnx_path, opset)
+    # The exporter keeps its native opset when it cannot convert to the one asked for.
+    manifest["opset"] = _default_domain_opset(onnx_path)
     role, file_name = side_file
     manifest["file_sizes"] = {
         "model": onnx_path.stat().st_size,
@@ -196,11 +207,11 @@ def _export_checked(
     }
     manifest_path = _write_manifest(manifest, onnx_path)
     difference = check_parity(model, manifest_path, texts)
-    if difference > PARITY_TOLERANCE:
+    if difference > parity_tolerance:
         for written in (onnx_path, manifest_path, out_dir / file_name):
             written.unlink()
         raise ParityError(
-            f"ONNX logits differ from torch by {difference:.2e} (tolerance {PARITY_TOLERANCE:.0e});"
+            f"ONNX logits differ from torch by {difference:.2e} (tolerance {parity_tolerance:.0e});"
             " export removed",
             str(onnx_path),
             "try another [export] opset, or check the model for data-dependent control flow",
@@ -244,7 +255,7 @@ def _example_inputs(encode: InputEncoder, texts: list[str]) -> dict[str, np.ndar
 
 
 def _manifest_head(
-    name: str, kind: str, labels: Sequence[str], input_names: list[str], max_length: int, opset: int
+    name: str, kind: str, labels: Sequence[str], input_names: list[str], max_length: int
 ) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
@@ -256,7 +267,6 @@ def _manifest_head(
         "inputs": input_names,
         "output": OUTPUT_NAME,
         "max_length": max_length,
-        "opset": opset,
         "quantization": "none",
         "versions": {
             "distill": distill.__version__,
@@ -264,6 +274,11 @@ def _manifest_head(
             "onnxruntime": onnxruntime.__version__,
         },
     }
+
+
+def _default_domain_opset(onnx_path: Path) -> int:
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    return next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _write_manifest(manifest: dict[str, Any], onnx_path: Path) -> Path:
@@ -276,6 +291,13 @@ def _make_out_dir(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
+
+
+def _check_tolerance(parity_tolerance: float) -> None:
+    if not parity_tolerance > 0:
+        raise UserError(
+            f"parity tolerance must be > 0, got {parity_tolerance}", "export", "e.g. 1e-4"
+        )
 
 
 def _require_texts(texts: Sequence[str]) -> list[str]:
