@@ -353,13 +353,24 @@ def write_split(examples: list[Example], path: Path) -> None:
     path.write_text("".join(e.to_json() + "\n" for e in examples), encoding="utf-8")
 
 
-def read_split(path: Path) -> list[Example]:
-    """Read a prepared `data/*.jsonl` file of the run directory."""
+def read_split(path: Path, labels: list[str] | None = None) -> list[Example]:
+    """Read a prepared `data/*.jsonl` file of the run directory, checking every row."""
+    if not path.is_file():
+        raise UserError(f"{path.name} is missing", str(path.parent), "run the prepare stage first")
+    known = set(labels) if labels is not None else None
     examples = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if not line:
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
             continue
-        row = json.loads(line)
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"not a JSON object: {exc.msg}", where, "rerun the prepare stage (distill run --fresh)") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+            raise UserError('row needs a string "text" and "label"', where, "rerun the prepare stage (distill run --fresh)")
+        if known is not None and row["label"] not in known:
+            raise UserError(f"label {row['label']!r} is not in labels.json", where, f"use one of {sorted(known)}")
         examples.append(Example(text=row["text"], label=row["label"], text_pair=row.get("text_pair")))
     return examples
 
@@ -383,5 +394,14 @@ class PreparedData:
 
 
 def load_prepared(data_dir: Path) -> PreparedData:
-    labels = json.loads((data_dir / "labels.json").read_text(encoding="utf-8"))
-    return PreparedData(labels=labels, **{name: read_split(data_dir / f"{name}.jsonl") for name in SPLITS})
+    """The run's prepared split; every row's label must be in `labels.json`."""
+    path = data_dir / "labels.json"
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("labels.json is missing", str(data_dir), "run the prepare stage first") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"labels.json is not valid JSON: {exc.msg}", str(path), "rerun the prepare stage") from None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels) or len(labels) < 2:
+        raise UserError("labels.json must list at least two label names", str(path), "rerun the prepare stage")
+    return PreparedData(labels=labels, **{name: read_split(data_dir / f"{name}.jsonl", labels) for name in SPLITS})

@@ -17,6 +17,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
+from distill.data.datasets import load_prepared
 from distill.errors import UserError
 
 BASELINE_NAME = "tfidf-logreg"
@@ -75,21 +76,28 @@ def tfidf_baseline(
 
 
 def baseline_for_run(run_dir: str | Path) -> dict:
-    """Run the baseline on a run directory's own splits (data/*.jsonl, labels.json, recipe.toml).
+    """Run the baseline on a run directory's own prepared split (`data/`, as every stage sees it).
 
-    dev.jsonl is optional (then C keeps its default); the language comes from the recipe's
-    `[task] language`, or is guessed from the training texts when there is no recipe.
+    The language comes from the recipe's `[task] language`, or is guessed from the training
+    texts when the run has no recipe. A text pair is joined to its text with a space.
     """
     run_dir = Path(run_dir)
-    label_names = _read_label_names(run_dir / "labels.json")
     data_dir = run_dir / "data"
-    train_texts, train_labels = _read_split(data_dir / "train.jsonl", label_names)
-    test_texts, test_labels = _read_split(data_dir / "test.jsonl", label_names)
-    dev_path = data_dir / "dev.jsonl"
-    dev_texts, dev_labels = _read_split(dev_path, label_names) if dev_path.is_file() else (None, None)
-    language = _recipe_language(run_dir / "recipe.toml") or guess_language(train_texts)
-    result = tfidf_baseline(train_texts, train_labels, test_texts, test_labels, language, dev_texts, dev_labels)
-    result["test_size"] = len(test_texts)
+    if not (data_dir / "labels.json").is_file():
+        raise UserError("the run has no prepared data (data/labels.json)", str(run_dir), "run the prepare stage first")
+    data = load_prepared(data_dir)
+
+    def texts(split: str) -> list[str]:
+        return [e.text if e.text_pair is None else f"{e.text} {e.text_pair}" for e in getattr(data, split)]
+
+    def labels(split: str) -> list[str]:
+        return [e.label for e in getattr(data, split)]
+
+    language = _recipe_language(run_dir / "recipe.toml") or guess_language(texts("train"))
+    result = tfidf_baseline(
+        texts("train"), labels("train"), texts("test"), labels("test"), language, texts("dev") or None, labels("dev") or None
+    )
+    result["test_size"] = len(data.test)
     return result
 
 
@@ -126,43 +134,3 @@ def _recipe_language(recipe_path: Path) -> str | None:
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"cannot parse the recipe: {error}", str(recipe_path), "fix the TOML syntax") from error
     return recipe.get("task", {}).get("language")
-
-
-def _read_label_names(path: Path) -> list[str]:
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise UserError("labels.json is missing", str(path), "run the data stage first") from error
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"labels.json is not valid JSON: {error}", str(path), "rewrite it as a list of label names"
-        ) from error
-    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
-        raise UserError("labels.json must be a non-empty JSON list of label names", str(path),
-                        'write e.g. ["negative", "positive"] in label id order')
-    return names
-
-
-def _read_split(path: Path, label_names: list[str]) -> tuple[list[str], list[str]]:
-    """Texts (a pair joined by a space) and label names of one data/*.jsonl file."""
-    if not path.is_file():
-        raise UserError(f"{path.name} is missing", str(path), "run the data stage first")
-    known = set(label_names)
-    texts, labels = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"not a JSON object: {error}", where, "write one JSON object per line") from error
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
-            raise UserError('row needs a string "text" and a "label"', where, 'write {"text": ..., "label": ...}')
-        if row["label"] not in known:
-            raise UserError(f"label {row['label']!r} is not in labels.json", where,
-                            f"use one of {label_names}")
-        pair = row.get("text_pair")
-        texts.append(row["text"] if pair is None else f"{row['text']} {pair}")
-        labels.append(row["label"])
-    return texts, labels

@@ -62,7 +62,7 @@ def run(run: Any, work: Path) -> dict[str, Any]:
     copy_tokenizer(source, work)
     metrics = split_metrics(model, {"dev": dev_set, "test": task_dataset(encoder, data.test, label2id)}, data.labels, run.device)
     metrics["best_step"] = result.best_step
-    metrics["steps"] = result.global_step
+    metrics["steps"] = result.global_steps
     metrics["seconds"] = round(result.seconds, 2)
     write_metrics(work / "metrics.json", metrics)
     return {"dev_accuracy": metrics["dev"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"]}
