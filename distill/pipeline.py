@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from distill import distributed
 from distill.errors import TrainingError, UserError
 from distill.recipe import STAGE_ORDER, Recipe
 
@@ -44,6 +45,7 @@ class StageSpec:
     entry: str
     output: str | None
     sections: tuple[str, ...]  # recipe sections that change the stage's result
+    every_rank: bool = False  # training stages run on every torchrun process; others on rank 0
 
     def function(self) -> Callable[[Run, Path], dict[str, Any]]:
         module, name = self.entry.split(":")
@@ -62,17 +64,17 @@ def register(spec: StageSpec) -> None:
 
 
 register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed", "task")))
-register(StageSpec("pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain")))
-register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune")))
-register(StageSpec("general", "distill.stages.general:run_general", "student_gd", ("student", "stages.general")))
+register(StageSpec("pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain"), every_rank=True))
+register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune"), every_rank=True))
+register(StageSpec("general", "distill.stages.general:run_general", "student_gd", ("student", "stages.general"), every_rank=True))
 register(
-    StageSpec("general_enhanced", "distill.stages.general:run_general_enhanced", "student_ged", ("student", "stages.general_enhanced"))
+    StageSpec("general_enhanced", "distill.stages.general:run_general_enhanced", "student_ged", ("student", "stages.general_enhanced"), every_rank=True)
 )
 register(
-    StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"))
+    StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"), every_rank=True)
 )
-register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific")))
-register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("stages.data_distill",)))
+register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific"), every_rank=True))
+register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("stages.data_distill",), every_rank=True))
 register(StageSpec("export", "distill.stages.export:run", "onnx", ("export",)))
 register(StageSpec("report", "distill.stages.report:run", None, ("report",)))
 
@@ -204,20 +206,59 @@ class Run:
 
     # ----------------------------------------------------------------- running
 
-    def _setup_logging(self) -> None:
+    def _setup_logging(self, main: bool) -> None:
+        """Console on every process; run.log only from rank 0, the one that writes the run."""
         self.logger.setLevel(logging.INFO)
         for handler in list(self.logger.handlers):
             if getattr(handler, "_distill_run", False):
                 self.logger.removeHandler(handler)
                 handler.close()
-        file_handler = logging.FileHandler(self.dir / "run.log", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(message)s"))
-        for handler in (file_handler, console):
+        handlers: list[logging.Handler] = [logging.StreamHandler()]
+        handlers[0].setFormatter(logging.Formatter("%(message)s"))
+        if main:
+            file_handler = logging.FileHandler(self.dir / "run.log", encoding="utf-8")
+            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            handlers.append(file_handler)
+        for handler in handlers:
             handler._distill_run = True  # type: ignore[attr-defined]
             self.logger.addHandler(handler)
         self.logger.propagate = False
+
+    @staticmethod
+    def _prepare_work_dir(work: Path, digest: str, marker: Path) -> bool:
+        """Rank 0 readies the stage's work dir; returns whether a previous attempt is resumed."""
+        marker.unlink(missing_ok=True)
+        hash_file = work / ".config_hash"
+        if work.exists() and (not hash_file.is_file() or hash_file.read_text() != digest):
+            shutil.rmtree(work)  # leftovers of a different configuration cannot be resumed
+        resuming = work.exists()
+        work.mkdir(parents=True, exist_ok=True)
+        hash_file.write_text(digest)
+        return resuming
+
+    def _call_stage(self, spec: StageSpec, work: Path) -> dict[str, Any]:
+        """Run the stage function with this run's seed, so model initialisation is reproducible."""
+        if spec.every_rank:
+            from distill.train.loop import seed_everything
+
+            seed_everything(self.recipe.run.seed)
+        return spec.function()(self, work) or {}
+
+    def _follow_stage(self, spec: StageSpec, marker: Path) -> dict[str, Any]:
+        """A rank other than 0: train alongside rank 0 in a private scratch dir, or just wait."""
+        if spec.every_rank:
+            scratch = self.dir / ".ranks" / str(distributed.rank()) / spec.name
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            self.current_stage = spec.name
+            try:
+                self._call_stage(spec, scratch)
+            finally:
+                self.current_stage = None
+            distributed.barrier()  # matches rank 0's barrier after training
+            shutil.rmtree(scratch, ignore_errors=True)
+        distributed.barrier()  # rank 0 has published the output and its marker
+        return json.loads(marker.read_text(encoding="utf-8"))
 
     @staticmethod
     def _quiet_libraries() -> None:
@@ -237,11 +278,15 @@ class Run:
         """Run the recipe's stages in order; skip those already done with the same config."""
         enabled = self.recipe.enabled_stages()
         selected = self._select(enabled, only)
-        if fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        (self.dir / "done").mkdir(parents=True, exist_ok=True)
-        (self.dir / "recipe.toml").write_text(self.recipe.to_toml(), encoding="utf-8")
-        self._setup_logging()
+        distributed.init_process_group()
+        main = distributed.is_main()
+        if main:
+            if fresh and self.dir.exists():
+                shutil.rmtree(self.dir)
+            (self.dir / "done").mkdir(parents=True, exist_ok=True)
+            (self.dir / "recipe.toml").write_text(self.recipe.to_toml(), encoding="utf-8")
+        distributed.barrier()
+        self._setup_logging(main)
         self._quiet_libraries()
         self._apply_threads()
         results: dict[str, dict[str, Any]] = {}
@@ -281,19 +326,19 @@ class Run:
             if done.get("config_hash") == digest:
                 self.logger.info(f"[{spec.name}] done already, skipped")
                 return done
-            marker.unlink()
+        distributed.barrier()  # every rank has read the marker before rank 0 touches it
         work = self.dir / f".{spec.name}.partial"
-        hash_file = work / ".config_hash"
-        if work.exists() and (not hash_file.is_file() or hash_file.read_text() != digest):
-            shutil.rmtree(work)  # leftovers of a different configuration cannot be resumed
-        resuming = work.exists()
-        work.mkdir(parents=True, exist_ok=True)
-        hash_file.write_text(digest)
+        resuming = self._prepare_work_dir(work, digest, marker) if distributed.is_main() else False
+        distributed.barrier()
+        if not distributed.is_main():
+            return self._follow_stage(spec, marker)
         self.current_stage = spec.name
         self.logger.info(f"[{spec.name}] {'resuming' if resuming else 'starting'}")
         started = time.perf_counter()
         try:
-            metrics = spec.function()(self, work) or {}
+            metrics = self._call_stage(spec, work)
+            if spec.every_rank:
+                distributed.barrier()  # all ranks finished training before rank 0 publishes
         except TrainingError:
             self.logger.error(f"[{spec.name}] stopped; its checkpoints stay in {work} for resume")
             raise
@@ -306,7 +351,7 @@ class Run:
         finally:
             self.current_stage = None
         seconds = time.perf_counter() - started
-        hash_file.unlink()
+        (work / ".config_hash").unlink()
         shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
         if spec.output is None:
             for item in work.iterdir():
@@ -322,6 +367,7 @@ class Run:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(marker, done)
+        distributed.barrier()  # other ranks wait for the published output
         headline = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
         self.logger.info(f"[{spec.name}] done in {seconds:.1f}s {headline}".rstrip())
         return done

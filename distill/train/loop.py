@@ -240,7 +240,16 @@ class _Trainer:
         self.sampler = DistributedSampler(
             train_data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed
         )
-        self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
+        # `batch_size` is the global batch: each of the processes takes an equal share, so a
+        # recipe trains the same model on one process or several.
+        if cfg.batch_size % self.world_size:
+            raise UserError(
+                f"batch_size {cfg.batch_size} does not split evenly over {self.world_size} processes",
+                "recipe batch_size",
+                f"use a multiple of {self.world_size}",
+            )
+        self.rank_batch_size = cfg.batch_size // self.world_size
+        self.batches_per_epoch = math.ceil(len(self.sampler) / self.rank_batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or math.ceil(round(cfg.epochs * self.steps_per_epoch, 6))
 
@@ -363,10 +372,10 @@ class _Trainer:
     def _epoch_loader(self, epoch: int, batches_done: int) -> DataLoader:
         """This rank's batches of `epoch`, starting after the `batches_done` already consumed."""
         self.sampler.set_epoch(epoch)
-        remaining = list(self.sampler)[batches_done * self.cfg.batch_size :]
+        remaining = list(self.sampler)[batches_done * self.rank_batch_size :]
         return DataLoader(
             self.train_data,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.rank_batch_size,
             sampler=remaining,
             collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",

@@ -1,0 +1,48 @@
+"""Tiny real models on disk for stage and pipeline tests: a WordPiece tokenizer and a BERT encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "ok", "film", "book", "plot", "the", "a", "was", "very", "not"]
+
+
+def tiny_teacher_dir(path: Path, *, dropout: float = 0.0, layers: int = 2, seed: int = 0) -> Path:
+    """A BERT encoder (hidden 32) with its tokenizer, loadable like `builtin:minilm-l6`."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+def tiny_sentiment_rows(count: int = 96) -> list[dict[str, str]]:
+    """Distinct short texts whose label follows their words (positive/negative/neutral)."""
+    lexicon = {"positive": ["good", "great", "fine"], "negative": ["bad", "awful", "poor"], "neutral": ["ok"]}
+    subjects = ["film", "book", "plot"]
+    rows = []
+    index = 0
+    while len(rows) < count:
+        for label, words in lexicon.items():
+            word = words[index % len(words)]
+            subject = subjects[(index // len(words)) % len(subjects)]
+            text = " ".join(["the", subject, "was"] + ["very"] * (index // 9) + [word])
+            rows.append({"text": text, "label": label})
+        index += 1
+    return rows[:count]
