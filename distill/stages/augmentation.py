@@ -1,0 +1,258 @@
+"""Augmented texts and the teacher's labels for them, cached in the run directory.
+
+Both steps are slow on a CPU (POS tagging; a transformer over ten times the training set)
+and both are deterministic, so each result is stored under a key that hashes everything
+it depends on, and reused by `distill augment`, `distill label` and the stages alike. The
+teacher's logits are written in chunks, so a killed labelling run resumes from the last
+finished chunk instead of starting over. Under torchrun every rank computes what the cache
+lacks, and only rank 0 writes it, as it writes everything else in the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
+from distill import distributed
+from distill.data.augment import Augmenter
+from distill.data.datasets import PreparedData
+from distill.data.encoded import EncodedDataset
+from distill.errors import UserError
+from distill.models.teacher import label_names, load_classifier, register_pooled_bert
+from distill.recipe import AugmentSettings
+from distill.report.evaluate import predict_logits
+from distill.stages.common import text_encoder
+
+LABEL_CHUNK = 1024  # texts per logits file: the most a killed labelling run loses
+LABEL_BATCH = 128  # texts per teacher forward pass
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()[:16]
+
+
+def _cache_dir(run: Any) -> Path:
+    return run.dir / "cache"
+
+
+def augment_settings(run: Any) -> AugmentSettings:
+    """`[stages.data_distill] augment`, or the defaults when the recipe has no such table."""
+    section = run.recipe.stages.data_distill
+    return section.augment if section is not None else AugmentSettings()
+
+
+def _augmented_path(run: Any, data: PreparedData) -> Path:
+    key = _digest(
+        {
+            "augment": augment_settings(run).model_dump(mode="json"),
+            "seed": run.recipe.run.seed,
+            "language": run.recipe.task.language,
+            "train": [e.text for e in data.train],
+            "excluded": [e.text for e in data.dev + data.test],
+        }
+    )
+    return _cache_dir(run) / f"augmented-{key}.jsonl"
+
+
+def augmented_texts(run: Any) -> list[str]:
+    """New texts made from the training texts, none equal to a training, dev or test text.
+
+    Read from the run's cache when an earlier call made them with the same settings, seed
+    and data.
+    """
+    data = run.data()
+    path = _augmented_path(run, data)
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+    settings = augment_settings(run)
+    train = [e.text for e in data.train]
+    augmenter = Augmenter(
+        run.recipe.task.language,
+        unk=settings.unk,
+        pos_swap=settings.pos_swap,
+        n_sampling=settings.n_sampling,
+        multiplier=settings.multiplier,
+        seed=run.recipe.run.seed,
+    )
+    texts = augmenter.fit(train).augment(train, exclude=[e.text for e in data.dev + data.test])
+    made = len(train) * settings.multiplier
+    run.logger.info(
+        f"augmented {len(train)} training texts: made {made}, kept {len(texts)}, "
+        f"dropped {made - len(texts)} as duplicates or copies of training/dev/test texts"
+    )
+    if distributed.is_main():
+        # json.dumps escapes "\n", so one text is one line even when it holds line breaks.
+        _write_atomic(path, "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in texts))
+    return texts
+
+
+def distillation_texts(run: Any) -> list[str]:
+    """What the teacher labels for data distillation: training texts, then augmented ones."""
+    return [e.text for e in run.data().train] + augmented_texts(run)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_array_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
+def _teacher_fingerprint(teacher_dir: Path) -> str:
+    """Hash of the teacher's files, so a re-fine-tuned teacher never reuses old labels."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in teacher_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _check_teacher_labels(run: Any, teacher_dir: Path) -> None:
+    """Logit column i must mean the task's label i, as gold label ids do."""
+    register_pooled_bert()
+    teacher = label_names(AutoConfig.from_pretrained(teacher_dir, local_files_only=True))
+    task = run.data().labels
+    if teacher != task:
+        raise UserError(
+            f"the teacher's labels {teacher} are not the task's labels {task}",
+            str(teacher_dir),
+            "fine-tune the teacher on this task ([stages.finetune]), "
+            "or use a teacher with the task's label names in the same order",
+        )
+
+
+def _labels_dir(run: Any, teacher_dir: Path, texts: list[str], chunk_size: int) -> Path:
+    task = run.recipe.task
+    key = _digest(
+        {
+            "teacher": _teacher_fingerprint(teacher_dir),
+            "encoding": [task.max_length, task.truncation, task.resolved_head_tokens()],
+            "texts": hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest(),
+            "chunk_size": chunk_size,
+        }
+    )
+    return _cache_dir(run) / f"labels-{key}"
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """The outcome of one labelling call: logits and what it cost."""
+
+    logits: np.ndarray  # (N, C), row i for text i
+    labelled: int  # texts this call ran through the teacher (the rest came from the cache)
+    seconds: float
+    directory: Path  # the chunk files
+
+
+def _label_with_cache(run: Any, texts: list[str], chunk_size: int) -> Labelling:
+    """Teacher logits for `texts`, computing only the chunks missing from the cache.
+
+    Chunk i covers texts[i * chunk_size : (i + 1) * chunk_size] and is written atomically
+    once finished; chunks already on disk are read, not recomputed.
+    """
+    if not texts:
+        raise ValueError("no texts to label")
+    teacher_dir = run.teacher_dir()
+    _check_teacher_labels(run, teacher_dir)
+    directory = _labels_dir(run, teacher_dir, texts, chunk_size)
+    starts = range(0, len(texts), chunk_size)
+    paths = [directory / f"chunk-{index:05d}.npy" for index in range(len(starts))]
+    cached = sum(
+        min(chunk_size, len(texts) - start) for start, path in zip(starts, paths) if path.is_file()
+    )
+    model, encoder = None, None
+    chunks: list[np.ndarray] = []
+    started = time.perf_counter()
+    quiet = None if distributed.is_main() else True  # None: a bar on a terminal only
+    bar = tqdm(total=len(texts), initial=cached, desc="teacher labels", unit="text", disable=quiet)
+    with bar:
+        for start, path in zip(starts, paths):
+            if path.is_file():
+                chunks.append(np.load(path))
+                continue
+            if model is None:  # loaded only when some chunk is missing
+                model = load_classifier(teacher_dir).to(run.device)
+                encoder = text_encoder(run.recipe, teacher_dir)
+            dataset = EncodedDataset(encoder, texts[start : start + chunk_size])
+            logits = predict_logits(model, dataset, run.device, LABEL_BATCH).numpy()  # (chunk, C)
+            if distributed.is_main():
+                _save_array_atomic(path, logits)
+            chunks.append(logits)
+            bar.update(len(dataset))
+    seconds = time.perf_counter() - started
+    labelled = len(texts) - cached
+    if labelled:
+        run.logger.info(
+            f"teacher labelled {labelled} texts in {seconds:.1f}s "
+            f"({labelled / seconds:.0f} texts/s); {cached} came from the cache"
+        )
+    return Labelling(np.concatenate(chunks), labelled, seconds, directory)
+
+
+def teacher_logits(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
+    """The fine-tuned teacher's logits (N, C) for `texts`, cached on disk in resumable chunks.
+
+    Logits, not probabilities, are stored: soft labels at temperature τ need logits / τ.
+    """
+    return _label_with_cache(run, texts, chunk_size).logits
+
+
+def teacher_labels(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
+    """The teacher's class probabilities (N, C) at temperature 1 for `texts` (cached logits)."""
+    return _softmax(teacher_logits(run, texts, chunk_size))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # (N, C)
+    return shifted / shifted.sum(axis=1, keepdims=True)  # (N, C)
+
+
+def run_augment(run: Any) -> dict[str, Any]:
+    """`distill augment`: make (or find) the augmented texts; a summary for the terminal."""
+    started = time.perf_counter()
+    texts = augmented_texts(run)
+    data = run.data()
+    return {
+        "train_texts": len(data.train),
+        "augmented_texts": len(texts),
+        "file": str(_augmented_path(run, data)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_label(run: Any) -> dict[str, Any]:
+    """`distill label`: teacher logits for the training and augmented texts; a summary."""
+    texts = distillation_texts(run)
+    result = _label_with_cache(run, texts, LABEL_CHUNK)
+    names = run.data().labels
+    counts = np.bincount(result.logits.argmax(axis=1), minlength=len(names))
+    confidence = _softmax(result.logits).max(axis=1)  # (N,)
+    return {
+        "texts": len(texts),
+        "labelled_now": result.labelled,
+        "directory": str(result.directory),
+        "seconds": round(result.seconds, 2),
+        "texts_per_s": round(result.labelled / result.seconds, 1) if result.labelled else None,
+        "teacher_label_counts": dict(zip(names, counts.tolist())),
+        "teacher_mean_confidence": round(float(confidence.mean()), 4),
+    }

@@ -1,0 +1,197 @@
+"""`data_distill`: word-level students taught by the teacher through augmented text (DESIGN.md §5).
+
+ERNIE's data distillation: the fine-tuned teacher labels many augmented versions of the
+training texts, and a tiny BOW/CNN/BiGRU student learns from those labels together with the
+gold training set, through the one training loop, keeping its best dev checkpoint.
+
+Training rows are the gold training texts first (rows < num_gold), then the augmented texts.
+Targets, per `[stages.data_distill] labels`:
+
+- "hard": cross-entropy against the gold label of an original text and against the
+  teacher's argmax for an augmented one (ERNIE's hard-label variant).
+- "soft": every row is pulled towards the teacher's distribution with
+  KL(softmax(z_T/τ) ‖ softmax(z_S/τ))·τ², and an original row adds cross-entropy on its
+  gold label; the batch loss is the mean of these per-row losses. Gold labels are right where
+  the teacher errs, and the teacher's distribution carries what a one-hot label cannot (its
+  view of near misses), so originals get both, as in Hinton's and DistilBERT's mix, and
+  augmented texts, which have no gold label, get the teacher alone, as in TinyBERT's
+  prediction-layer distillation on augmented data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.data.datasets import PreparedData
+from distill.data.encoded import WordDataset
+from distill.data.words import WordTokenizer, WordVocab
+from distill.errors import UserError
+from distill.losses import combine, hard_label_loss, soft_label_loss
+from distill.models.shallow import ShallowConfig, build_shallow, count_parameters, save_shallow
+from distill.stages.augmentation import augmented_texts, teacher_logits
+from distill.stages.common import dev_evaluator, split_metrics, train_config, write_metrics
+from distill.train.loop import seed_everything, train
+
+
+def distillation_loss(
+    logits_S: Tensor,
+    batch: dict[str, Any],
+    logits_T: Tensor,
+    num_gold: int,
+    labels: str,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The batch loss of the module docstring, and its logged terms.
+
+    logits_S: (batch, classes) for the batch's rows; logits_T: (rows, classes) for every
+    training row, looked up by batch["index"]; batch["labels"]: (batch,) gold ids for
+    originals and teacher argmax ids for augmented rows.
+    """
+    if labels == "hard":
+        return combine({"hard": (1.0, hard_label_loss(logits_S, batch["labels"], label_smoothing))})
+    rows = batch["index"]  # (batch,)
+    is_gold = rows < num_gold  # (batch,)
+    terms = {"soft": (1.0, soft_label_loss(logits_S, logits_T[rows], temperature))}
+    gold_share = is_gold.float().mean().item()
+    if gold_share > 0:  # CE summed over gold rows / batch size = its share of the per-row mean
+        gold_loss = hard_label_loss(logits_S[is_gold], batch["labels"][is_gold], label_smoothing)
+        terms["hard"] = (gold_share, gold_loss)
+    return combine(terms)
+
+
+def training_set(
+    tokenizer: WordTokenizer,
+    vocab: WordVocab,
+    gold_texts: list[str],
+    gold_ids: list[int],
+    augmented: list[str],
+    logits_T: Tensor,
+    max_len: int,
+) -> WordDataset:
+    """Gold rows then augmented rows; an augmented row's label is the teacher's argmax.
+
+    logits_T: (len(gold_texts) + len(augmented), classes), in the same row order.
+    """
+    teacher_ids = logits_T[len(gold_texts) :].argmax(dim=-1).tolist()
+    return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_ids + teacher_ids, max_len)
+
+
+def _require_single_texts(data: PreparedData) -> None:
+    if any(example.text_pair is not None for example in data.train):
+        raise UserError(
+            "data distillation trains single-text students, but the task has text pairs",
+            "[task] text_pair_column",
+            "remove [stages.data_distill] from the recipe for a text-pair task",
+        )
+
+
+def run(run: Any, work: Path) -> dict[str, Any]:
+    recipe = run.recipe
+    section = recipe.stages.data_distill
+    data = run.data()
+    _require_single_texts(data)
+    gold_texts = [example.text for example in data.train]
+    augmented = augmented_texts(run)
+    logits_T = torch.from_numpy(teacher_logits(run, gold_texts + augmented))  # (rows, classes)
+
+    tokenizer = WordTokenizer(recipe.task.language)
+    vocab = WordVocab.build(
+        (tokenizer.split(text) for text in gold_texts + augmented),
+        section.vocab_min_freq,
+        section.vocab_max_size,
+    )
+    max_len = recipe.task.max_length
+    train_set = training_set(
+        tokenizer, vocab, gold_texts, data.label_ids("train"), augmented, logits_T, max_len
+    )
+    evaluation = {
+        split: WordDataset(
+            tokenizer, vocab, [e.text for e in getattr(data, split)], data.label_ids(split), max_len
+        )
+        for split in ("dev", "test")
+    }
+    rows = f"{len(gold_texts)} gold + {len(augmented)} augmented rows"
+    run.logger.info(f"[data_distill] {rows}, {len(vocab)} words")
+
+    headline: dict[str, Any] = {"augmented_texts": len(augmented)}
+    for kind in section.students:
+        config = ShallowConfig(
+            kind=kind,
+            vocab_size=len(vocab),
+            num_labels=len(data.labels),
+            embed_dim=section.embed_dim,
+            hidden=section.hidden,
+            max_len=max_len,
+            language=recipe.task.language,
+            id2label=dict(enumerate(data.labels)),
+        )
+        metrics = _train_student(
+            run, config, vocab, train_set, evaluation, logits_T, len(gold_texts), work / kind
+        )
+        headline[f"{kind}_test_accuracy"] = metrics["test"]["accuracy"]
+    return headline
+
+
+def _train_student(
+    run: Any,
+    config: ShallowConfig,
+    vocab: WordVocab,
+    train_set: WordDataset,
+    evaluation: dict[str, WordDataset],
+    logits_T: Tensor,
+    num_gold: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Train one student, save it with its metrics.json, and return those metrics."""
+    section = run.recipe.stages.data_distill
+    labels = list(config.id2label.values())
+    seed_everything(run.recipe.run.seed)  # the same initial weights on every run
+    model = build_shallow(config)
+    targets_T = logits_T.to(run.device)  # (rows, classes)
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        logits_S = model(**batch["inputs"])  # (batch, classes)
+        return distillation_loss(
+            logits_S,
+            batch,
+            targets_T,
+            num_gold,
+            section.labels,
+            section.temperature,
+            section.label_smoothing,
+        )
+
+    result = train(
+        model,
+        loss_fn,
+        train_set,
+        train_config(section, run.recipe.run.seed),
+        collate=train_set.collate,
+        work_dir=run.checkpoints / config.kind,  # one checkpoint folder per student
+        eval_fn=dev_evaluator(evaluation["dev"], labels, run.device),
+        metric="accuracy",
+        log=run.log_metrics,
+        device=run.device,
+        desc=f"data_distill/{config.kind}",
+    )
+    save_shallow(result.model, config, vocab, out_dir)
+    metrics = split_metrics(result.model, evaluation, labels, run.device)
+    metrics.update(
+        params=count_parameters(result.model),
+        train_rows={"gold": num_gold, "augmented": len(train_set) - num_gold},
+        labels=section.labels,
+        best_step=result.best_step,
+        steps=result.global_steps,
+        seconds=round(result.seconds, 2),
+    )
+    write_metrics(out_dir / "metrics.json", metrics)
+    run.logger.info(
+        f"[data_distill] {config.kind}: dev accuracy {metrics['dev']['accuracy']:.4f}, "
+        f"test accuracy {metrics['test']['accuracy']:.4f}, {metrics['params']} parameters"
+    )
+    return metrics

@@ -1,0 +1,345 @@
+"""Data distillation: cached augmentation, resumable teacher labelling, targets, the stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from distill.data.augment import Augmenter
+from distill.data.datasets import Example, write_split
+from distill.data.encoded import EncodedDataset, WordDataset
+from distill.data.words import WordTokenizer, WordVocab
+from distill.errors import UserError
+from distill.models.shallow import ShallowConfig, build_shallow, load_shallow
+from distill.models.teacher import load_classifier
+from distill.pipeline import Run
+from distill.recipe import parse_recipe
+from distill.report.evaluate import evaluate_model, predict_logits
+from distill.stages import augmentation, data_distill
+from distill.stages.augmentation import (
+    augmented_texts,
+    distillation_texts,
+    teacher_labels,
+    teacher_logits,
+)
+from distill.stages.common import text_encoder
+from distill.stages.data_distill import distillation_loss, training_set
+
+LABELS = ["negative", "neutral", "positive"]
+WORDS_BY_LABEL = {
+    "negative": ["bad", "awful", "boring"],
+    "neutral": ["okay", "long", "new"],
+    "positive": ["good", "great", "fun"],
+}
+TEMPLATES = ["the movie was {}", "a {} film", "{} acting and plot"]
+# Short spans of training texts: augmentation makes them unless it filters them out.
+DEV = [
+    ("good", "positive"),
+    ("a bad", "negative"),
+    ("movie was okay", "neutral"),
+    ("fun", "positive"),
+    ("boring film", "negative"),
+    ("long", "neutral"),
+]
+TEST = [
+    ("great", "positive"),
+    ("awful acting", "negative"),
+    ("a new film", "neutral"),
+    ("was fun", "positive"),
+    ("the movie was bad", "negative"),
+    ("okay", "neutral"),
+]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TEMPLATE_WORDS = ["the", "movie", "was", "a", "film", "acting", "and", "plot"]
+TEACHER_VOCAB = (
+    SPECIAL + TEMPLATE_WORDS + [word for words in WORDS_BY_LABEL.values() for word in words]
+)
+CHUNK = 16
+
+
+def train_examples() -> list[Example]:
+    return [
+        Example(t.format(w), label)
+        for label, words in WORDS_BY_LABEL.items()
+        for w in words
+        for t in TEMPLATES
+    ]
+
+
+def save_tiny_teacher(directory) -> None:
+    directory.mkdir(parents=True)
+    (directory / "vocab.txt").write_text("\n".join(TEACHER_VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(TEACHER_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        initializer_range=0.2,  # wide enough that texts get clearly different logits
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(directory)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run directory with prepared data and a fine-tuned (tiny, random) teacher."""
+    recipe = parse_recipe(
+        {
+            "run": {"name": "tiny", "out_dir": str(tmp_path / "runs"), "seed": 3},
+            "task": {"max_length": 16},
+            "stages": {
+                "finetune": {},
+                "data_distill": {
+                    "students": ["bow", "cnn"],
+                    "labels": "soft",
+                    "temperature": 2.0,
+                    "max_steps": 4,
+                    "batch_size": 8,
+                    "embed_dim": 8,
+                    "hidden": 8,
+                    "augment": {"unk": 0.2, "pos_swap": 0.0, "n_sampling": 0.5, "multiplier": 20},
+                },
+            },
+            "export": {"enabled": False},
+            "report": {"enabled": False},
+        }
+    )
+    run = Run(recipe)
+    data_dir = run.dir / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "labels.json").write_text(json.dumps(LABELS), encoding="utf-8")
+    write_split(train_examples(), data_dir / "train.jsonl")
+    write_split([Example(*row) for row in DEV], data_dir / "dev.jsonl")
+    write_split([Example(*row) for row in TEST], data_dir / "test.jsonl")
+    save_tiny_teacher(run.dir / "teacher")
+    yield run
+    logger = logging.getLogger("distill")
+    for handler in [h for h in logger.handlers if getattr(h, "_distill_run", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def normal_form(text: str) -> str:
+    tokenizer = WordTokenizer("en")
+    return tokenizer.join(tokenizer.split(text))
+
+
+def direct_teacher_logits(run, texts) -> np.ndarray:
+    teacher_dir = run.dir / "teacher"
+    dataset = EncodedDataset(text_encoder(run.recipe, teacher_dir), texts)
+    return predict_logits(load_classifier(teacher_dir), dataset).numpy()
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def test_augmented_texts_are_cached_and_leave_out_dev_test_and_training_texts(
+    tiny_run, monkeypatch
+):
+    train = [e.text for e in train_examples()]
+    unfiltered = Augmenter(
+        "en", unk=0.2, pos_swap=0.0, n_sampling=0.5, multiplier=20, seed=3
+    ).augment(train)
+    held_out = {normal_form(text) for text, _ in DEV + TEST}
+    assert len(held_out & set(unfiltered)) >= 4  # the data would leak without the filter
+
+    texts = augmented_texts(tiny_run)
+    assert len(texts) > 100
+    assert not held_out & set(texts)
+    assert not {normal_form(text) for text in train} & set(texts)
+    assert len(set(texts)) == len(texts)
+
+    (cache_file,) = (tiny_run.dir / "cache").glob("augmented-*.jsonl")
+    lines = cache_file.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == texts
+
+    def fail(*args, **kwargs):
+        raise AssertionError("augmented again instead of reading the cache")
+
+    monkeypatch.setattr(Augmenter, "augment", fail)
+    assert augmented_texts(tiny_run) == texts
+
+
+def test_another_seed_augments_into_another_cache_file(tiny_run):
+    first = augmented_texts(tiny_run)
+    tiny_run.recipe.run.seed = 4
+    second = augmented_texts(tiny_run)
+    assert second != first
+    assert len(list((tiny_run.dir / "cache").glob("augmented-*.jsonl"))) == 2
+
+
+# ------------------------------------------------------------------ teacher labels
+
+
+def test_teacher_logits_on_disk_equal_a_direct_teacher_call(tiny_run):
+    texts = distillation_texts(tiny_run)
+    assert texts[:27] == [e.text for e in train_examples()]
+    logits = teacher_logits(tiny_run, texts, chunk_size=CHUNK)
+
+    (labels_dir,) = (tiny_run.dir / "cache").glob("labels-*")
+    chunks = sorted(labels_dir.glob("chunk-*.npy"))
+    assert len(chunks) == math.ceil(len(texts) / CHUNK)
+    on_disk = np.concatenate([np.load(path) for path in chunks])
+    direct = direct_teacher_logits(tiny_run, texts)
+    assert on_disk.shape == (len(texts), 3)
+    assert np.ptp(direct, axis=0).min() > 0.05  # rows differ, so row order matters below
+    np.testing.assert_allclose(on_disk, direct, atol=1e-5)
+    np.testing.assert_allclose(logits, direct, atol=1e-5)
+
+    probabilities = teacher_labels(tiny_run, texts, chunk_size=CHUNK)
+    np.testing.assert_allclose(
+        probabilities, torch.softmax(torch.from_numpy(direct), -1).numpy(), atol=1e-6
+    )
+
+
+def test_killed_labelling_resumes_from_its_finished_chunks(tiny_run, monkeypatch):
+    texts = distillation_texts(tiny_run)
+    expected = direct_teacher_logits(tiny_run, texts)
+    real_predict = augmentation.predict_logits
+    labelled: list[int] = []
+
+    def killed_on_third_chunk(model, dataset, *args):
+        if len(labelled) == 2:
+            raise KeyboardInterrupt
+        labelled.append(len(dataset))
+        return real_predict(model, dataset, *args)
+
+    monkeypatch.setattr(augmentation, "predict_logits", killed_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_logits(tiny_run, texts, chunk_size=CHUNK)
+    (labels_dir,) = (tiny_run.dir / "cache").glob("labels-*")
+    assert sorted(path.name for path in labels_dir.iterdir()) == [
+        "chunk-00000.npy",
+        "chunk-00001.npy",
+    ]
+
+    labelled.clear()
+
+    def counted(model, dataset, *args):
+        labelled.append(len(dataset))
+        return real_predict(model, dataset, *args)
+
+    monkeypatch.setattr(augmentation, "predict_logits", counted)
+    resumed = teacher_logits(tiny_run, texts, chunk_size=CHUNK)
+    assert (
+        sum(labelled) == len(texts) - 2 * CHUNK
+    )  # the two finished chunks were read, not recomputed
+    np.testing.assert_allclose(resumed, expected, atol=1e-5)
+
+
+def test_label_command_summary_counts_what_it_labelled(tiny_run):
+    augment = augmentation.run_augment(tiny_run)
+    assert augment["train_texts"] == 27
+    assert augment["augmented_texts"] == len(augmented_texts(tiny_run))
+    texts = distillation_texts(tiny_run)
+    first = augmentation.run_label(tiny_run)
+    assert first["texts"] == first["labelled_now"] == len(texts)
+    expected = np.bincount(direct_teacher_logits(tiny_run, texts).argmax(axis=1), minlength=3)
+    assert first["teacher_label_counts"] == dict(zip(LABELS, expected.tolist()))
+    again = augmentation.run_label(tiny_run)
+    assert again["labelled_now"] == 0 and again["texts_per_s"] is None
+    assert again["teacher_label_counts"] == first["teacher_label_counts"]
+
+
+def test_teacher_with_labels_in_another_order_is_refused(tiny_run):
+    (tiny_run.dir / "data" / "labels.json").write_text(json.dumps(LABELS[::-1]), encoding="utf-8")
+    with pytest.raises(UserError, match="not the task's labels"):
+        teacher_logits(tiny_run, ["a good film"])
+
+
+# ------------------------------------------------------------------ targets and loss
+
+
+def test_hard_and_soft_targets_match_a_hand_computation():
+    gold_texts, gold_ids = ["good film", "bad plot", "okay movie"], [2, 0, 1]
+    augmented = ["good", "bad film", "movie"]
+    logits_T = torch.tensor(
+        [
+            [0.1, 0.2, 3.0],
+            [2.0, 0.0, -1.0],
+            [0.0, 1.0, 0.0],
+            [-1.0, 0.5, 2.5],
+            [1.5, 1.0, -2.0],
+            [0.0, 2.0, 1.0],
+        ]
+    )  # (6 rows, 3 classes): 3 gold rows, then 3 augmented rows
+    tokenizer = WordTokenizer("en")
+    vocab = WordVocab.build(tokenizer.split(text) for text in gold_texts)
+    dataset = training_set(tokenizer, vocab, gold_texts, gold_ids, augmented, logits_T, max_len=8)
+    assert dataset.labels == [2, 0, 1, 2, 0, 1]  # gold, then the teacher's argmax
+
+    batch = dataset.collate([dataset[i] for i in (0, 4, 2, 5)])
+    torch.manual_seed(0)
+    model = build_shallow(
+        ShallowConfig(kind="bow", vocab_size=len(vocab), num_labels=3, embed_dim=4, hidden=4)
+    )
+    logits_S = model.eval()(**batch["inputs"])  # (4, 3)
+    targets = torch.tensor([2, 0, 1, 1])
+    ce = -F.log_softmax(logits_S, -1)[torch.arange(4), targets]  # (4,) per-row cross-entropy
+
+    hard, logs = distillation_loss(logits_S, batch, logits_T, 3, "hard", 2.0)
+    assert hard.item() == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert set(logs) == {"hard", "loss"}
+
+    tau = 2.0
+    p_T = F.softmax(logits_T[[0, 4, 2, 5]] / tau, -1)
+    kl = (p_T * (p_T.log() - F.log_softmax(logits_S / tau, -1))).sum(-1) * tau**2  # (4,)
+    gold_rows = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    expected = (kl + gold_rows * ce).mean()  # CE on gold only for originals, soft on every row
+    soft, logs = distillation_loss(logits_S, batch, logits_T, 3, "soft", tau)
+    assert soft.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["soft"] == pytest.approx(kl.mean().item(), rel=1e-5)
+    assert logs["hard"] == pytest.approx(ce[[0, 2]].mean().item(), rel=1e-5)
+
+    only_augmented = dataset.collate([dataset[i] for i in (3, 5)])
+    soft, logs = distillation_loss(
+        model(**only_augmented["inputs"]), only_augmented, logits_T, 3, "soft", tau
+    )
+    assert torch.isfinite(soft) and set(logs) == {"soft", "loss"}
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def test_stage_trains_saves_and_reports_bow_and_cnn_students(tiny_run):
+    results = tiny_run.execute(only=["data_distill"])
+    headline = results["data_distill"]["metrics"]
+    augmented = augmented_texts(tiny_run)
+    assert headline["augmented_texts"] == len(augmented)
+    tokenizer = WordTokenizer("en")
+    for kind in ("bow", "cnn"):
+        folder = tiny_run.dir / "shallow" / kind
+        model, config, vocab = load_shallow(folder)
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        assert config.kind == kind and config.id2label == dict(enumerate(LABELS))
+        assert metrics["train_rows"] == {"gold": 27, "augmented": len(augmented)}
+        assert metrics["steps"] == 4 and metrics["params"] == sum(
+            p.numel() for p in model.parameters()
+        )
+        test_ids = [LABELS.index(label) for _, label in TEST]
+        test_set = WordDataset(tokenizer, vocab, [text for text, _ in TEST], test_ids)
+        reloaded = evaluate_model(model, test_set, LABELS)
+        assert (
+            reloaded["accuracy"] == metrics["test"]["accuracy"] == headline[f"{kind}_test_accuracy"]
+        )
+        assert reloaded["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert set(headline) == {"augmented_texts", "bow_test_accuracy", "cnn_test_accuracy"}
+    assert not list((tiny_run.dir / "shallow").glob(".*"))  # no checkpoints published
+
+
+def test_stage_refuses_text_pairs(tiny_run, tmp_path):
+    write_split([Example("good film", "positive", "a pair")], tiny_run.dir / "data" / "train.jsonl")
+    with pytest.raises(UserError, match="text pairs"):
+        data_distill.run(tiny_run, tmp_path)
