@@ -55,6 +55,22 @@ def _check_corpora(recipe: Recipe) -> list[str]:
     return lines
 
 
+def _check_pos_swap(recipe: Recipe) -> list[str]:
+    """English POS swap needs spaCy's English pipeline, an optional extra."""
+    section = recipe.stages.data_distill
+    if section is None or not section.enabled or section.augment.pos_swap == 0 or recipe.task.language != "en":
+        return []
+    import importlib.util
+
+    if importlib.util.find_spec("en_core_web_sm") is None:
+        raise UserError(
+            "POS swap for English needs spaCy's en_core_web_sm pipeline",
+            "[stages.data_distill] augment.pos_swap",
+            "pip install 'distill[spacy]', or set pos_swap = 0",
+        )
+    return ["English POS tags from spaCy en_core_web_sm"]
+
+
 def check_recipe(recipe: Recipe) -> list[str]:
     """Run every check that needs no training; raise UserError on the first problem."""
     from distill.data.datasets import load_task
@@ -70,4 +86,5 @@ def check_recipe(recipe: Recipe) -> list[str]:
         lines.append(description)
     lines += _check_relation_heads(recipe, teacher_width)
     lines += _check_corpora(recipe)
+    lines += _check_pos_swap(recipe)
     return lines
