@@ -124,7 +124,8 @@ def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
 
 
 def _column_names(rows: list[tuple[int, dict]]) -> list[str]:
-    return list(rows[0][1].keys()) if rows else []
+    # csv.DictReader files the extra cells of a row longer than the header under the key None
+    return [name for name in rows[0][1] if name is not None] if rows else []
 
 
 def read_examples(path: Path, task: TaskSection) -> list[Example]:
