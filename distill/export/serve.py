@@ -8,6 +8,7 @@ side, never bad input.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from distill.errors import UserError
@@ -88,11 +89,17 @@ def create_app(
     return app
 
 
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """400 for a body that is not JSON at all, 422 for JSON of the wrong shape."""
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    """400 for a body that is not JSON at all, 422 for JSON of the wrong shape.
+
+    The offending input is not echoed back (it may be bytes that are not UTF-8, or NaN), and
+    keys the client sent (in `loc`) are ASCII-escaped, as they may hold lone surrogates.
+    """
     errors = error.errors()
     status = 400 if any(item["type"] == "json_invalid" for item in errors) else 422
-    return JSONResponse(status_code=status, content={"detail": jsonable_encoder(errors)})
+    detail = [{key: value for key, value in item.items() if key != "input"} for item in errors]
+    body = json.dumps({"detail": jsonable_encoder(detail)}, ensure_ascii=True)
+    return Response(body, status_code=status, media_type="application/json")
 
 
 async def _internal_error(request: Request, error: Exception) -> JSONResponse:
