@@ -107,6 +107,7 @@ class StudentSection(Section):
     init: str = "teacher-layers"  # teacher-layers | random | path to a general student
     layer_map: list[int] | None = None  # zero-based teacher layers, one per student layer
     prune_vocab: bool = False
+    seed: int | None = None  # student init and distillation training; None = [run] seed (split and teacher keep it)
 
 
 class TrainSettings(Section):

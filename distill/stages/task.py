@@ -1,0 +1,210 @@
+"""`task_adaptive` (TAD) and `task_specific` (TSD): distillation on the task's own data (DESIGN.md §5).
+
+TAD transfers the fine-tuned teacher's self-attention relations on the task's texts (and the
+augmenter's), with no labels. TSD then trains the classifier: soft labels from the teacher at a
+temperature, gold labels, and optionally the relation loss. The teacher's logits on the fixed
+training inputs are computed once, in eval mode, before training: recomputing them every epoch
+would give the same numbers at the cost of a teacher forward pass per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.data.encoded import EncodedDataset
+from distill.errors import UserError
+from distill.losses import combine, hard_label_loss, soft_label_loss
+from distill.recipe import TaskSpecificStage
+from distill.report.evaluate import predict_logits
+from distill.stages.augmentation import augmented_texts
+from distill.stages.common import copy_tokenizer, dev_evaluator, split_metrics, task_dataset, train_config
+from distill.stages.distillation import (
+    RelationTransfer,
+    StageTexts,
+    TeacherStudent,
+    fine_tuned_teacher,
+    relation_stage,
+    save_student,
+    student_seed,
+    teacher_and_student,
+)
+from distill.train.loop import LossFn, TrainResult, train
+
+TWIN_DIR = "twin"
+
+
+def run_task_adaptive(run: Any, work: Path) -> dict[str, Any]:
+    section = run.recipe.stages.task_adaptive
+    data = run.data()
+    texts = [e.text for e in data.train]
+    pairs = [e.text_pair for e in data.train]
+    source = f"the task's {len(texts)} training texts"
+    if section.augment:
+        extra = augmented_texts(run)
+        texts, pairs = texts + extra, pairs + [None] * len(extra)
+        source += f" and {len(extra)} augmented texts"
+    teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
+    return relation_stage(run, work, section, data, teacher, teacher_dir, StageTexts(texts, pairs, source))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    soft: float
+    hard: float
+    relation: float
+
+
+GOLD_ONLY = LossWeights(soft=0.0, hard=1.0, relation=0.0)
+
+
+@dataclass(frozen=True)
+class TeacherLogitCache:
+    """The teacher's logits on the training rows, computed once before training."""
+
+    logits: Tensor  # (rows, classes) on the training device, row i for dataset row i
+    seconds: float  # one teacher pass over the training rows
+
+
+def cache_teacher_logits(teacher: nn.Module, dataset: EncodedDataset, device: torch.device) -> TeacherLogitCache:
+    """One eval-mode teacher pass over `dataset`, timed (predict_logits returns on the CPU, so it is synchronised)."""
+    started = time.perf_counter()
+    logits = predict_logits(teacher, dataset, device)  # (rows, classes)
+    return TeacherLogitCache(logits.to(device), time.perf_counter() - started)
+
+
+def label_loss_fn(
+    weights: LossWeights,
+    temperature: float,
+    label_smoothing: float,
+    pair: TeacherStudent,
+    cache: TeacherLogitCache | None = None,
+    transfer: RelationTransfer | None = None,
+) -> LossFn:
+    """TSD's loss: soft·KL(teacher ‖ student at τ)·τ² + hard·CE(gold) + relation·relation loss.
+
+    With a `transfer` the teacher runs live (its q/k/v are needed) and its logits come from the
+    same pass; else they come from `cache`, looked up by the batch's row indices. Terms of zero
+    weight are not computed.
+    """
+    if weights.soft and cache is None and transfer is None:
+        raise ValueError("soft labels need cached teacher logits or a live teacher")
+
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        inputs_T = batch["inputs"]
+        inputs_S = pair.student_inputs(inputs_T)
+        terms: dict[str, tuple[float, Tensor]] = {}
+        if transfer is not None:
+            features_T, features_S = transfer.features(model, inputs_T, inputs_S)
+            logits_S, logits_T = features_S.logits, features_T.logits
+            terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
+        else:
+            logits_S = model(**inputs_S).logits  # (batch, classes)
+            logits_T = cache.logits[batch["index"]] if cache is not None else None  # (batch, classes)
+        if weights.soft:
+            terms["soft"] = (weights.soft, soft_label_loss(logits_S, logits_T, temperature))
+        if weights.hard:
+            terms["hard"] = (weights.hard, hard_label_loss(logits_S, batch["labels"], label_smoothing))
+        return combine(terms)
+
+    return loss_fn
+
+
+def _loss_weights(section: TaskSpecificStage) -> LossWeights:
+    weights = LossWeights(section.soft_weight, section.hard_weight, section.relation_weight)
+    if not (weights.soft or weights.hard or weights.relation):
+        raise UserError(
+            "soft_weight, hard_weight and relation_weight are all 0: nothing to train",
+            "[stages.task_specific]",
+            "set soft_weight and/or hard_weight above 0",
+        )
+    return weights
+
+
+def _epochs_run(result: TrainResult, rows: int, section: TaskSpecificStage) -> float:
+    steps_per_epoch = math.ceil(math.ceil(rows / section.batch_size) / section.grad_accum)
+    return result.global_steps / steps_per_epoch
+
+
+def _classifier_metrics(
+    run: Any, model: nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], result: TrainResult
+) -> dict:
+    metrics = split_metrics(model, datasets, labels, run.device)
+    metrics.update(best_step=result.best_step, steps=result.global_steps, seconds=round(result.seconds, 2))
+    return metrics
+
+
+def run_task_specific(run: Any, work: Path) -> dict[str, Any]:
+    recipe = run.recipe
+    section = recipe.stages.task_specific
+    weights = _loss_weights(section)
+    data = run.data()
+    teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
+    pair = teacher_and_student(run, work, teacher, teacher_dir, data)
+    train_set = task_dataset(pair.teacher_encoder, data.train, data.label2id)
+    eval_sets = {
+        name: task_dataset(pair.student_encoder, getattr(data, name), data.label2id) for name in ("dev", "test")
+    }
+    twin = copy.deepcopy(pair.student) if section.baseline_twin else None  # before any hook is attached
+
+    transfer = RelationTransfer(teacher, pair.student, section, "[stages.task_specific]") if weights.relation else None
+    cache = cache_teacher_logits(teacher, train_set, run.device) if weights.soft and transfer is None else None
+
+    def fit(model: nn.Module, loss_fn: LossFn, desc: str, checkpoints: Path) -> TrainResult:
+        return train(
+            model,
+            loss_fn,
+            train_set,
+            train_config(section, student_seed(recipe)),
+            collate=train_set.collate,
+            work_dir=checkpoints,
+            eval_fn=dev_evaluator(eval_sets["dev"], data.labels, run.device),
+            metric="accuracy",
+            log=run.log_metrics,
+            device=run.device,
+            desc=desc,
+        )
+
+    try:
+        loss_fn = label_loss_fn(weights, section.temperature, section.label_smoothing, pair, cache, transfer)
+        result = fit(pair.student, loss_fn, "task_specific", run.checkpoints)
+    finally:
+        if transfer is not None:
+            transfer.close()
+    metrics = _classifier_metrics(run, pair.student, eval_sets, data.labels, result)
+    headline = {
+        "dev_accuracy": metrics["dev"]["accuracy"],
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_macro_f1": metrics["test"]["macro_f1"],
+        **pair.pruning,
+    }
+    if cache is not None:
+        # A live teacher would run once per epoch; the cache ran it once in all.
+        saved = cache.seconds * (_epochs_run(result, len(train_set), section) - 1)
+        headline.update(teacher_logits_seconds=round(cache.seconds, 3), teacher_seconds_saved=round(saved, 3))
+        run.logger.info(
+            f"[task_specific] teacher logits cached in {cache.seconds:.2f}s; recomputing them every epoch "
+            f"would have cost {saved:.2f}s more"
+        )
+    notes = {"started_from": pair.started_from, "teacher": teacher_dir.name, "loss_weights": asdict(weights)}
+    save_student(pair.student, work, {**metrics, **headline, **notes})
+
+    if twin is not None:
+        gold_loss = label_loss_fn(GOLD_ONLY, section.temperature, section.label_smoothing, pair)
+        twin_result = fit(twin, gold_loss, "task_specific twin", run.checkpoints / TWIN_DIR)
+        twin_metrics = _classifier_metrics(run, twin, eval_sets, data.labels, twin_result)
+        (work / TWIN_DIR).mkdir(exist_ok=True)
+        copy_tokenizer(work, work / TWIN_DIR)
+        twin_notes = {"started_from": pair.started_from, "loss_weights": asdict(GOLD_ONLY)}
+        save_student(twin, work / TWIN_DIR, {**twin_metrics, **twin_notes})
+        headline.update(
+            twin_test_accuracy=twin_metrics["test"]["accuracy"], twin_test_macro_f1=twin_metrics["test"]["macro_f1"]
+        )
+    return headline

@@ -1,0 +1,347 @@
+"""The four distillation stages (GD, GED, TAD, TSD) on a tiny BERT teacher, through real runs.
+
+The teacher is a random 4-layer BERT classifier with a 100-piece WordPiece vocabulary, saved
+with its tokenizer; recipes point `[teacher] model` at it, so no fine-tuning stage is needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from conftest import tiny_rows, write_rows
+from distill.errors import UserError
+from distill.losses import hard_label_loss, soft_label_loss
+from distill.models.student import make_student
+from distill.models.teacher import load_classifier
+from distill.pipeline import Run
+from distill.recipe import load_recipe
+from distill.stages.augmentation import augmented_texts
+from distill.stages.common import task_dataset, text_encoder
+from distill.stages.distillation import frozen_teacher, teacher_and_student
+from distill.stages.task import LossWeights, cache_teacher_logits, label_loss_fn
+
+LABELS = ["negative", "neutral", "positive"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TASK_WORDS = ["negative", "neutral", "positive", "sentence", "number", "context"]
+CORPUS_WORDS = ["film", "good", "bad", "plot"]  # only in the general corpus
+DIGITS = [str(d) for d in range(10)] + [f"##{d}" for d in range(10)]
+FILLER = [f"filler{i}" for i in range(100 - len(SPECIALS) - len(TASK_WORDS) - len(CORPUS_WORDS) - len(DIGITS))]
+VOCAB = SPECIALS + TASK_WORDS + CORPUS_WORDS + DIGITS + FILLER
+QUERY_0 = "bert.encoder.layer.0.attention.self.query.weight"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("teacher")
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(directory).save_pretrained(directory)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, initializer_range=0.5,  # peaked attention: relations far from uniform
+        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _detach_run_logs():
+    yield
+    logger = logging.getLogger("distill")
+    for handler in [h for h in logger.handlers if getattr(h, "_distill_run", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+
+
+@pytest.fixture
+def make_run(tmp_path, teacher_dir):
+    """`make_run(stages, student="")` -> a Run on the tiny CSV (text pairs on) with the given stage tables."""
+    write_rows(tmp_path / "tiny.csv", tiny_rows())
+    (tmp_path / "corpus.txt").write_text(
+        "\n".join(f"{w} {v} plot number {i}" for i, (w, v) in enumerate(zip(CORPUS_WORDS * 5, TASK_WORDS * 4))),
+        encoding="utf-8",
+    )
+
+    def make(stages: str, student: str = "") -> Run:
+        recipe = f"""
+[run]
+name = "r"
+out_dir = "{tmp_path / 'runs'}"
+seed = 7
+device = "cpu"
+
+[task]
+dataset = "tiny.csv"
+text_pair_column = "pair"
+max_length = 16
+
+[teacher]
+model = "{teacher_dir}"
+
+[student]
+layers = 2
+{student}
+
+{stages}
+
+[export]
+enabled = false
+
+[report]
+enabled = false
+"""
+        path = tmp_path / "r.toml"
+        path.write_text(recipe, encoding="utf-8")
+        return Run(load_recipe(path))
+
+    return make
+
+
+def stage_table(name: str, **settings) -> str:
+    values = {"max_steps": 3, "batch_size": 8, "lr": 1e-3, **settings}
+    lines = [f"{key} = {json.dumps(value)}\n" for key, value in values.items() if value is not None]
+    return f"[stages.{name}]\n" + "".join(lines)
+
+
+def saved_metrics(directory: Path) -> dict:
+    return json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+
+
+def train_logs(run: Run, stage: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [row for row in rows if row.get("stage") == stage and "loss" in row]
+
+
+def test_chain_gd_ged_tad_tsd_prunes_once_and_each_stage_starts_from_the_last(make_run, teacher_dir):
+    stages = "\n".join(
+        [
+            stage_table("general"),
+            stage_table("general_enhanced", corpus=["corpus.txt"]),
+            stage_table("task_adaptive", relations=["qk", "vv"]),
+            # A learning rate so small that TSD leaves its start point visible in the saved weights.
+            stage_table("task_specific", lr=1e-9, baseline_twin=True),
+        ]
+    )
+    run = make_run(stages, student="prune_vocab = true")
+    results = run.execute()
+    outputs = {"general": "student_gd", "general_enhanced": "student_ged", "task_adaptive": "student_tad"}
+    outputs["task_specific"] = "student"
+
+    for stage, output in outputs.items():
+        model = load_classifier(run.dir / output)
+        assert model.config.num_hidden_layers == 2 and model.config.id2label == dict(enumerate(LABELS))
+    metrics = {stage: saved_metrics(run.dir / output) for stage, output in outputs.items()}
+    assert [metrics[s]["started_from"] for s in outputs] == [
+        "new student (init teacher-layers)", "student_gd", "student_ged", "student_tad",
+    ]  # fmt: skip
+
+    # GD (English, no corpus) trains on the task's training texts and says so; GED reads the corpus file.
+    assert metrics["general"]["texts_source"] == "no corpus given: the task's 40 training texts, labels unused"
+    assert metrics["general"]["texts"] == 40
+    corpus = run.dir.parent.parent / "corpus.txt"
+    assert metrics["general_enhanced"]["texts_source"] == f"corpus {corpus} (20 texts)"
+
+    # Only the first stage prunes: specials plus the pieces of the task's texts and pairs.
+    teacher_tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    texts = [text for row in tiny_rows() for text in (row["text"], row["pair"])]
+    used = {piece for text in texts for piece in teacher_tokenizer.tokenize(text)}
+    gd = results["general"]["metrics"]
+    assert gd["vocab_tokens_before"] == 100 and gd["vocab_tokens_kept"] == len(used | set(SPECIALS))
+    assert gd["vocab_mb_saved"] == pytest.approx((100 - gd["vocab_tokens_kept"]) * 32 * 4 / 2**20, abs=1e-3)
+    later = [key for stage in outputs if stage != "general" for key in results[stage]["metrics"]]
+    assert not any(key.startswith("vocab_") for key in later)
+    assert load_classifier(run.dir / "student").config.vocab_size == gd["vocab_tokens_kept"]
+
+    # TSD started from TAD's weights, which GD, GED and TAD moved away from the teacher's layer 1.
+    tad, tsd = load_classifier(run.dir / "student_tad"), load_classifier(run.dir / "student")
+    teacher = load_classifier(teacher_dir)
+    assert torch.allclose(tsd.state_dict()[QUERY_0], tad.state_dict()[QUERY_0], atol=1e-7)
+    teacher_layer_1 = teacher.state_dict()["bert.encoder.layer.1.attention.self.query.weight"]
+    assert (tad.state_dict()[QUERY_0] - teacher_layer_1).abs().max() > 1e-4
+
+    # The twin: same start, same loop and steps, gold labels only.
+    twin = run.dir / "student" / "twin"
+    assert load_classifier(twin).config.vocab_size == gd["vocab_tokens_kept"]
+    assert (twin / "tokenizer.json").is_file()
+    twin_metrics = saved_metrics(twin)
+    assert twin_metrics["loss_weights"] == {"soft": 0.0, "hard": 1.0, "relation": 0.0}
+    assert twin_metrics["steps"] == metrics["task_specific"]["steps"] == 3
+    assert 0.0 <= twin_metrics["test"]["accuracy"] <= 1.0
+    assert results["task_specific"]["metrics"]["twin_test_accuracy"] == twin_metrics["test"]["accuracy"]
+    assert all("soft" in row and "hard" in row for row in train_logs(run, "task_specific"))
+    twin_logs = train_logs(run, "task_specific twin")
+    assert twin_logs and all("hard" in row and "soft" not in row for row in twin_logs)
+
+
+def test_task_adaptive_lowers_the_relation_loss(make_run):
+    # A random student: one built from teacher layers starts with nearly the teacher's top layer.
+    run = make_run(stage_table("task_adaptive", max_steps=40, warmup_ratio=0.0), student='init = "random"')
+    metrics = run.execute()["task_adaptive"]["metrics"]
+    assert metrics["texts"] == 40 and metrics["steps"] == 40
+    assert metrics["dev_relation_loss_before"] > 0.05
+    assert metrics["dev_relation_loss_after"] < 0.7 * metrics["dev_relation_loss_before"]
+    assert all(row["relation"] > 0 for row in train_logs(run, "task_adaptive"))  # logged under its own name
+
+
+def test_task_adaptive_adds_the_augmented_texts(make_run):
+    augment = 'augment = { unk = 0.2, pos_swap = 0.0, n_sampling = 0.5, multiplier = 2 }'
+    run = make_run(stage_table("task_adaptive", augment=True) + f"[stages.data_distill]\nenabled = false\n{augment}\n")
+    metrics = run.execute()["task_adaptive"]["metrics"]
+    augmented = augmented_texts(run)  # read back from the run's cache
+    assert 0 < len(augmented) <= 80 and metrics["texts"] == 40 + len(augmented)
+    source = saved_metrics(run.dir / "student_tad")["texts_source"]
+    assert source == f"the task's 40 training texts and {len(augmented)} augmented texts"
+
+
+def test_task_specific_records_the_teacher_cache_saving(make_run):
+    run = make_run(stage_table("task_specific", max_steps=None, epochs=3, soft_weight=1.0, hard_weight=1.0))
+    metrics = run.execute()["task_specific"]["metrics"]
+    assert metrics["teacher_logits_seconds"] > 0
+    # 40 rows at batch 8 for 3 epochs: a live teacher would have run 3 passes instead of 1.
+    assert metrics["teacher_seconds_saved"] == pytest.approx(2 * metrics["teacher_logits_seconds"], abs=2e-3)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and not (run.dir / "student" / "twin").exists()
+
+
+@pytest.mark.parametrize("key", ["teacher_layer", "student_layer"])
+def test_out_of_range_relation_layers_are_user_errors(make_run, key):
+    run = make_run(stage_table("task_adaptive", **{key: 4 if key == "teacher_layer" else -3}))
+    with pytest.raises(UserError, match=f"{key} = .* out of range") as info:
+        run.execute()
+    assert info.value.where == f"[stages.task_adaptive] {key}"
+    assert not (run.dir / "student_tad").exists()
+
+
+def test_all_zero_loss_weights_are_a_user_error(make_run):
+    run = make_run(stage_table("task_specific", soft_weight=0.0, hard_weight=0.0))
+    with pytest.raises(UserError, match="all 0"):
+        run.execute()
+
+
+@pytest.fixture
+def prepared(make_run, teacher_dir):
+    """A run with only `prepare` done, the tiny teacher, and a stage work dir."""
+
+    def prepare(student: str = ""):
+        run = make_run("", student)
+        run.execute()
+        work = run.dir / ".task_specific.partial"
+        work.mkdir()
+        run.current_stage = "task_specific"
+        return run, work, frozen_teacher(load_classifier(teacher_dir), run.device)
+
+    return prepare
+
+
+def test_pruned_student_gives_the_unpruned_logits_on_the_task_texts(prepared, teacher_dir):
+    run, work, teacher = prepared("prune_vocab = true")
+    data = run.data()
+    pair = teacher_and_student(run, work, teacher, teacher_dir, data)
+    assert pair.pruning["vocab_tokens_kept"] < 100 and pair.token_map is not None
+    unpruned = make_student(teacher, "teacher-layers", 2, labels=LABELS).eval()
+    examples = data.train + data.dev + data.test
+    texts_T = task_dataset(pair.teacher_encoder, examples)
+    texts_S = task_dataset(text_encoder(run.recipe, work), examples)
+    batch_T = texts_T.collate([texts_T[i] for i in range(len(texts_T))])
+    batch_S = texts_S.collate([texts_S[i] for i in range(len(texts_S))])
+    assert torch.equal(pair.student_inputs(batch_T["inputs"])["input_ids"], batch_S["inputs"]["input_ids"])
+    with torch.no_grad():
+        expected = unpruned(**batch_T["inputs"]).logits
+        pruned = pair.student.eval()(**batch_S["inputs"]).logits
+    assert torch.allclose(pruned, expected, atol=1e-5)
+    assert expected.std() > 1e-3  # the logits are not all alike, so the comparison can fail
+
+
+def test_cached_teacher_logits_equal_live_ones(prepared, teacher_dir):
+    run, _, teacher = prepared()
+    dataset = task_dataset(text_encoder(run.recipe, teacher_dir), run.data().train)
+    cache = cache_teacher_logits(teacher, dataset, run.device)
+    rows = [7, 0, 31, 12, 39]  # shuffled, mixed lengths: the cache is in dataset order, not length order
+    batch = dataset.collate([dataset[i] for i in rows])
+    with torch.no_grad():
+        live = teacher(**batch["inputs"]).logits
+    assert cache.logits.shape == (40, 3) and cache.seconds > 0
+    assert torch.allclose(cache.logits[batch["index"]], live, atol=1e-5)
+    assert not torch.allclose(cache.logits[rows[0]], cache.logits[rows[1]])
+
+
+def test_task_specific_loss_is_the_weighted_sum_of_soft_and_hard_terms(prepared, teacher_dir):
+    run, work, teacher = prepared()
+    data = run.data()
+    pair = teacher_and_student(run, work, teacher, teacher_dir, data)
+    dataset = task_dataset(pair.teacher_encoder, data.train, data.label2id)
+    cache = cache_teacher_logits(teacher, dataset, run.device)
+    batch = dataset.collate([dataset[i] for i in (3, 18, 25, 36)])
+    student = pair.student.eval()
+    with torch.no_grad():
+        logits_S = student(**batch["inputs"]).logits
+        soft_only, logs = label_loss_fn(LossWeights(1.0, 0.0, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
+        mixed, _ = label_loss_fn(LossWeights(1.0, 0.5, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
+    soft = soft_label_loss(logits_S, cache.logits[batch["index"]], 2.0)
+    hard = hard_label_loss(logits_S, batch["labels"])
+    assert soft > 1e-4
+    assert soft_only.item() == pytest.approx(soft.item(), rel=1e-6) and set(logs) == {"soft", "loss"}
+    assert mixed.item() == pytest.approx(soft.item() + 0.5 * hard.item(), rel=1e-6)
+
+
+def load_ablate_tool():
+    spec = importlib.util.spec_from_file_location("ablate", REPO / "tools" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
+    tables = [stage_table(name) for name in ("general_enhanced", "task_adaptive", "task_specific")]
+    base = make_run("\n".join(tables))
+    base.execute(only=["prepare"])
+    ablate = load_ablate_tool()
+    result = CliRunner().invoke(ablate.main, [str(base.recipe.source), "--seeds", "1,2"])
+    assert result.exit_code == 0, result.output
+    folder = base.dir.parent / "r-ablation"
+    summary = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
+    names = ["gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv"]
+    assert [row["name"] for row in summary["variants"]] == names and summary["seeds"] == [1, 2]
+    for row in summary["variants"]:
+        assert [run["seed"] for run in row["runs"]] == [1, 2]
+        assert row["accuracy_mean"] == pytest.approx(sum(run["accuracy"] for run in row["runs"]) / 2)
+        for run in row["runs"]:
+            run_dir = Path(run["run_dir"])
+            assert (run_dir / "data").resolve() == (base.dir / "data").resolve()
+            assert "[prepare] done already, skipped" in (run_dir / "run.log").read_text(encoding="utf-8")
+    table = (folder / "ablation.md").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" | ")[0] for line in table[4:]] == [f"| {name}" for name in names] and " ± " in table[4]
+
+    def student(variant: str, seed: int):
+        return load_classifier(folder / f"{variant}-seed{seed}" / "student")
+
+    gold_only = saved_metrics(folder / "gold_only-seed1" / "student")
+    assert gold_only["loss_weights"] == {"soft": 0.0, "hard": 1.0, "relation": 0.0}
+    assert not (folder / "tsd-seed1" / "student_tad").exists()
+    assert (folder / "ged_tad_tsd-seed1" / "student_ged").is_dir()
+    qk_vv = (folder / "tad_tsd_qk_vv-seed1" / "recipe.toml").read_text(encoding="utf-8")
+    assert 'relations = [\n    "qk",\n    "vv",\n]' in qk_vv or 'relations = ["qk", "vv"]' in qk_vv
+    # The student seed changes the training order, not the split or the teacher.
+    assert not torch.equal(student("tsd", 1).state_dict()[QUERY_0], student("tsd", 2).state_dict()[QUERY_0])
+
+
+def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
+    base = make_run(stage_table("task_specific"))
+    base.execute(only=["prepare"])
+    recipe = Path(base.recipe.source)
+    edited = recipe.read_text(encoding="utf-8").replace("max_length = 16", "max_length = 20")
+    recipe.write_text(edited, encoding="utf-8")
+    with pytest.raises(UserError, match="'prepare' stage was made with other settings"):
+        load_ablate_tool().ablate(recipe, [1], ["tsd"])
