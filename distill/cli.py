@@ -140,6 +140,20 @@ def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, thr
         click.echo(json.dumps({"text": text, **prediction}, ensure_ascii=False))
 
 
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Most texts in one request.")
+@click.option("--max-text-chars", type=int, default=2000, show_default=True, help="Longest text accepted.")
+def serve(model_dir: Path, host: str, port: int, threads: int | None, max_batch: int, max_text_chars: int) -> None:
+    """Serve an exported model as HTTP JSON: POST /predict, GET /health, GET /metadata."""
+    from distill.export.serve import serve as serve_model
+
+    serve_model(model_dir, host, port, threads=threads, max_batch=max_batch, max_text_chars=max_text_chars)
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:

@@ -22,7 +22,7 @@ from distill.report.schema import validate_report
 
 MISSING = "—"
 _TERMINAL_COLUMNS = ("model", "accuracy", "macro-F1", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")
-_MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^"}
+_MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^", "bigru": "D"}
 _LEGEND = (
     "Retention = model accuracy / teacher accuracy. Speed-up = teacher bs1 p50 / model bs1 p50. "
     "Parity = largest absolute logit difference between the ONNX export and the original model."
@@ -159,8 +159,10 @@ def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
 
 
 def _model_entries(report: dict) -> Iterator[tuple[str, str, dict]]:
-    """(row label, kind, metrics) for the teacher, then each student and its int8 variant."""
+    """(row label, kind, metrics) for the teacher, then each student; each followed by its int8 variant."""
     yield "teacher", "teacher", report["teacher"]
+    if "int8" in report["teacher"]:
+        yield "teacher int8", "teacher", {"params": report["teacher"]["params"], **report["teacher"]["int8"]}
     for student in report["students"]:
         yield student["name"], student["kind"], student
         if "int8" in student:

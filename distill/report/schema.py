@@ -59,7 +59,7 @@ _STUDENT = {
     ],
     "properties": {
         "name": {"type": "string", "minLength": 1},
-        "kind": {"enum": ["transformer", "bow", "cnn"]},
+        "kind": {"enum": ["transformer", "bow", "cnn", "bigru"]},
         **_MEASURED_MODEL,
         "retention": _NON_NEGATIVE,
         "onnx": {"type": ["string", "null"]},

@@ -1,0 +1,232 @@
+"""`export`: every model of a run to ONNX (+ int8), parity-checked on real test texts.
+
+The teacher, the final transformer student and each shallow student become `onnx/NAME.onnx`
+with a manifest (and `NAME.int8.onnx` when quantizing). `onnx/summary.json` records, per
+model, where its files are, their sizes, the torch/ONNX parity and what int8 costs in test
+accuracy, so the report and tools read one file instead of re-deriving it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.data.datasets import Example
+from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, read_manifest
+from distill.models.shallow import SHALLOW_KINDS
+from distill.pipeline import Run, publish
+
+SUMMARY_FILE = "summary.json"
+PARITY_TEXTS = 32  # one batch of real test texts for the torch/ONNX parity check
+TRANSFORMER_STUDENT_DIRS = ("student", "student_tad", "student_ged", "student_gd")  # newest first
+BYTES_PER_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """One model of a run: `name` is its file stem in onnx/ and its name in the report."""
+
+    name: str
+    kind: str  # transformer | bow | cnn | bigru
+    role: str  # teacher | student
+    directory: Path
+
+
+def final_transformer_student(run: Run) -> Path | None:
+    """`student/` when task-specific distillation ran, else the newest student with a trained head.
+
+    Relation-only stages (GD, GED, TAD) leave the classification head untrained; a stage that
+    trains the head records its test metrics in `metrics.json` beside the weights, as the
+    teacher's fine-tuning does.
+    """
+    for name in TRANSFORMER_STUDENT_DIRS:
+        directory = run.dir / name
+        if name == "student" and directory.is_dir():
+            return directory
+        if (directory / "metrics.json").is_file():
+            metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+            if "test" in metrics:
+                return directory
+    return None
+
+
+def run_models(run: Run) -> list[RunModel]:
+    """The teacher, the final transformer student and every shallow student, in report order."""
+    models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.teacher_dir())]
+    student = final_transformer_student(run)
+    if student is not None:
+        models.append(RunModel(student.name, TRANSFORMER_KIND, "student", student))
+    for kind in SHALLOW_KINDS:
+        directory = run.dir / "shallow" / kind
+        if directory.is_dir():
+            models.append(RunModel(kind, kind, "student", directory))
+    return models
+
+
+def joined_texts(examples: Sequence[Example]) -> list[str]:
+    """Each text with its pair (if any) after a space: how one-segment readers see a text pair."""
+    return [" ".join(filter(None, (example.text, example.text_pair))) for example in examples]
+
+
+def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
+    """Texts (and second segments) as a model of `kind` reads them.
+
+    Transformers take a text pair as two segments; word-level students read one text, so a
+    pair is joined to its text (as the TF-IDF baseline does).
+    """
+    if kind == TRANSFORMER_KIND and any(example.text_pair is not None for example in examples):
+        return [e.text for e in examples], [e.text_pair or "" for e in examples]
+    return joined_texts(examples), None
+
+
+def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:
+    """Predicted label names, one per example, from raw texts (tokenisation included)."""
+    texts, pairs = model_inputs(predictor.kind, examples)
+    logits = predictor.predict_logits(texts, pairs)  # (examples, num_labels)
+    return [predictor.labels[index] for index in logits.argmax(axis=-1)]
+
+
+def accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> float:
+    return float(np.mean([p == e.label for p, e in zip(predictions, examples, strict=True)]))
+
+
+def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
+    """Export every model of the run into `out_dir` and write its summary.json."""
+    settings = run.recipe.export
+    test = run.data().test
+    parity_texts = [example.text for example in test[:PARITY_TEXTS]]
+    threads = run.recipe.run.threads
+    entries = []
+    for model in run_models(run):
+        params, exported = _export(run, model, out_dir, parity_texts)
+        manifest = read_manifest(exported.manifest_path)
+        entry: dict[str, Any] = {
+            "name": model.name,
+            "kind": model.kind,
+            "role": model.role,
+            "source": _relative_to_run(run, model.directory),
+            "onnx": exported.onnx_path.name,
+            "manifest": exported.manifest_path.name,
+            "params": params,
+            "size_bytes": exported.onnx_path.stat().st_size,
+            "parity_max_abs_diff": manifest["parity_max_abs_diff"],
+            "parity_tolerance": settings.parity_tolerance,
+            "test_accuracy": _onnx_accuracy(exported.manifest_path, test, threads),
+            "onnx_int8": None,
+            "manifest_int8": None,
+            "size_bytes_int8": None,
+            "test_accuracy_int8": None,
+            "int8_accuracy_delta": None,
+        }
+        if quantize == "int8":
+            entry.update(_quantize_and_score(exported.onnx_path, entry["test_accuracy"], test, threads))
+        _log_entry(run, entry)
+        entries.append(entry)
+    summary = {"quantize": quantize, "opset": settings.opset, "test_size": len(test), "models": entries}
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def _export(run: Run, model: RunModel, out_dir: Path, texts: list[str]) -> tuple[int, Any]:
+    """(parameter count, ExportedModel) of one model; torch is imported only here."""
+    from distill.export.onnx import export_shallow, export_transformer
+    from distill.models.shallow import count_parameters, load_shallow
+    from distill.models.teacher import label_names, load_classifier
+    from distill.stages.common import text_encoder
+
+    settings = run.recipe.export
+    if model.kind == TRANSFORMER_KIND:
+        network = load_classifier(model.directory)
+        encoder = text_encoder(run.recipe, model.directory)
+        labels = label_names(network.config)
+        exported = export_transformer(
+            network, encoder, out_dir, model.name, labels, texts, settings.opset, settings.parity_tolerance
+        )
+    else:
+        network, config, vocab = load_shallow(model.directory)
+        exported = export_shallow(
+            network, config, vocab, out_dir, model.name, texts, settings.opset, settings.parity_tolerance
+        )
+    return count_parameters(network), exported
+
+
+def _onnx_accuracy(manifest: Path, test: list[Example], threads: int | None) -> float:
+    return accuracy(onnx_predictions(OnnxPredictor(manifest, threads), test), test)
+
+
+def _quantize_and_score(
+    onnx_path: Path, fp32_accuracy: float, test: list[Example], threads: int | None
+) -> dict[str, Any]:
+    """Write the int8 model and measure what it changes in test accuracy against fp32 ONNX."""
+    from distill.export.onnx import quantize_int8
+
+    quantized = quantize_int8(onnx_path)
+    int8_accuracy = _onnx_accuracy(quantized.manifest_path, test, threads)
+    return {
+        "onnx_int8": quantized.onnx_path.name,
+        "manifest_int8": quantized.manifest_path.name,
+        "size_bytes_int8": quantized.onnx_path.stat().st_size,
+        "test_accuracy_int8": int8_accuracy,
+        "int8_accuracy_delta": int8_accuracy - fp32_accuracy,
+    }
+
+
+def _relative_to_run(run: Run, directory: Path) -> str:
+    """A model folder inside the run as a relative path; an outside teacher stays as given."""
+    try:
+        return str(directory.resolve().relative_to(run.dir.resolve()))
+    except ValueError:
+        return str(directory)
+
+
+def _log_entry(run: Run, entry: dict[str, Any]) -> None:
+    line = (
+        f"[export] {entry['name']}: {entry['size_bytes'] / BYTES_PER_MB:.1f} MB,"
+        f" parity {entry['parity_max_abs_diff']:.1e}, test accuracy {entry['test_accuracy']:.4f}"
+    )
+    if entry["onnx_int8"]:
+        line += (
+            f"; int8 {entry['size_bytes_int8'] / BYTES_PER_MB:.1f} MB,"
+            f" test accuracy {entry['test_accuracy_int8']:.4f} ({entry['int8_accuracy_delta']:+.4f})"
+        )
+    run.logger.info(line)
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """Flat stage metrics: how many models, the worst parity, int8 accuracy change per model."""
+    models = summary["models"]
+    metrics: dict[str, Any] = {
+        "models": len(models),
+        "max_parity_diff": max(entry["parity_max_abs_diff"] for entry in models),
+    }
+    for entry in models:
+        if entry["int8_accuracy_delta"] is not None:
+            metrics[f"{entry['name']}_int8_accuracy_delta"] = entry["int8_accuracy_delta"]
+    return metrics
+
+
+def run(run: Run, work: Path) -> dict[str, Any]:
+    return _headline(export_models(run, work, run.recipe.export.quantize))
+
+
+def export_run(run: Run, quantize: str | None = None) -> dict[str, Any]:
+    """`distill export`: re-export a finished run into onnx/, replacing it only when all succeeded.
+
+    `quantize` None keeps the recipe's `[export] quantize`.
+    """
+    run.require("data", "prepare")
+    work = Path(tempfile.mkdtemp(prefix=".onnx.", dir=run.dir))
+    try:
+        summary = export_models(run, work, quantize or run.recipe.export.quantize)
+        publish(work, run.dir / "onnx")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary

@@ -1,0 +1,308 @@
+"""`report`: teacher vs students on the test split, measured from the exported ONNX models.
+
+Accuracy, macro-F1 and latency come from the same ONNX files a deployment serves (fp32 and
+int8), every model timed by one harness in this one process on the same test texts, with
+tokenisation inside the timed call. Retention, speed-up, agreement and the paired tests are
+computed here once; the renderers only format them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from distill.data.datasets import Example, PreparedData
+from distill.errors import UserError
+from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
+from distill.pipeline import Run
+from distill.recipe import BUILTIN_PREFIX
+from distill.report.baseline import tfidf_baseline
+from distill.report.bench import hardware_info, measure_latency
+from distill.report.evaluate import classification_metrics
+from distill.report.render import render_terminal, write_report
+from distill.report.stats import agreement, mcnemar_exact, paired_bootstrap
+from distill.stages.export import (
+    BYTES_PER_MB,
+    SUMMARY_FILE,
+    RunModel,
+    joined_texts,
+    model_inputs,
+    onnx_predictions,
+    run_models,
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One ONNX model on the test split: its predictions and the figures the report shows."""
+
+    predictions: list[str]
+    figures: dict[str, Any]  # accuracy, macro_f1, size_mb, latency_ms, throughput_per_s
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    threads: int
+    batch_sizes: list[int]
+    warmup: int
+    repeats: int
+
+
+def timing_settings(run: Run) -> TimingSettings:
+    """`[report]` timing keys; threads from `[report] threads`, else `[run] threads`, else all cores."""
+    section = run.recipe.report
+    if 1 not in section.batch_sizes or any(size < 1 for size in section.batch_sizes):
+        raise UserError(
+            f"batch_sizes = {section.batch_sizes} must be positive and include 1",
+            f"{run.recipe.source or 'recipe'}: [report]",
+            "speed-up is defined at batch size 1; e.g. batch_sizes = [1, 32]",
+        )
+    threads = section.threads or run.recipe.run.threads or os.cpu_count() or 1
+    return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats)
+
+
+def measure(manifest: Path, examples: Sequence[Example], labels: list[str], timing: TimingSettings) -> Measured:
+    """Score an exported model on `examples` and time it on them, tokenisation included."""
+    predictor = OnnxPredictor(manifest, threads=timing.threads, batch_size=max(timing.batch_sizes))
+    predictions = onnx_predictions(predictor, examples)
+
+    def predict(batch: list[Example]) -> object:  # the harness cuts batches of examples
+        return predictor.predict(*model_inputs(predictor.kind, batch))
+
+    latency = measure_latency(predict, examples, timing.batch_sizes, timing.warmup, timing.repeats)
+    throughput = latency.pop("throughput_per_s")
+    label2id = {label: index for index, label in enumerate(labels)}
+    metrics = classification_metrics(
+        [label2id[e.label] for e in examples], [label2id.get(p, -1) for p in predictions], labels
+    )
+    model_file = manifest.parent / predictor.manifest["model_file"]
+    return Measured(
+        predictions,
+        {
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "size_mb": model_file.stat().st_size / BYTES_PER_MB,
+            "latency_ms": latency,
+            "throughput_per_s": throughput,
+        },
+    )
+
+
+def compared(model: Measured, teacher: Measured) -> dict[str, Any]:
+    """A model's figures plus retention, speed-up and agreement relative to the fp32 teacher."""
+    teacher_accuracy = teacher.figures["accuracy"]
+    return {
+        **model.figures,
+        "retention": model.figures["accuracy"] / teacher_accuracy,
+        "speedup": teacher.figures["latency_ms"]["bs1_p50"] / model.figures["latency_ms"]["bs1_p50"],
+        "agreement": agreement(teacher.predictions, model.predictions),
+    }
+
+
+def paired_test(model: Measured, other: Sequence[str], examples: Sequence[Example], seed: int) -> dict[str, float]:
+    """Accuracy of `model` minus that of `other` (predictions), bootstrap interval, McNemar p."""
+    correct = [p == e.label for p, e in zip(model.predictions, examples, strict=True)]
+    correct_other = [p == e.label for p, e in zip(other, examples, strict=True)]
+    diff, low, high = paired_bootstrap(correct, correct_other, seed=seed)
+    return {"diff": diff, "low": low, "high": high, "p_value": mcnemar_exact(correct, correct_other)}
+
+
+def build_report(run: Run) -> dict[str, Any]:
+    """Measure every exported model of the run and assemble report.json (DESIGN.md §6)."""
+    onnx_dir = run.require("onnx", "export")
+    summary = _read_summary(onnx_dir / SUMMARY_FILE)
+    data = run.data()
+    test = data.test
+    timing = timing_settings(run)
+
+    def measure_entry(entry: dict[str, Any], key: str) -> Measured | None:
+        if entry[key] is None:
+            return None
+        run.logger.info(f"[report] measuring {entry[key]}")
+        return measure(onnx_dir / entry[key], test, data.labels, timing)
+
+    teacher_entry = next(entry for entry in summary["models"] if entry["role"] == "teacher")
+    teacher = measure_entry(teacher_entry, "manifest")
+    if not teacher.figures["accuracy"]:
+        raise UserError(
+            "the teacher gets no test example right, so retention is undefined",
+            str(onnx_dir / teacher_entry["onnx"]),
+            "check the finetune stage's metrics before reporting",
+        )
+    report_teacher = {**teacher.figures, **_files(teacher_entry)}
+    teacher_int8 = measure_entry(teacher_entry, "manifest_int8")
+    if teacher_int8 is not None:
+        report_teacher["int8"] = compared(teacher_int8, teacher)
+    students = [
+        _student_record(
+            run, entry, measure_entry(entry, "manifest"), measure_entry(entry, "manifest_int8"), teacher, test
+        )
+        for entry in summary["models"]
+        if entry["role"] == "student"
+    ]
+    return {
+        "dataset": _dataset_name(run),
+        "test_size": len(test),
+        "hardware": hardware_info(timing.threads),
+        "teacher": report_teacher,
+        "students": students,
+        "baseline": _baseline(run, data),
+        "threads": timing.threads,
+        "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _student_record(
+    run: Run,
+    entry: dict[str, Any],
+    student: Measured,
+    student_int8: Measured | None,
+    teacher: Measured,
+    test: list[Example],
+) -> dict[str, Any]:
+    """A student's report entry: figures relative to the teacher, files, paired tests, int8."""
+    seed = run.recipe.run.seed
+    record = {"name": entry["name"], "kind": entry["kind"], **compared(student, teacher), **_files(entry)}
+    record["vs_teacher"] = paired_test(student, teacher.predictions, test, seed)
+    twin = _gold_twin_predictions(run, entry, test)
+    if twin is not None:
+        record["vs_gold_twin"] = paired_test(student, twin, test, seed)
+    if student_int8 is not None:
+        record["int8"] = compared(student_int8, teacher)
+    return record
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{SUMMARY_FILE} is missing", str(path.parent), "run `distill export RUN_DIR` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _files(entry: dict[str, Any]) -> dict[str, Any]:
+    """Where a model's ONNX files are (relative to the run dir), its parameters and parity."""
+    return {
+        "params": entry["params"],
+        "onnx": f"onnx/{entry['onnx']}",
+        "onnx_int8": f"onnx/{entry['onnx_int8']}" if entry["onnx_int8"] else None,
+        "onnx_parity_max_abs_diff": entry["parity_max_abs_diff"],
+    }
+
+
+def _gold_twin_predictions(run: Run, entry: dict[str, Any], test: list[Example]) -> list[str] | None:
+    """Test predictions of the transformer student's gold-only twin (torch), when one was trained."""
+    from distill.stages.task import TWIN_DIR
+
+    twin_dir = run.dir / entry["source"] / TWIN_DIR
+    if entry["kind"] != TRANSFORMER_KIND or not twin_dir.is_dir():
+        return None
+    return torch_predictions(run, RunModel(TWIN_DIR, TRANSFORMER_KIND, "student", twin_dir), test)
+
+
+def _dataset_name(run: Run) -> str:
+    """A builtin's name, or the file name of the (training) data file."""
+    dataset = run.recipe.task.dataset
+    if isinstance(dataset, str):
+        return dataset if dataset.startswith(BUILTIN_PREFIX) else Path(dataset).name
+    return Path(dataset.train).name
+
+
+def _baseline(run: Run, data: PreparedData) -> dict[str, Any]:
+    """TF-IDF + logistic regression on the same split (C chosen on dev)."""
+
+    result = tfidf_baseline(
+        joined_texts(data.train), [e.label for e in data.train],
+        joined_texts(data.test), [e.label for e in data.test],
+        run.recipe.task.language,
+        joined_texts(data.dev) or None, [e.label for e in data.dev] or None,
+    )
+    return {key: result[key] for key in ("name", "accuracy", "macro_f1", "C", "seconds")}
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    """Flat stage metrics: the teacher's accuracy and each student's accuracy, retention, speed-up."""
+    metrics: dict[str, Any] = {"teacher_accuracy": report["teacher"]["accuracy"]}
+    for student in report["students"]:
+        for key in ("accuracy", "retention", "speedup"):
+            metrics[f"{student['name']}_{key}"] = student[key]
+    return metrics
+
+
+def run(run: Run, work: Path) -> dict[str, Any]:
+    report = build_report(run)
+    write_report(report, work)
+    run.logger.info("[report]\n" + render_terminal(report))
+    return _headline(report)
+
+
+def report_run(run: Run) -> str:
+    """`distill report`: measure, write report.json/md/html/png into the run dir, return the table."""
+    report = build_report(run)
+    with tempfile.TemporaryDirectory(prefix=".report.", dir=run.dir) as scratch:
+        for path in write_report(report, scratch).values():
+            os.replace(path, run.dir / path.name)
+    return render_terminal(report)
+
+
+# ----------------------------------------------------------------------------- distill eval
+
+
+def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> list[str]:
+    """Predicted label names from the saved torch model (the reference the ONNX export must match)."""
+    from distill.data.encoded import WordDataset
+    from distill.data.words import WordTokenizer
+    from distill.models.shallow import load_shallow
+    from distill.models.teacher import label_names, load_classifier
+    from distill.report.evaluate import predict_logits
+    from distill.stages.common import task_dataset, text_encoder
+
+    if model.kind == TRANSFORMER_KIND:
+        network = load_classifier(model.directory)
+        dataset = task_dataset(text_encoder(run.recipe, model.directory), examples)
+        labels = label_names(network.config)
+    else:
+        network, config, vocab = load_shallow(model.directory)
+        texts, _ = model_inputs(model.kind, examples)
+        dataset = WordDataset(WordTokenizer(config.language), vocab, texts, max_len=config.max_len)
+        labels = [config.id2label[index] for index in range(config.num_labels)]
+    logits = predict_logits(network, dataset)  # (examples, num_labels)
+    return [labels[index] for index in logits.argmax(dim=-1).tolist()]
+
+
+def evaluate_run(run: Run) -> str:
+    """`distill eval`: test accuracy and macro-F1 of every model in torch, beside the ONNX fp32/int8
+    accuracy recorded at export (when the run was exported)."""
+    data = run.data()
+    label2id = data.label2id
+    gold = [label2id[e.label] for e in data.test]
+    exported = _exported_accuracies(run.dir / "onnx" / SUMMARY_FILE)
+    rows = [["model", "kind", "accuracy", "macro-F1", "onnx accuracy", "int8 accuracy"]]
+    for model in run_models(run):
+        predictions = [label2id.get(name, -1) for name in torch_predictions(run, model, data.test)]
+        metrics = classification_metrics(gold, predictions, data.labels)
+        fp32, int8 = exported.get(model.name, (None, None))
+        rows.append([
+            model.name, model.kind, f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}",
+            _maybe(fp32), _maybe(int8),
+        ])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines) + f"\n\n{len(data.test)} test texts; accuracy and macro-F1 from the torch models.\n"
+
+
+def _exported_accuracies(summary_path: Path) -> dict[str, tuple[float | None, float | None]]:
+    if not summary_path.is_file():
+        return {}
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return {entry["name"]: (entry["test_accuracy"], entry["test_accuracy_int8"]) for entry in summary["models"]}
+
+
+def _maybe(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

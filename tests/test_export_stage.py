@@ -1,0 +1,218 @@
+"""The export stage on a tiny run: every model to ONNX (+ int8), parity, sizes, summary.json.
+
+`build_tiny_run` makes a complete run directory from tiny random models (BERT teacher and
+student with a WordPiece tokenizer, a BOW student) and is shared with the report tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+from click.testing import CliRunner
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+from transformers import BertConfig, BertForSequenceClassification
+
+from distill.cli import cli
+from distill.data.datasets import Example
+from distill.data.tokenize import TextEncoder
+from distill.data.words import WordTokenizer, WordVocab
+from distill.export.onnx import ParityError
+from distill.export.runtime import OnnxPredictor
+from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
+from distill.models.teacher import label_maps
+from distill.pipeline import Run
+from distill.recipe import load_recipe
+from distill.stages.export import accuracy, export_run, onnx_predictions
+
+LABELS = ["negative", "neutral", "positive"]
+WORDS = {
+    "negative": ["awful", "bad", "boring", "dull"],
+    "neutral": ["okay", "fine", "plain", "average"],
+    "positive": ["great", "good", "fun", "lovely"],
+}
+FILLER = ["the", "film", "was", "plot", "and", "acting", "very", "really"]
+
+
+def examples(count: int) -> list[Example]:
+    """Distinct short texts of per-label words and shared filler (the number keeps them apart)."""
+    rows = []
+    for index in range(count):
+        label = LABELS[index % 3]
+        words = WORDS[label]
+        text = f"the {FILLER[index % 8]} was {words[index % 4]} and {words[(index // 3) % 4]} {index}"
+        rows.append(Example(text=text, label=label))
+    return rows
+
+
+def _tokenizer() -> Tokenizer:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *(w for ws in WORDS.values() for w in ws)]
+    return Tokenizer.from_str(BertWordPieceTokenizer({token: i for i, token in enumerate(vocab)}).to_str())
+
+
+def _fit(model: torch.nn.Module, inputs: dict[str, np.ndarray], rows: list[Example], steps: int) -> None:
+    """A few full-batch Adam steps: an untrained tiny model predicts one class for every text."""
+    tensors = {key: torch.from_numpy(value) for key, value in inputs.items()}
+    labels = torch.tensor([LABELS.index(row.label) for row in rows])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(steps):
+        output = model(**tensors)
+        loss = torch.nn.functional.cross_entropy(getattr(output, "logits", output), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _save_bert(directory: Path, tokenizer: Tokenizer, rows: list[Example], layers: int, steps: int) -> None:
+    torch.manual_seed(layers)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        **label_maps(LABELS),
+    )
+    model = BertForSequenceClassification(config)
+    _fit(model, TextEncoder(tokenizer, max_length=16).encode([row.text for row in rows]), rows, steps)
+    model.save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+
+
+def _save_bow(directory: Path, rows: list[Example], steps: int) -> None:
+    torch.manual_seed(0)
+    splitter = WordTokenizer("en")
+    vocab = WordVocab.build(splitter.split(row.text) for row in rows)
+    config = ShallowConfig(
+        kind="bow", vocab_size=len(vocab), num_labels=3, embed_dim=8, hidden=8, max_len=16,
+        id2label=dict(enumerate(LABELS)),
+    )
+    model = build_shallow(config)
+    ids = vocab.encode_batch([splitter.split(row.text) for row in rows], config.max_len)
+    _fit(model, {"input_ids": ids}, rows, steps)
+    save_shallow(model, config, vocab, directory)
+
+
+def build_tiny_run(root: Path, report: dict | None = None) -> Path:
+    """A prepared run with teacher/, student/ and shallow/bow/ under root/runs/tiny; returns the recipe.
+
+    The recipe enables only prepare, export and report (the teacher is the recipe's
+    [teacher] model, so there is no finetune stage); `prepare` has run, the others have not.
+    """
+    run_dir = root / "runs" / "tiny"
+    rows = examples(90)
+    with open(root / "tiny.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows((e.text, e.label) for e in rows)
+    recipe = {
+        "run": {"name": "tiny", "out_dir": str(root / "runs"), "threads": 1},
+        "task": {"dataset": str(root / "tiny.csv"), "max_length": 16, "split": [0.4, 0.2, 0.4]},
+        "teacher": {"model": str(run_dir / "teacher")},
+        "export": {"quantize": "int8", "parity_tolerance": 1e-4},
+        "report": report or {"batch_sizes": [1, 32], "warmup": 1, "repeats": 3},
+    }
+    path = root / "tiny.toml"
+    path.write_text(tomli_w.dumps(recipe), encoding="utf-8")
+    tokenizer = _tokenizer()
+    _save_bert(run_dir / "teacher", tokenizer, rows[:40], layers=2, steps=20)
+    _save_bert(run_dir / "student", tokenizer, rows[:40], layers=1, steps=3)
+    _save_bow(run_dir / "shallow" / "bow", rows[:40], steps=5)
+    Run(load_recipe(path)).execute(only=["prepare"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Run, dict]:
+    root = tmp_path_factory.mktemp("export")
+    build_tiny_run(root)
+    run = Run.from_dir(root / "runs" / "tiny")
+    return run, export_run(run)
+
+
+def test_every_model_is_exported_with_int8_and_parity(exported):
+    run, summary = exported
+    onnx_dir = run.dir / "onnx"
+    assert [(m["name"], m["kind"], m["role"]) for m in summary["models"]] == [
+        ("teacher", "transformer", "teacher"),
+        ("student", "transformer", "student"),
+        ("bow", "bow", "student"),
+    ]
+    assert json.loads((onnx_dir / "summary.json").read_text(encoding="utf-8")) == summary
+    for entry in summary["models"]:
+        name = entry["name"]
+        assert entry["onnx"] == f"{name}.onnx" and entry["onnx_int8"] == f"{name}.int8.onnx"
+        assert entry["size_bytes"] == (onnx_dir / entry["onnx"]).stat().st_size
+        assert entry["size_bytes_int8"] == (onnx_dir / entry["onnx_int8"]).stat().st_size
+        manifest = json.loads((onnx_dir / entry["manifest"]).read_text(encoding="utf-8"))
+        assert entry["parity_max_abs_diff"] == manifest["parity_max_abs_diff"] <= 1e-4
+    assert summary["models"][0]["params"] > summary["models"][1]["params"]  # 2 layers vs 1
+    assert not list(run.dir.glob(".onnx.*"))
+
+
+def test_int8_accuracy_delta_is_int8_minus_fp32_on_the_test_split(exported):
+    run, summary = exported
+    test = run.data().test
+    for entry in summary["models"]:
+        fp32 = accuracy(onnx_predictions(OnnxPredictor(run.dir / "onnx" / entry["manifest"]), test), test)
+        int8 = accuracy(onnx_predictions(OnnxPredictor(run.dir / "onnx" / entry["manifest_int8"]), test), test)
+        assert entry["test_accuracy"] == fp32 and entry["test_accuracy_int8"] == int8
+        assert entry["int8_accuracy_delta"] == pytest.approx(int8 - fp32)
+
+
+def test_onnx_logits_match_torch_on_test_texts(exported):
+    run, _ = exported
+    from distill.models.teacher import load_classifier
+
+    texts = [e.text for e in run.data().test]
+    predictor = OnnxPredictor(run.dir / "onnx" / "teacher.json")
+    encoded = {key: torch.from_numpy(value) for key, value in predictor.encode(texts).items()}
+    with torch.no_grad():
+        expected = load_classifier(run.dir / "teacher")(**encoded).logits.numpy()
+    np.testing.assert_allclose(predictor.predict_logits(texts), expected, atol=1e-4)
+
+
+def test_failed_parity_leaves_the_previous_export_untouched(exported):
+    run, summary = exported
+    before = sorted(p.name for p in (run.dir / "onnx").iterdir())
+    run.recipe.export.parity_tolerance = 1e-12
+    try:
+        with pytest.raises(ParityError, match="tolerance"):
+            export_run(run, "none")
+    finally:
+        run.recipe.export.parity_tolerance = 1e-4
+    assert sorted(p.name for p in (run.dir / "onnx").iterdir()) == before
+    assert not list(run.dir.glob(".onnx.*"))
+
+
+def test_cli_export_of_a_teacher_only_run_without_int8(exported, tmp_path):
+    run, _ = exported
+    run_dir = tmp_path / "runs" / "tiny"  # the same data and (outside) teacher, no students
+    shutil.copytree(run.dir / "data", run_dir / "data")
+    shutil.copy(run.dir / "recipe.toml", run_dir / "recipe.toml")
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--quantize", "none"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["models"]
+    assert entry["name"] == "teacher" and entry["source"] == str(run.dir / "teacher")
+    assert entry["onnx_int8"] is None and entry["int8_accuracy_delta"] is None
+    assert sorted(path.name for path in (run_dir / "onnx").iterdir()) == [
+        "summary.json", "teacher.json", "teacher.onnx", "teacher.tokenizer.json"
+    ]
+
+
+def test_cli_serve_passes_its_options_to_the_server(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("distill.export.serve.serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    options = ["--port", "9001", "--threads", "2", "--max-batch", "5", "--max-text-chars", "50"]
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path), *options])
+    assert result.exit_code == 0, result.output
+    assert calls == [((tmp_path, "127.0.0.1", 9001), {"threads": 2, "max_batch": 5, "max_text_chars": 50})]

@@ -1,0 +1,180 @@
+"""The report stage on a tiny run, through the pipeline and the CLI, and tools/bench.py on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from test_export_stage import build_tiny_run
+
+from distill.cli import cli
+from distill.data.tokenize import TextEncoder
+from distill.errors import UserError
+from distill.models.teacher import label_names, load_classifier
+from distill.pipeline import Run
+from distill.recipe import load_recipe
+from distill.report.schema import validate_report
+from distill.stages.report import timing_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory) -> tuple[Path, Run, dict]:
+    """The tiny run after `export` and `report` ran through the pipeline."""
+    root = tmp_path_factory.mktemp("report")
+    recipe = build_tiny_run(root)
+    run = Run(load_recipe(recipe))
+    run.execute()
+    return recipe, run, json.loads((run.dir / "report.json").read_text(encoding="utf-8"))
+
+
+def torch_labels(model_dir: Path, texts: list[str]) -> list[str]:
+    """Label names the saved torch classifier predicts, computed here independently of distill's stages."""
+    model = load_classifier(model_dir)
+    inputs = TextEncoder.from_pretrained_dir(model_dir, max_length=16).encode(texts)
+    with torch.no_grad():
+        logits = model(**{key: torch.from_numpy(value) for key, value in inputs.items()}).logits
+    return [label_names(model.config)[index] for index in logits.argmax(dim=-1).tolist()]
+
+
+def test_report_validates_and_has_one_entry_per_student(reported):
+    _, run, report = reported
+    validate_report(report)
+    assert [(s["name"], s["kind"]) for s in report["students"]] == [("student", "transformer"), ("bow", "bow")]
+    assert report["test_size"] == len(run.data().test)
+    assert report["dataset"] == "tiny.csv"
+    assert report["threads"] == report["hardware"]["threads"] == 1
+    assert set(report["teacher"]["latency_ms"]) == {"bs1_p50", "bs1_p95", "bs32_p50", "bs32_p95"}
+    for entry in (report["teacher"], *report["students"]):
+        assert entry["onnx"].startswith("onnx/") and (run.dir / entry["onnx"]).is_file()
+        assert (run.dir / entry["onnx_int8"]).is_file()
+        assert entry["size_mb"] == (run.dir / entry["onnx"]).stat().st_size / 2**20
+    assert 0 <= report["baseline"]["accuracy"] <= 1
+
+
+def test_ratios_are_computed_from_the_recorded_figures(reported):
+    _, _, report = reported
+    teacher = report["teacher"]
+    for entry in [teacher["int8"], *report["students"], *(s["int8"] for s in report["students"])]:
+        assert entry["retention"] == pytest.approx(entry["accuracy"] / teacher["accuracy"])
+        assert entry["speedup"] == pytest.approx(teacher["latency_ms"]["bs1_p50"] / entry["latency_ms"]["bs1_p50"])
+    for student in report["students"]:
+        assert student["vs_teacher"]["diff"] == pytest.approx(student["accuracy"] - teacher["accuracy"])
+        assert student["vs_teacher"]["low"] <= student["vs_teacher"]["diff"] <= student["vs_teacher"]["high"]
+
+
+def test_accuracy_and_agreement_match_the_torch_models(reported):
+    _, run, report = reported
+    test = run.data().test
+    texts, gold = [e.text for e in test], [e.label for e in test]
+    teacher = torch_labels(run.dir / "teacher", texts)
+    student = torch_labels(run.dir / "student", texts)
+    assert report["teacher"]["accuracy"] == pytest.approx(np.mean([p == g for p, g in zip(teacher, gold)]))
+    transformer = report["students"][0]
+    assert transformer["accuracy"] == pytest.approx(np.mean([p == g for p, g in zip(student, gold)]))
+    assert transformer["agreement"] == pytest.approx(np.mean([t == s for t, s in zip(teacher, student)]))
+    summary = json.loads((run.dir / "onnx" / "summary.json").read_text(encoding="utf-8"))
+    for entry, reported_entry in zip(summary["models"], [report["teacher"], *report["students"]]):
+        assert reported_entry["accuracy"] == entry["test_accuracy"]
+        assert reported_entry["int8"]["accuracy"] == entry["test_accuracy_int8"]
+
+
+def test_pipeline_publishes_every_view_at_the_run_root(reported):
+    _, run, report = reported
+    markdown = (run.dir / "report.md").read_text(encoding="utf-8")
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    labels = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert labels == ["teacher", "teacher int8", "student", "student int8", "bow", "bow int8"]
+    assert (run.dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<table>" in (run.dir / "report.html").read_text(encoding="utf-8")
+    done = json.loads((run.dir / "done" / "report.json").read_text(encoding="utf-8"))
+    assert done["metrics"]["teacher_accuracy"] == report["teacher"]["accuracy"]
+    assert done["metrics"]["bow_speedup"] == report["students"][1]["speedup"]
+    assert not list(run.dir.glob(".*.partial"))
+
+
+def test_cli_eval_prints_torch_accuracy_per_model(reported):
+    _, run, report = reported
+    result = CliRunner().invoke(cli, ["eval", str(run.dir)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:5]}
+    assert list(rows) == ["teacher", "student", "bow"]
+    assert float(rows["teacher"][2]) == pytest.approx(report["teacher"]["accuracy"], abs=1e-4)
+    for student in report["students"]:
+        assert float(rows[student["name"]][2]) == pytest.approx(student["accuracy"], abs=1e-4)
+
+
+def test_cli_report_adds_the_gold_twin_comparison(reported):
+    recipe, run, report = reported
+    twin = run.dir / "student" / "twin"
+    shutil.copytree(run.dir / "teacher", twin)
+    try:
+        result = CliRunner().invoke(cli, ["report", str(run.dir)])
+        assert result.exit_code == 0, result.output
+        rewritten = json.loads((run.dir / "report.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(twin)
+    assert "teacher int8" in result.stdout and "bow" in result.stdout
+    validate_report(rewritten)
+    student = rewritten["students"][0]
+    # the twin is a copy of the teacher, so the comparison must equal the one with the teacher
+    assert student["vs_gold_twin"]["diff"] == pytest.approx(student["vs_teacher"]["diff"])
+    assert student["vs_gold_twin"]["p_value"] == pytest.approx(student["vs_teacher"]["p_value"])
+    assert "vs_gold_twin" not in rewritten["students"][1]
+
+
+def test_batch_sizes_without_one_are_a_user_error(reported):
+    recipe, _, _ = reported
+    run = Run(load_recipe(recipe))
+    run.recipe.report.batch_sizes = [8, 32]
+    with pytest.raises(UserError, match="include 1"):
+        timing_settings(run)
+
+
+def test_bench_tool_records_stages_memory_and_figures(reported, tmp_path):
+    recipe, run, report = reported
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n", encoding="utf-8")
+    out = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), str(recipe), "--out", str(out), "--readme", str(readme)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    bench = json.loads(out.read_text(encoding="utf-8"))
+    (entry,) = bench["runs"]
+    done = {path.stem: json.loads(path.read_text(encoding="utf-8"))["seconds"] for path in run.dir.glob("done/*.json")}
+    assert entry["stages"] == done and set(done) == {"prepare", "export", "report"}
+    assert sorted(entry["reused_stages"]) == ["export", "prepare", "report"]  # all done before the bench
+    assert entry["peak_rss_mb"] > 10 and entry["wall_s"] > 0
+    assert entry["teacher"]["accuracy"] == report["teacher"]["accuracy"]
+    assert [s["name"] for s in entry["students"]] == ["student", "bow"]
+    text = readme.read_text(encoding="utf-8")
+    assert "\nold\n" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    section = re.search(r"<!-- results:start -->\n(.*)<!-- results:end -->", text, re.S)[1]
+    assert report["hardware"]["cpu"] in section
+    assert f"{report['students'][1]['retention'] * 100:.1f}%" in section
+
+
+def test_bench_readme_section_is_appended_once_then_replaced(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "bench.py")
+    bench_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_tool)
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n", encoding="utf-8")
+    section = f"{bench_tool.START_MARKER}\nfirst\n{bench_tool.END_MARKER}"
+    bench_tool.update_readme(readme, section)
+    bench_tool.update_readme(readme, section.replace("first", "second"))
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# project\n\n## Benchmark results\n")
+    assert text.count(bench_tool.START_MARKER) == 1 and "second" in text and "first" not in text

@@ -1,0 +1,153 @@
+"""Benchmark recipes end to end: wall time per stage, peak memory, and the report's figures.
+
+    python tools/bench.py recipes/tiny.toml [more.toml ...] [--out bench.json] [--readme README.md]
+
+Each recipe runs as `distill run RECIPE` in its own child process, so the peak resident memory
+read from that child's rusage belongs to that run alone. Stage times come from the run's
+`done/*.json` markers; a stage that was already done before the benchmark keeps its earlier
+time and is listed under `reused_stages` (delete the run directory for a cold benchmark).
+`--readme` rewrites the section between `<!-- results:start -->` and `<!-- results:end -->`
+(appended at the end when the markers are missing) with the measured tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from distill.errors import UserError
+from distill.pipeline import Run
+from distill.recipe import load_recipe
+
+START_MARKER = "<!-- results:start -->"
+END_MARKER = "<!-- results:end -->"
+_SECTION = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.S)
+_MODEL_KEYS = ("accuracy", "macro_f1", "size_mb", "latency_ms", "throughput_per_s")
+_STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
+
+
+def run_recipe(recipe_path: Path) -> dict[str, Any]:
+    """Run one recipe in a child process; return its timings, peak memory and report figures."""
+    run_dir = Run(load_recipe(recipe_path)).dir
+    markers_before = _done_markers(run_dir)
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "distill", "run", str(recipe_path)]
+    pid = os.posix_spawn(sys.executable, command, os.environ)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise UserError(f"`distill run` exited with code {code}", str(recipe_path), f"see {run_dir / 'run.log'}")
+    markers = _done_markers(run_dir)
+    report_path = run_dir / "report.json"
+    if not report_path.is_file():
+        raise UserError("the run wrote no report.json", str(recipe_path), "enable the [report] stage in the recipe")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    return {
+        "recipe": str(recipe_path),
+        "run_dir": str(run_dir),
+        "wall_s": wall,
+        "peak_rss_mb": _max_rss_mb(usage.ru_maxrss),
+        "stages": {name: marker["seconds"] for name, marker in markers.items()},
+        "reused_stages": [name for name, marker in markers.items() if markers_before.get(name) == marker],
+        "dataset": report["dataset"],
+        "test_size": report["test_size"],
+        "hardware": report["hardware"],
+        "teacher": {key: report["teacher"][key] for key in _MODEL_KEYS},
+        "students": [{key: student[key] for key in _STUDENT_KEYS} for student in report["students"]],
+    }
+
+
+def _done_markers(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stage name -> its done/NAME.json marker (config hash, metrics, seconds, finish time)."""
+    paths = sorted((run_dir / "done").glob("*.json"))
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in paths}
+
+
+def _max_rss_mb(max_rss: int) -> float:
+    """ru_maxrss is in KiB on Linux and in bytes on macOS."""
+    return max_rss / (1024 * 1024) if sys.platform == "darwin" else max_rss / 1024
+
+
+def results_section(bench: dict[str, Any]) -> str:
+    """The marked README section: run cost per recipe, then one row per model."""
+    runs = bench["runs"]
+    cpus = sorted({run["hardware"]["cpu"] for run in runs})
+    lines = [
+        START_MARKER,
+        f"Measured by `tools/bench.py` on {bench['created'][:10]}, CPU: {', '.join(cpus)}.",
+        "",
+        "| recipe | threads | wall s | peak RSS MB | stage seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["stages"].items())
+        lines.append(
+            f"| {Path(run['recipe']).name} | {run['hardware']['threads']} | {run['wall_s']:.1f} "
+            f"| {run['peak_rss_mb']:.0f} | {stages} |"
+        )
+    lines += [
+        "",
+        "| recipe | dataset | model | accuracy | macro-F1 | retention | bs1 p50 ms | speed-up | size MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        name = Path(run["recipe"]).name
+        teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0}
+        for model in (teacher, *run["students"]):
+            lines.append(
+                f"| {name} | {run['dataset']} | {model['name']} | {model['accuracy']:.4f} "
+                f"| {model['macro_f1']:.4f} | {100 * model['retention']:.1f}% "
+                f"| {model['latency_ms']['bs1_p50']:.2f} | {model['speedup']:.1f}× | {model['size_mb']:.1f} |"
+            )
+    lines += [
+        "",
+        "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32).",
+        END_MARKER,
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the marked section, or append it under a heading when the README has none."""
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if _SECTION.search(text):
+        text = _SECTION.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + f"\n\n## Benchmark results\n\n{section}\n"
+    readme.write_text(text, encoding="utf-8")
+
+
+@click.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.json"), show_default=True,
+    help="Where to write the JSON results.",
+)
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A README whose marked results section is regenerated.")
+def main(recipes: tuple[Path, ...], out: Path, readme: Path | None) -> None:
+    """Run each RECIPE end to end and record stage times, peak memory and report figures."""
+    try:
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        bench = {"created": created, "runs": [run_recipe(path) for path in recipes]}
+    except UserError as error:
+        click.echo(f"error: {error.line()}", err=True)
+        sys.exit(2)
+    out.write_text(json.dumps(bench, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if readme is not None:
+        update_readme(readme, results_section(bench))
+    for run in bench["runs"]:
+        click.echo(f"{run['recipe']}: {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB -> {out}")
+
+
+if __name__ == "__main__":
+    main()
