@@ -191,6 +191,13 @@ class AugmentSettings(Section):
     n_sampling: float = Field(default=0.3, ge=0, le=1)
     multiplier: int = Field(default=10, ge=1)
 
+    @model_validator(mode="after")
+    def _exclusive_word_changes(self) -> AugmentSettings:
+        # a word is replaced by [UNK] or by a same-tag word, never both
+        if self.unk + self.pos_swap > 1:
+            raise ValueError(f"unk + pos_swap = {self.unk + self.pos_swap} exceeds 1")
+        return self
+
 
 class DataDistillStage(TrainSettings):
     students: list[Literal["bow", "cnn", "bigru"]] = ["bow", "cnn"]
@@ -219,7 +226,7 @@ class StagesSection(Section):
 
 class ExportSection(Section):
     enabled: bool = True
-    opset: int = Field(default=17, ge=11)
+    opset: int = Field(default=18, ge=11)  # the exporter builds opset 18 natively
     quantize: Literal["none", "int8"] = "int8"
     parity_tolerance: float = Field(default=1e-4, gt=0)
 
