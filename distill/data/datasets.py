@@ -123,6 +123,11 @@ def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
         raise UserError(f"malformed {fmt.upper()} on line {reader.line_num}: {exc}", str(path), "fix the quoting") from None
 
 
+def _shown(name: str) -> str:
+    """A column name as written, escaped when it holds a line break or another control character."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def _column_names(rows: list[tuple[int, dict]]) -> list[str]:
     # csv.DictReader files the extra cells of a row longer than the header under the key None
     return [name for name in rows[0][1] if name is not None] if rows else []
@@ -143,7 +148,7 @@ def read_examples(path: Path, task: TaskSection) -> list[Example]:
     for key, column in wanted:
         if fmt != "jsonl" and column not in columns:
             raise UserError(
-                f"column '{column}' not found (columns: {', '.join(columns)})",
+                f"column '{_shown(column)}' not found (columns: {', '.join(map(_shown, columns))})",
                 str(path),
                 f"set [task] {key} to one of the columns",
             )
@@ -151,7 +156,7 @@ def read_examples(path: Path, task: TaskSection) -> list[Example]:
     for number, row in rows:
         missing = [column for _, column in wanted if column not in row or row[column] is None]
         if missing:
-            raise UserError(f"line {number} has no '{missing[0]}' field", str(path), "give every row text and label")
+            raise UserError(f"line {number} has no '{_shown(missing[0])}' field", str(path), "give every row text and label")
         pair = str(row[task.text_pair_column]) if task.text_pair_column else None
         examples.append(Example(text=str(row[task.text_column]), label=str(row[task.label_column]).strip(), text_pair=pair))
     return examples
