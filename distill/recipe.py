@@ -37,7 +37,9 @@ STAGE_ORDER = (
 class Section(BaseModel):
     """Base for every recipe table: unknown keys are errors, values are checked strictly."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan=False: `epochs = inf` or `split = [nan, nan, nan]` would pass `gt=0`-style
+    # checks (or none at all) and fail deep inside a stage instead.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class RunSection(Section):
