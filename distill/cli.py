@@ -161,8 +161,10 @@ def main() -> None:
     except UserError as exc:
         click.echo(f"error: {exc.line()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort (the KeyboardInterrupt is its cause) when not standalone
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        click.echo("interrupted; run the same command again to resume" if interrupted else "aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
