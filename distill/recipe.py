@@ -41,6 +41,15 @@ class Section(BaseModel):
     # checks (or none at all) and fail deep inside a stage instead.
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # recipe strings name files and folders, which cannot hold a NUL (Path raises ValueError)
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            raise ValueError("a NUL character is not allowed here")
+        return value
+
 
 class RunSection(Section):
     name: str | None = None  # defaults to the recipe's file name
@@ -346,6 +355,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
 def _describe(error: dict[str, Any], where: str) -> UserError:
     parts, model = _walk(tuple(error["loc"]))
     key = ".".join(parts)
+    if not key.isprintable():  # a quoted TOML key may hold line breaks: keep the error one line
+        key = repr(key)[1:-1]
     if error["type"] == "extra_forbidden":
         known = list(model.model_fields) if model else []
         known = [name for name in known if name != "source"]
@@ -359,6 +370,8 @@ def _describe(error: dict[str, Any], where: str) -> UserError:
 
 def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
     """Validate a recipe dict; the first problem becomes one UserError line."""
+    if isinstance(data, dict) and "source" in data:  # a Recipe field, but set by load_recipe only
+        raise _describe({"type": "extra_forbidden", "loc": ("source",)}, where)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
