@@ -29,6 +29,11 @@ class Example:
     label: str
     text_pair: str | None = None
 
+    @property
+    def joined(self) -> str:
+        """Text and pair (if any) after a space: how one-segment readers (TF-IDF, BOW) see a pair."""
+        return self.text if self.text_pair is None else f"{self.text} {self.text_pair}"
+
     def to_json(self) -> str:
         row = {"text": self.text, "label": self.label}
         if self.text_pair is not None:

@@ -88,7 +88,7 @@ def baseline_for_run(run_dir: str | Path) -> dict:
     data = load_prepared(data_dir)
 
     def texts(split: str) -> list[str]:
-        return [e.text if e.text_pair is None else f"{e.text} {e.text_pair}" for e in getattr(data, split)]
+        return [e.joined for e in getattr(data, split)]
 
     def labels(split: str) -> list[str]:
         return [e.label for e in getattr(data, split)]

@@ -70,11 +70,6 @@ def run_models(run: Run) -> list[RunModel]:
     return models
 
 
-def joined_texts(examples: Sequence[Example]) -> list[str]:
-    """Each text with its pair (if any) after a space: how one-segment readers see a text pair."""
-    return [" ".join(filter(None, (example.text, example.text_pair))) for example in examples]
-
-
 def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
     """Texts (and second segments) as a model of `kind` reads them.
 
@@ -83,7 +78,7 @@ def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], lis
     """
     if kind == TRANSFORMER_KIND and any(example.text_pair is not None for example in examples):
         return [e.text for e in examples], [e.text_pair or "" for e in examples]
-    return joined_texts(examples), None
+    return [example.joined for example in examples], None
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:

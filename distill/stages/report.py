@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distill.data.datasets import Example, PreparedData
+from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
 from distill.pipeline import Run
 from distill.recipe import BUILTIN_PREFIX
-from distill.report.baseline import tfidf_baseline
+from distill.report.baseline import baseline_for_run
 from distill.report.bench import hardware_info, measure_latency
 from distill.report.evaluate import classification_metrics
 from distill.report.render import render_terminal, write_report
@@ -31,7 +31,6 @@ from distill.stages.export import (
     BYTES_PER_MB,
     SUMMARY_FILE,
     RunModel,
-    joined_texts,
     model_inputs,
     onnx_predictions,
     run_models,
@@ -152,7 +151,7 @@ def build_report(run: Run) -> dict[str, Any]:
         "hardware": hardware_info(timing.threads),
         "teacher": report_teacher,
         "students": students,
-        "baseline": _baseline(run, data),
+        "baseline": _baseline(run),
         "threads": timing.threads,
         "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -213,15 +212,9 @@ def _dataset_name(run: Run) -> str:
     return Path(dataset.train).name
 
 
-def _baseline(run: Run, data: PreparedData) -> dict[str, Any]:
+def _baseline(run: Run) -> dict[str, Any]:
     """TF-IDF + logistic regression on the same split (C chosen on dev)."""
-
-    result = tfidf_baseline(
-        joined_texts(data.train), [e.label for e in data.train],
-        joined_texts(data.test), [e.label for e in data.test],
-        run.recipe.task.language,
-        joined_texts(data.dev) or None, [e.label for e in data.dev] or None,
-    )
+    result = baseline_for_run(run.dir)
     return {key: result[key] for key in ("name", "accuracy", "macro_f1", "C", "seconds")}
 
 
