@@ -76,7 +76,7 @@ def train_examples() -> list[Example]:
 def save_tiny_teacher(directory) -> None:
     directory.mkdir(parents=True)
     (directory / "vocab.txt").write_text("\n".join(TEACHER_VOCAB) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    BertTokenizerFast(str(directory / "vocab.txt")).save_pretrained(directory)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(TEACHER_VOCAB),

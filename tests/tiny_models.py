@@ -16,7 +16,7 @@ def tiny_teacher_dir(path: Path, *, dropout: float = 0.0, layers: int = 2, seed:
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(
         vocab_size=len(SPECIALS) + len(WORDS),
         hidden_size=32,
