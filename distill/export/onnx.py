@@ -9,7 +9,9 @@ opsets go through a version converter, hence the default.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,7 +176,8 @@ def quantize_int8(onnx_path: str | Path) -> ExportedModel:
     with tempfile.TemporaryDirectory() as scratch:
         unannotated = Path(scratch) / onnx_path.name
         onnx.save(graph, str(unannotated))
-        quantize_dynamic(str(unannotated), str(int8_path), weight_type=QuantType.QInt8)
+        with _quiet_converters():
+            quantize_dynamic(str(unannotated), str(int8_path), weight_type=QuantType.QInt8)
     sizes = dict(manifest["file_sizes"])
     sizes["model_before_quantization"] = sizes["model"]
     sizes["model"] = int8_path.stat().st_size
@@ -228,7 +231,7 @@ def _export_graph(
     device = _device_of(model)
     example = tuple(torch.from_numpy(value).to(device) for value in inputs.values())
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with _eval_mode(model), torch.no_grad():
+    with _eval_mode(model), torch.no_grad(), _quiet_converters():
         torch.onnx.export(
             _LogitsOnly(model).eval(),
             example,
@@ -241,6 +244,23 @@ def _export_graph(
             dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
             verbose=False,
         )
+
+
+@contextmanager
+def _quiet_converters() -> Iterator[None]:
+    """Silence the exporter's and quantizer's advice (absent torchvision ops, shared axis names,
+    pre-processing tips): it is not actionable for a user, and parity is checked anyway."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx"), logging.getLogger("torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _example_inputs(encode: InputEncoder, texts: list[str]) -> dict[str, np.ndarray]:
