@@ -172,4 +172,13 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # Disk full, permissions, a vanished mount: finished stages and checkpoints stay on disk.
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(
+            f"error: cannot read or write a file{where}: {exc.strerror or exc}; "
+            "free space or fix permissions, then run the same command again to resume",
+            err=True,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -141,3 +141,26 @@ def test_recipe_in_the_run_dir_keeps_the_run_name(workdir, make_recipe, distill_
     recipe = make_recipe(TASK)
     assert distill_main("run", recipe.name)[0] == 0
     assert load_recipe(workdir / "runs" / "tiny" / "recipe.toml").run_name() == "tiny"
+
+
+def test_a_disk_write_error_is_one_line_and_the_run_resumes(workdir, make_recipe, distill_main, monkeypatch):
+    import errno
+
+    import distill.stages.prepare as prepare
+
+    def full_disk(examples, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    recipe = make_recipe(TASK)
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare, "write_split", full_disk)
+        code, _, err = distill_main("run", recipe.name)
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err
+    run_dir = workdir / "runs" / "tiny"
+    assert not (run_dir / "done" / "prepare.json").exists() and not (run_dir / "data").exists()
+
+    code, _, err = distill_main("run", recipe.name)
+    assert code == 0, err
+    assert (run_dir / "done" / "prepare.json").is_file()
