@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -236,3 +237,11 @@ def test_enabled_stages_follow_the_pipeline_order_and_prepare_always_runs():
     assert recipe.enabled_stages() == ["prepare", "finetune", "task_specific", "report"]
     only_prepare = parse_recipe({"export": {"enabled": False}, "report": {"enabled": False}})
     assert only_prepare.enabled_stages() == ["prepare"]
+
+
+def test_the_readme_recipe_reference_parses():
+    """The recipe reference in the README uses only real keys and valid values."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    recipe = parse_recipe(tomllib.loads(block), "README.md")
+    assert recipe.stages.task_specific.baseline_twin is False and recipe.stages.data_distill.labels == "soft"
