@@ -170,9 +170,6 @@ class Run:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, default=float) + "\n")
 
-    def is_done(self, stage: str) -> bool:
-        return (self.dir / "done" / f"{stage}.json").is_file()
-
     def require(self, artifact: str, stage: str) -> Path:
         """An earlier stage's output, or a clear error saying which stage makes it."""
         path = self.path(artifact)
