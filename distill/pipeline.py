@@ -74,7 +74,7 @@ register(
     StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"), every_rank=True)
 )
 register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific"), every_rank=True))
-register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("stages.data_distill",), every_rank=True))
+register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("student.seed", "stages.data_distill"), every_rank=True))
 register(StageSpec("export", "distill.stages.export:run", "onnx", ("export",)))
 register(StageSpec("report", "distill.stages.report:run", None, ("report",)))
 

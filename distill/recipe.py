@@ -212,7 +212,7 @@ class AugmentSettings(Section):
 
 class DataDistillStage(TrainSettings):
     students: list[Literal["bow", "cnn", "bigru"]] = ["bow", "cnn"]
-    labels: Literal["hard", "soft"] = "soft"
+    labels: Literal["hard", "soft", "gold"] = "soft"  # gold: no teacher, the baseline
     temperature: float = Field(default=2.0, gt=0)
     augment: AugmentSettings = AugmentSettings()
     embed_dim: int = Field(default=128, ge=4)

@@ -343,3 +343,67 @@ def test_stage_refuses_text_pairs(tiny_run, tmp_path):
     write_split([Example("good film", "positive", "a pair")], tiny_run.dir / "data" / "train.jsonl")
     with pytest.raises(UserError, match="text pairs"):
         data_distill.run(tiny_run, tmp_path)
+
+
+def test_gold_labels_train_on_the_gold_set_alone_without_the_teacher(tiny_run, monkeypatch):
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("labels = 'gold' must not augment or call the teacher")
+
+    monkeypatch.setattr(data_distill, "augmented_texts", no_teacher)
+    monkeypatch.setattr(data_distill, "teacher_logits", no_teacher)
+    section = tiny_run.recipe.stages.data_distill
+    tiny_run.recipe.stages.data_distill = section.model_copy(update={"labels": "gold"})
+    results = tiny_run.execute(only=["data_distill"])
+    assert results["data_distill"]["metrics"]["augmented_texts"] == 0
+    for kind in ("bow", "cnn"):
+        metrics = json.loads((tiny_run.dir / "shallow" / kind / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["train_rows"] == {"gold": 27, "augmented": 0} and metrics["labels"] == "gold"
+
+
+def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_students(tiny_run):
+    import importlib.util
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import tomli_w
+
+    spec = importlib.util.spec_from_file_location("ablate", Path(__file__).parents[1] / "tools" / "ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ablate
+    spec.loader.exec_module(ablate)
+    recipe_path = tiny_run.dir.parent / "tiny.toml"
+    recipe_path.write_text(tomli_w.dumps(tiny_run.recipe.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    # the base run's shared stages (data written by the fixture, the tiny teacher) marked done
+    variant = ablate.variant_recipe(tiny_run.recipe, ablate.VARIANTS[-1], 1, tiny_run.dir.parent)
+    (tiny_run.dir / "done").mkdir(exist_ok=True)
+    for name, config_hash in ablate._shared_hashes(variant).items():
+        marker = {"config_hash": config_hash, "metrics": {}, "seconds": 0.0}
+        (tiny_run.dir / "done" / f"{name}.json").write_text(json.dumps(marker), encoding="utf-8")
+
+    folder = ablate.ablate(recipe_path, [1, 2], ["data_gold", "data_hard", "data_soft"])
+    summary = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
+    rows = {row["name"]: row for row in summary["variants"]}
+    assert list(rows) == [f"{v}/{k}" for v in ("data_gold", "data_hard", "data_soft") for k in ("bow", "cnn")]
+    augmented = len(augmented_texts(tiny_run))
+    for name, row in rows.items():
+        variant_name, kind = name.split("/")
+        for seed_run in row["runs"]:
+            metrics = json.loads((Path(seed_run["run_dir"]) / "shallow" / kind / "metrics.json").read_text("utf-8"))
+            assert metrics["labels"] == variant_name.removeprefix("data_")
+            assert metrics["train_rows"]["augmented"] == (0 if variant_name == "data_gold" else augmented)
+            assert metrics["test"]["accuracy"] == seed_run["accuracy"]
+        if variant_name == "data_gold":
+            assert "vs_reference" not in row
+        else:
+            assert row["vs_reference"]["reference"] == f"data_gold/{kind}"
+            gold_runs = rows[f"data_gold/{kind}"]["runs"]
+            diffs = [run["accuracy"] - gold["accuracy"] for run, gold in zip(row["runs"], gold_runs)]
+            assert [t["diff"] for t in row["vs_reference"]["per_seed"]] == pytest.approx(diffs, abs=1e-9)
+    # the student seed changes a word-level student's initial weights and training order
+    first, _, _ = load_shallow(folder / "data_soft-seed1" / "shallow" / "bow")
+    second, _, _ = load_shallow(folder / "data_soft-seed2" / "shallow" / "bow")
+    assert not torch.equal(first.state_dict()["embeddings.weight"], second.state_dict()["embeddings.weight"])
+    table = (folder / "ablation.md").read_text(encoding="utf-8")
+    assert "| data_soft/cnn | data_gold/cnn | 2 |" in table
+    shutil.rmtree(folder)

@@ -308,7 +308,7 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     base = make_run("\n".join(tables))
     base.execute(only=["prepare"])
     ablate = load_ablate_tool()
-    result = CliRunner().invoke(ablate.main, [str(base.recipe.source), "--seeds", "1,2"])
+    result = CliRunner().invoke(ablate.main, [str(base.recipe.source), "--seeds", "1,2"])  # the transformer path
     assert result.exit_code == 0, result.output
     folder = base.dir.parent / "r-ablation"
     summary = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
@@ -322,7 +322,19 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
             assert (run_dir / "data").resolve() == (base.dir / "data").resolve()
             assert "[prepare] done already, skipped" in (run_dir / "run.log").read_text(encoding="utf-8")
     table = (folder / "ablation.md").read_text(encoding="utf-8").splitlines()
-    assert [line.split(" | ")[0] for line in table[4:]] == [f"| {name}" for name in names] and " ± " in table[4]
+    assert [line.split(" | ")[0] for line in table[4:9]] == [f"| {name}" for name in names] and " ± " in table[4]
+    assert "vs_reference" not in summary["variants"][0]
+    for row in summary["variants"][1:]:
+        versus = row["vs_reference"]
+        assert versus["reference"] == "gold_only" and [test["seed"] for test in versus["per_seed"]] == [1, 2]
+        diffs = [run["accuracy"] - gold["accuracy"] for run, gold in zip(row["runs"], summary["variants"][0]["runs"])]
+        assert [test["diff"] for test in versus["per_seed"]] == pytest.approx(diffs, abs=1e-9)
+        assert versus["pooled"]["diff"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
+        assert versus["pooled"]["low"] <= versus["pooled"]["diff"] <= versus["pooled"]["high"]
+        assert all(0.0 <= test["p_value"] <= 1.0 for test in versus["per_seed"])
+        assert 0.0 <= row["agreement_mean"] <= 1.0
+    per_seed_rows = [line for line in table if line.startswith("| tsd | ")]
+    assert len(per_seed_rows) == 3  # the summary row and one row per seed
 
     def student(variant: str, seed: int):
         return load_classifier(folder / f"{variant}-seed{seed}" / "student")

@@ -100,8 +100,15 @@ def test_markdown_cells_baseline_significance_and_hardware(report):
     assert teacher[2:10] == ["0.8100", "0.7900", "—", "22.7M", "86.7", "14.0 / 17.5", "112", "180"]
     assert "Baseline tfidf-logreg: accuracy 0.7000, macro-F1 0.6800." in markdown
     assert "student vs the teacher: accuracy -1.0 points (bootstrap interval -2.0 to +0.5)" in markdown
-    assert "p = 0.21" in markdown
+    assert "p = 0.21; not significant: the interval includes 0" in markdown
     assert "Hardware: Test CPU, 2 logical cores, 2 threads; torch 2.13.0." in markdown
+
+
+def test_a_difference_is_marked_significant_only_when_its_interval_excludes_zero(report):
+    report["students"][0]["vs_gold_twin"] = {"diff": 0.012, "low": 0.004, "high": 0.02, "p_value": 0.003}
+    markdown = render_markdown(report)
+    assert "student vs its twin trained on gold labels only: accuracy +1.2 points" in markdown
+    assert "p = 0.003; significant" in markdown and markdown.count("; significant") == 1
 
 
 def test_terminal_table_is_aligned_with_one_line_per_model(report):

@@ -7,7 +7,15 @@ from math import comb
 import numpy as np
 import pytest
 
-from distill.report.stats import agreement, mcnemar_exact, mean_std, paired_bootstrap
+from distill.report.stats import (
+    agreement,
+    mcnemar_exact,
+    mean_std,
+    paired_bootstrap,
+    paired_comparison,
+    pooled_paired_bootstrap,
+    significant,
+)
 
 
 def test_bootstrap_of_identical_vectors_is_exactly_zero():
@@ -64,3 +72,38 @@ def test_agreement_and_mean_std():
     assert mean_std([0.7]) == (0.7, 0.0)
     with pytest.raises(ValueError):
         agreement([1], [1, 2])
+
+
+def test_pooled_bootstrap_of_one_run_is_the_paired_bootstrap():
+    rng = np.random.default_rng(5)
+    a, b = rng.random(300) < 0.8, rng.random(300) < 0.7
+    assert pooled_paired_bootstrap([a], [b], seed=2) == paired_bootstrap(a, b, seed=2)
+
+
+def test_pooled_bootstrap_averages_the_seeds_difference_and_its_interval_contains_it():
+    # three seeds on 400 examples: a beats b by 0.10, 0.05 and 0.00 -> mean 0.05
+    a_runs = [[True] * 400] * 3
+    b_runs = [[True] * 360 + [False] * 40, [True] * 380 + [False] * 20, [True] * 400]
+    diff, low, high = pooled_paired_bootstrap(a_runs, b_runs, resamples=2000, seed=1)
+    assert diff == pytest.approx((0.10 + 0.05 + 0.0) / 3)
+    assert 0.0 < low < diff < high
+    # per-example differences averaged over seeds: examples 380-399 are 2/3, 360-379 are 1/3, the rest 0
+    values = np.array([2 / 3] * 20 + [1 / 3] * 20 + [0.0] * 360)
+    assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(400), rel=0.15)
+
+
+def test_pooled_bootstrap_rejects_unpaired_runs():
+    with pytest.raises(ValueError, match="as many runs"):
+        pooled_paired_bootstrap([[True]], [[True], [False]])
+    with pytest.raises(ValueError, match="same test examples"):
+        pooled_paired_bootstrap([[True, False], [True]], [[True, True], [False]])
+
+
+def test_paired_comparison_bundles_the_bootstrap_and_mcnemar_and_significance_needs_a_clear_interval():
+    a = [True] * 30 + [False] * 10
+    b = [True] * 20 + [False] * 20
+    comparison = paired_comparison(a, b, seed=4)
+    assert (comparison["diff"], comparison["low"], comparison["high"]) == paired_bootstrap(a, b, seed=4)
+    assert comparison["p_value"] == mcnemar_exact(a, b) == pytest.approx(2 * 0.5**10)  # 10 discordant, all for a
+    assert significant(0.01, 0.2) and significant(-0.2, -0.01)
+    assert not significant(-0.01, 0.2) and not significant(0.0, 0.0)

@@ -9,7 +9,11 @@ Every variant runs on the base run's split and teacher: its own run directory
 hashes are checked first, so a base recipe edited since its run fails instead of retraining a
 teacher. A seed is `[student] seed`: it changes the student's init and training order only.
 Export, report and data distillation are off in the variants. Writes ablation.json and
-ablation.md (test accuracy, macro-F1 and minutes of the student stages, mean ± std over seeds).
+ablation.md: test accuracy, macro-F1, agreement with the teacher and minutes of the student
+stages (mean ± std over seeds), and each variant's accuracy difference to `gold_only` (the same
+student trained without a teacher): per seed with a paired bootstrap interval and an exact
+McNemar p-value, and pooled over seeds with its interval; a gain is called significant only
+when the interval excludes zero.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from typing import Any
 
 import click
 
+from distill.data.datasets import Example
 from distill.errors import UserError
+from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import STAGES, Run, config_hash
 from distill.recipe import Recipe, load_recipe, parse_recipe
-from distill.report.stats import mean_std
-from distill.stages.distillation import student_seed
+from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
+from distill.stages.common import student_seed
+from distill.stages.export import RunModel
+from distill.stages.report import torch_predictions
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
 SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
@@ -41,7 +49,8 @@ MINILM = ["qk", "vv"]
 class Variant:
     name: str
     description: str
-    stages: dict[str, dict[str, Any]]  # student stage -> settings laid over the base recipe's table
+    stages: dict[str, dict[str, Any]]  # stage -> settings laid over the base recipe's table
+    reference: str  # the variant every model of this one is compared with (itself for a reference)
 
 
 def _relations(stages: tuple[str, ...], relations: list[str]) -> dict[str, dict[str, Any]]:
@@ -53,16 +62,22 @@ VARIANTS = (
         "gold_only",
         "TSD on gold labels only",
         {"task_specific": {"soft_weight": 0.0, "hard_weight": 1.0, "relation_weight": 0.0}},
+        "gold_only",
     ),
-    Variant("tsd", "TSD (the recipe's soft/hard weights)", {"task_specific": {}}),
-    Variant("tad_tsd", "TAD (qq,kk,vv) + TSD", _relations(("task_adaptive", "task_specific"), MINILM_V2)),
+    Variant("tsd", "TSD (the recipe's soft/hard weights)", {"task_specific": {}}, "gold_only"),
+    Variant("tad_tsd", "TAD (qq,kk,vv) + TSD", _relations(("task_adaptive", "task_specific"), MINILM_V2), "gold_only"),
     Variant(
         "ged_tad_tsd",
         "GED + TAD (qq,kk,vv) + TSD",
         _relations(("general_enhanced", "task_adaptive", "task_specific"), MINILM_V2),
+        "gold_only",
     ),
-    Variant("tad_tsd_qk_vv", "TAD (qk,vv) + TSD", _relations(("task_adaptive", "task_specific"), MINILM)),
+    Variant("tad_tsd_qk_vv", "TAD (qk,vv) + TSD", _relations(("task_adaptive", "task_specific"), MINILM), "gold_only"),
+    Variant("data_gold", "word-level students on gold labels only", {"data_distill": {"labels": "gold"}}, "data_gold"),
+    Variant("data_hard", "data distillation, teacher argmax labels", {"data_distill": {"labels": "hard"}}, "data_gold"),
+    Variant("data_soft", "data distillation, teacher soft labels", {"data_distill": {"labels": "soft"}}, "data_gold"),
 )
+DEFAULT_VARIANTS = ("gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv")  # the transformer path
 
 
 def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> Recipe:
@@ -76,7 +91,8 @@ def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> 
         table = getattr(base.stages, stage)
         own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
         data["stages"][stage] = {**own, **settings, "enabled": True}
-    data["stages"]["task_specific"]["baseline_twin"] = False  # every variant ends in TSD; gold_only is the twin
+    if "task_specific" in data["stages"]:
+        data["stages"]["task_specific"]["baseline_twin"] = False  # every variant ends in TSD; gold_only is the twin
     data["student"]["seed"] = seed
     data["run"].update(name=f"{variant.name}-seed{seed}", out_dir=str(out_dir))
     data["export"]["enabled"] = False
@@ -117,28 +133,81 @@ def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe) -> None:
             os.symlink((base_dir / artifact).resolve(), run_dir / artifact, target_is_directory=True)
 
 
-def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Run one variant at one seed (done stages are skipped on a rerun); its test metrics and minutes."""
+@dataclass(frozen=True)
+class SeedRun:
+    """One model of a variant at one seed: its figures (for ablation.json) and its test predictions."""
+
+    figures: dict[str, Any]  # seed, accuracy, macro_f1, agreement, minutes, run_dir
+    predictions: list[str]  # predicted label per test example, in split order
+
+
+def variant_models(run: Run, variant: Variant) -> list[RunModel]:
+    """The students a variant trains: the transformer student, or each word-level student."""
+    if "data_distill" in variant.stages:
+        kinds = run.recipe.stages.data_distill.students
+        return [RunModel(kind, kind, "student", run.dir / "shallow" / kind) for kind in kinds]
+    return [RunModel("student", TRANSFORMER_KIND, "student", run.dir / "student")]
+
+
+def run_variant(
+    base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list[str]
+) -> dict[str, SeedRun]:
+    """Run one variant at one seed (done stages are skipped on a rerun); per model: test metrics,
+    minutes of the variant's stages and predictions."""
     recipe = variant_recipe(base.recipe, variant, seed, out_dir)
     run = Run(recipe)
     link_base_run(base.dir, run.dir, recipe)
     done = run.execute()
-    test = json.loads((run.dir / "student" / "metrics.json").read_text(encoding="utf-8"))["test"]
+    test_examples = run.data().test
     seconds = sum(done[name]["seconds"] for name in variant.stages)
-    return {
-        "seed": seed,
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "minutes": seconds / 60,
-        "run_dir": str(run.dir),
-    }
+    results = {}
+    for model in variant_models(run, variant):
+        test = json.loads((model.directory / "metrics.json").read_text(encoding="utf-8"))["test"]
+        predictions = torch_predictions(run, model, test_examples)
+        figures = {
+            "seed": seed,
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "agreement": agreement(teacher_predictions, predictions),
+            "minutes": seconds / 60,
+            "run_dir": str(run.dir),
+        }
+        results[model.name] = SeedRun(figures, predictions)
+    return results
 
 
-def summarise(variant: Variant, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": variant.name, "description": variant.description, "runs": runs}
-    for key in ("accuracy", "macro_f1", "minutes"):
-        row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
+def row_name(variant: str, model: str) -> str:
+    """`tsd` for the transformer student; `data_soft/cnn` for a word-level student of a data variant."""
+    return variant if model == "student" else f"{variant}/{model}"
+
+
+def versus_reference(
+    runs: list[SeedRun], reference: list[SeedRun], reference_name: str, test: list[Example], seed: int
+) -> dict[str, Any]:
+    """Accuracy difference to the reference row: per seed (bootstrap interval, McNemar p) and pooled."""
+
+    def correct(run: SeedRun) -> list[bool]:
+        return [label == example.label for label, example in zip(run.predictions, test, strict=True)]
+
+    per_seed = [
+        {"seed": run.figures["seed"], **paired_comparison(correct(run), correct(other), seed)}
+        for run, other in zip(runs, reference, strict=True)
+    ]
+    diff, low, high = pooled_paired_bootstrap([correct(r) for r in runs], [correct(r) for r in reference], seed=seed)
+    pooled = {"diff": diff, "low": low, "high": high, "significant": significant(low, high)}
+    return {"reference": reference_name, "pooled": pooled, "per_seed": per_seed}
+
+
+def summarise(name: str, variant: Variant, runs: list[SeedRun]) -> dict[str, Any]:
+    figures = [run.figures for run in runs]
+    row: dict[str, Any] = {"name": name, "description": variant.description, "runs": figures}
+    for key in ("accuracy", "macro_f1", "agreement", "minutes"):
+        row[f"{key}_mean"], row[f"{key}_std"] = mean_std([f[key] for f in figures])
     return row
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
 
 
 def markdown_table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
@@ -148,17 +217,44 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
         mean = f"{row[key + '_mean']:.4f}"
         return f"{mean} ± {row[key + '_std']:.4f}" if spread else mean
 
+    def versus(row: dict[str, Any]) -> str:
+        if "vs_reference" not in row:
+            return "—"
+        versus = row["vs_reference"]
+        pooled = versus["pooled"]
+        mark = "significant" if pooled["significant"] else "not significant"
+        interval = f"[{_points(pooled['low'])}, {_points(pooled['high'])}]"
+        return f"{_points(pooled['diff'])} {interval} vs {versus['reference']}, {mark}"
+
     lines = [
-        f"Student-path ablation, test split, seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if spread else ""),
+        f"Student ablation, test split, seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if spread else ""),
         "",
-        "| variant | stages | accuracy | macro-F1 | minutes |",
-        "| --- | --- | --- | --- | --- |",
+        "| variant | stages | accuracy | macro-F1 | agreement with teacher | Δ accuracy (points, 95% CI) | minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         minutes = f"{row['minutes_mean']:.1f}"
-        cells = [row["name"], row["description"], cell(row, "accuracy"), cell(row, "macro_f1"), minutes]
-        lines.append(f"| {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
+        cells = [row["name"], row["description"], cell(row, "accuracy"), cell(row, "macro_f1"), cell(row, "agreement")]
+        lines.append(f"| {' | '.join([*cells, versus(row), minutes])} |")
+    compared = [row for row in rows if "vs_reference" in row]
+    if compared:
+        lines += [
+            "",
+            "Δ accuracy: against the same student trained on gold labels only, a paired bootstrap over test "
+            "texts of the seed-averaged per-text difference (1,000 resamples); significant only when the "
+            "interval excludes 0. Per seed, against that seed's gold-only run:",
+            "",
+            "| variant | versus | seed | Δ accuracy (points) | 95% CI | exact McNemar p |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in compared:
+            for test in row["vs_reference"]["per_seed"]:
+                interval = f"[{_points(test['low'])}, {_points(test['high'])}]"
+                reference = row["vs_reference"]["reference"]
+                cells = [row["name"], reference, str(test["seed"]), _points(test["diff"]), interval, f"{test['p_value']:.3g}"]
+                lines.append(f"| {' | '.join(cells)} |")
+    minutes = "minutes: the variant's stages, shared by the word-level students of one data variant."
+    return "\n".join([*lines, "", minutes]) + "\n"
 
 
 def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir: Path | None = None) -> Path:
@@ -172,7 +268,25 @@ def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir
     out_dir = out_dir or base.dir.parent / f"{base.dir.name}-ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in VARIANTS if v.name in names]
-    rows = [summarise(v, [run_variant(base, v, seed, out_dir) for seed in seeds]) for v in chosen]
+    test = base.data().test
+    teacher = RunModel("teacher", TRANSFORMER_KIND, "teacher", base.teacher_dir())
+    teacher_predictions = torch_predictions(base, teacher, test)
+    runs: dict[str, list[SeedRun]] = {}  # row name -> one run per seed
+    origin: dict[str, tuple[Variant, str]] = {}  # row name -> (variant, model name)
+    for variant in chosen:
+        for seed in seeds:
+            for model, seed_run in run_variant(base, variant, seed, out_dir, teacher_predictions).items():
+                name = row_name(variant.name, model)
+                runs.setdefault(name, []).append(seed_run)
+                origin[name] = (variant, model)
+    rows = [summarise(name, origin[name][0], seed_runs) for name, seed_runs in runs.items()]
+    for row in rows:
+        variant, model = origin[row["name"]]
+        reference = row_name(variant.reference, model)
+        if variant.reference != variant.name and reference in runs:
+            row["vs_reference"] = versus_reference(
+                runs[row["name"]], runs[reference], reference, test, base.recipe.run.seed
+            )
     result = {"base_run": str(base.dir), "seeds": seeds, "variants": rows}
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out_dir / "ablation.md").write_text(markdown_table(rows, seeds), encoding="utf-8")
@@ -191,7 +305,11 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--seeds", default=None, callback=_int_list, help="Student seeds, e.g. 1,2,3 (default: the recipe's).")
-@click.option("--variants", default=",".join(v.name for v in VARIANTS), help="Variants, e.g. tsd,tad_tsd (default: all).")
+@click.option(
+    "--variants",
+    default=",".join(DEFAULT_VARIANTS),
+    help="Variants, e.g. gold_only,tsd or data_gold,data_hard,data_soft (default: the transformer path).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for the variant runs.")
 def main(recipe: Path, seeds: list[int] | None, variants: str, out: Path | None) -> None:
     """Run student-path variants of RECIPE on its run's split and teacher."""

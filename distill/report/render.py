@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
 from distill.report.schema import validate_report
+from distill.report.stats import significant
 
 MISSING = "—"
 _TERMINAL_COLUMNS = ("model", "accuracy", "macro-F1", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")
@@ -230,7 +231,8 @@ def _significance_lines(report: dict) -> Iterator[str]:
                 yield (
                     f"{student['name']} vs {other}: accuracy {100 * test['diff']:+.1f} points "
                     f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}), "
-                    f"exact McNemar p = {test['p_value']:.3g}"
+                    f"exact McNemar p = {test['p_value']:.3g}; "
+                    + ("significant" if significant(test["low"], test["high"]) else "not significant: the interval includes 0")
                 )
         if "agreement" in student:
             yield f"{student['name']} agrees with the teacher on {100 * student['agreement']:.1f}% of test texts"

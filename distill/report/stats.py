@@ -25,16 +25,54 @@ def paired_bootstrap(
     same drawn indices. Returns (observed difference, low, high).
     """
     a, b = _paired_arrays(correct_a, correct_b)
-    per_example_diff = a.astype(float) - b.astype(float)
+    return _bootstrap_mean(a.astype(float) - b.astype(float), resamples, seed, confidence)
+
+
+def pooled_paired_bootstrap(
+    correct_a_runs: Sequence[Sequence[bool]],
+    correct_b_runs: Sequence[Sequence[bool]],
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean accuracy difference over paired runs (one a and one b per seed), with a bootstrap interval.
+
+    Run s of a is paired with run s of b (same seed), all on the same test examples. The
+    per-example difference is averaged over the runs first, so seed-to-seed variation is in
+    every value the bootstrap then resamples over test examples. With one run this is
+    `paired_bootstrap`. Returns (mean difference, low, high).
+    """
+    if len(correct_a_runs) != len(correct_b_runs) or not len(correct_a_runs):
+        raise ValueError(f"need as many runs of a as of b, at least one, got {len(correct_a_runs)} and {len(correct_b_runs)}")
+    pairs = [_paired_arrays(a, b) for a, b in zip(correct_a_runs, correct_b_runs)]
+    if len({a.size for a, _ in pairs}) != 1:
+        raise ValueError("every run must be scored on the same test examples")
+    per_example_diff = np.mean([a.astype(float) - b.astype(float) for a, b in pairs], axis=0)  # (examples,)
+    return _bootstrap_mean(per_example_diff, resamples, seed, confidence)
+
+
+def _bootstrap_mean(values: np.ndarray, resamples: int, seed: int, confidence: float) -> tuple[float, float, float]:
+    """The mean of `values` and its percentile bootstrap interval (seeded)."""
     interval = stats.bootstrap(
-        (per_example_diff,),
+        (values,),
         np.mean,
         n_resamples=resamples,
         confidence_level=confidence,
         method="percentile",
         rng=np.random.default_rng(seed),
     ).confidence_interval
-    return float(per_example_diff.mean()), float(interval.low), float(interval.high)
+    return float(values.mean()), float(interval.low), float(interval.high)
+
+
+def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], seed: int = 0) -> dict[str, float]:
+    """Accuracy of a minus that of b on the same examples: bootstrap interval and exact McNemar p."""
+    diff, low, high = paired_bootstrap(correct_a, correct_b, seed=seed)
+    return {"diff": diff, "low": low, "high": high, "p_value": mcnemar_exact(correct_a, correct_b)}
+
+
+def significant(low: float, high: float) -> bool:
+    """A difference counts as real only when its confidence interval excludes zero."""
+    return low > 0.0 or high < 0.0
 
 
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:

@@ -26,6 +26,12 @@ def train_config(section: TrainSettings, seed: int, **overrides: Any) -> TrainCo
     return TrainConfig(**values)
 
 
+def student_seed(recipe: Recipe) -> int:
+    """`[student] seed`, else `[run] seed`: seeds vary every student (transformer and word-level) on one
+    split and teacher."""
+    return recipe.student.seed if recipe.student.seed is not None else recipe.run.seed
+
+
 def text_encoder(recipe: Recipe, model_dir: Path) -> TextEncoder:
     task = recipe.task
     return TextEncoder.from_pretrained_dir(model_dir, task.max_length, task.truncation, task.resolved_head_tokens())

@@ -9,6 +9,9 @@ Targets, per `[stages.data_distill] labels`:
 
 - "hard": cross-entropy against the gold label of an original text and against the
   teacher's argmax for an augmented one (ERNIE's hard-label variant).
+- "gold": the gold training set alone, cross-entropy on its labels: no augmented texts and
+  no teacher. The baseline the other two must beat (the same students, vocabulary, seed and
+  epochs), e.g. as the `data_gold` variant of `tools/ablate.py`.
 - "soft": every row is pulled towards the teacher's distribution with
   KL(softmax(z_T/τ) ‖ softmax(z_S/τ))·τ², and an original row adds cross-entropy on its
   gold label; the batch loss is the mean of these per-row losses. Gold labels are right where
@@ -33,14 +36,14 @@ from distill.errors import UserError
 from distill.losses import combine, hard_label_loss, soft_label_loss
 from distill.models.shallow import ShallowConfig, build_shallow, count_parameters, save_shallow
 from distill.stages.augmentation import augmented_texts, teacher_logits
-from distill.stages.common import dev_evaluator, split_metrics, train_config, write_metrics
+from distill.stages.common import dev_evaluator, split_metrics, student_seed, train_config, write_metrics
 from distill.train.loop import seed_everything, train
 
 
 def distillation_loss(
     logits_S: Tensor,
     batch: dict[str, Any],
-    logits_T: Tensor,
+    logits_T: Tensor | None,
     num_gold: int,
     labels: str,
     temperature: float,
@@ -49,10 +52,10 @@ def distillation_loss(
     """The batch loss of the module docstring, and its logged terms.
 
     logits_S: (batch, classes) for the batch's rows; logits_T: (rows, classes) for every
-    training row, looked up by batch["index"]; batch["labels"]: (batch,) gold ids for
-    originals and teacher argmax ids for augmented rows.
+    training row, looked up by batch["index"] (needed by "soft" only); batch["labels"]:
+    (batch,) gold ids for originals and teacher argmax ids for augmented rows.
     """
-    if labels == "hard":
+    if labels in ("hard", "gold"):
         return combine({"hard": (1.0, hard_label_loss(logits_S, batch["labels"], label_smoothing))})
     rows = batch["index"]  # (batch,)
     is_gold = rows < num_gold  # (batch,)
@@ -70,14 +73,15 @@ def training_set(
     gold_texts: list[str],
     gold_ids: list[int],
     augmented: list[str],
-    logits_T: Tensor,
+    logits_T: Tensor | None,
     max_len: int,
 ) -> WordDataset:
     """Gold rows then augmented rows; an augmented row's label is the teacher's argmax.
 
-    logits_T: (len(gold_texts) + len(augmented), classes), in the same row order.
+    logits_T: (len(gold_texts) + len(augmented), classes), in the same row order; None when
+    there are no augmented rows (labels = "gold").
     """
-    teacher_ids = logits_T[len(gold_texts) :].argmax(dim=-1).tolist()
+    teacher_ids = [] if logits_T is None else logits_T[len(gold_texts) :].argmax(dim=-1).tolist()
     return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_ids + teacher_ids, max_len)
 
 
@@ -96,8 +100,11 @@ def run(run: Any, work: Path) -> dict[str, Any]:
     data = run.data()
     _require_single_texts(data)
     gold_texts = [example.text for example in data.train]
-    augmented = augmented_texts(run)
-    logits_T = torch.from_numpy(teacher_logits(run, gold_texts + augmented))  # (rows, classes)
+    augmented: list[str] = []
+    logits_T = None  # labels = "gold": no augmented texts, no teacher
+    if section.labels != "gold":
+        augmented = augmented_texts(run)
+        logits_T = torch.from_numpy(teacher_logits(run, gold_texts + augmented))  # (rows, classes)
 
     tokenizer = WordTokenizer(recipe.task.language)
     vocab = WordVocab.build(
@@ -143,16 +150,17 @@ def _train_student(
     vocab: WordVocab,
     train_set: WordDataset,
     evaluation: dict[str, WordDataset],
-    logits_T: Tensor,
+    logits_T: Tensor | None,
     num_gold: int,
     out_dir: Path,
 ) -> dict[str, Any]:
     """Train one student, save it with its metrics.json, and return those metrics."""
     section = run.recipe.stages.data_distill
     labels = list(config.id2label.values())
-    seed_everything(run.recipe.run.seed)  # the same initial weights on every run
+    seed = student_seed(run.recipe)
+    seed_everything(seed)  # the same initial weights on every run
     model = build_shallow(config)
-    targets_T = logits_T.to(run.device)  # (rows, classes)
+    targets_T = None if logits_T is None else logits_T.to(run.device)  # (rows, classes)
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
         logits_S = model(**batch["inputs"])  # (batch, classes)
@@ -170,7 +178,7 @@ def _train_student(
         model,
         loss_fn,
         train_set,
-        train_config(section, run.recipe.run.seed),
+        train_config(section, seed),
         collate=train_set.collate,
         work_dir=run.checkpoints / config.kind,  # one checkpoint folder per student
         eval_fn=dev_evaluator(evaluation["dev"], labels, run.device),

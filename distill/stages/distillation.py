@@ -30,7 +30,7 @@ from distill.models.pruning import prune_vocabulary
 from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS, make_student
 from distill.models.teacher import label_names, load_classifier, load_tokenizer, resolve_model_path
 from distill.recipe import GeneralStage, Recipe, RelationSettings, TaskAdaptiveStage
-from distill.stages.common import copy_tokenizer, text_encoder, train_config, write_metrics
+from distill.stages.common import copy_tokenizer, student_seed, text_encoder, train_config, write_metrics
 from distill.stages.relations import relation_heads
 from distill.train.loop import move_to_device, seed_everything, train
 
@@ -67,11 +67,6 @@ class TeacherStudent:
         if self.token_map is None:
             return inputs
         return {**inputs, "input_ids": self.token_map[inputs["input_ids"]]}
-
-
-def student_seed(recipe: Recipe) -> int:
-    """`[student] seed`, else `[run] seed`: seeds vary the student path on one split and teacher."""
-    return recipe.student.seed if recipe.student.seed is not None else recipe.run.seed
 
 
 def frozen_teacher(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:

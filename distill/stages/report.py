@@ -26,7 +26,7 @@ from distill.report.baseline import baseline_for_run
 from distill.report.bench import hardware_info, measure_latency
 from distill.report.evaluate import classification_metrics
 from distill.report.render import render_terminal, write_report
-from distill.report.stats import agreement, mcnemar_exact, paired_bootstrap
+from distill.report.stats import agreement, paired_comparison
 from distill.stages.export import (
     BYTES_PER_MB,
     SUMMARY_FILE,
@@ -108,8 +108,7 @@ def paired_test(model: Measured, other: Sequence[str], examples: Sequence[Exampl
     """Accuracy of `model` minus that of `other` (predictions), bootstrap interval, McNemar p."""
     correct = [p == e.label for p, e in zip(model.predictions, examples, strict=True)]
     correct_other = [p == e.label for p, e in zip(other, examples, strict=True)]
-    diff, low, high = paired_bootstrap(correct, correct_other, seed=seed)
-    return {"diff": diff, "low": low, "high": high, "p_value": mcnemar_exact(correct, correct_other)}
+    return paired_comparison(correct, correct_other, seed)
 
 
 def build_report(run: Run) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from distill.losses import combine, hard_label_loss, soft_label_loss
 from distill.recipe import TaskSpecificStage
 from distill.report.evaluate import predict_logits
 from distill.stages.augmentation import augmented_texts
-from distill.stages.common import copy_tokenizer, dev_evaluator, split_metrics, task_dataset, train_config
+from distill.stages.common import copy_tokenizer, dev_evaluator, split_metrics, student_seed, task_dataset, train_config
 from distill.stages.distillation import (
     RelationTransfer,
     StageTexts,
@@ -33,7 +33,6 @@ from distill.stages.distillation import (
     fine_tuned_teacher,
     relation_stage,
     save_student,
-    student_seed,
     teacher_and_student,
 )
 from distill.train.loop import LossFn, TrainResult, train
