@@ -178,3 +178,31 @@ def test_bench_readme_section_is_appended_once_then_replaced(tmp_path):
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# project\n\n## Benchmark results\n")
     assert text.count(bench_tool.START_MARKER) == 1 and "second" in text and "first" not in text
+
+
+def _bench_run(recipe: str, accuracy: float, **extra) -> dict:
+    model = {"accuracy": accuracy, "macro_f1": accuracy, "size_mb": 1.0, "latency_ms": {"bs1_p50": 2.0}}
+    return {
+        "recipe": f"recipes/{recipe}", "wall_s": 10.0, "peak_rss_mb": 100.0, "stages": {"prepare": 1.0},
+        "dataset": "builtin:tweets", "hardware": {"cpu": "Test CPU", "threads": 2},
+        "teacher": model, "students": [{"name": "cnn", **model, "retention": 1.0, "speedup": 1.0}], **extra,
+    }
+
+
+def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "bench.py")
+    bench_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_tool)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"created": "2026-01-02T03:04:05+00:00", "runs": [_bench_run("a.toml", 0.5), _bench_run("b.toml", 0.6)]}))
+    earlier = bench_tool.load_runs(old)
+    assert [run["measured"] for run in earlier] == ["2026-01-02T03:04:05+00:00"] * 2
+    now = _bench_run("b.toml", 0.7, measured="2026-02-03T00:00:00+00:00", load_average_1min={"before": 0.2, "after": 2.5})
+    runs = bench_tool.merged_runs(earlier, [now, _bench_run("c.toml", 0.8, measured="2026-02-03T00:00:00+00:00")])
+    assert [Path(run["recipe"]).name for run in runs] == ["a.toml", "b.toml", "c.toml"] and runs[1] is now
+    section = bench_tool.results_section(runs)
+    assert "| a.toml | 2026-01-02 | 2 | — |" in section and "| b.toml | 2026-02-03 | 2 | 0.2 → 2.5 |" in section
+    assert "| b.toml | builtin:tweets | teacher | 0.7000 |" in section and "0.6000" not in section
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(UserError, match="not a bench file"):
+        bench_tool.load_runs(tmp_path / "broken.json")

@@ -1,13 +1,18 @@
 """Benchmark recipes end to end: wall time per stage, peak memory, and the report's figures.
 
     python tools/bench.py recipes/tiny.toml [more.toml ...] [--out bench.json] [--readme README.md]
+    python tools/bench.py --with results/bench-tiny.json --with results/bench-tweets.json --readme README.md
 
 Each recipe runs as `distill run RECIPE` in its own child process, so the peak resident memory
 read from that child's rusage belongs to that run alone. Stage times come from the run's
 `done/*.json` markers; a stage that was already done before the benchmark keeps its earlier
 time and is listed under `reused_stages` (delete the run directory for a cold benchmark).
 `--readme` rewrites the section between `<!-- results:start -->` and `<!-- results:end -->`
-(appended at the end when the markers are missing) with the measured tables.
+(appended at the end when the markers are missing) with the measured tables; `--with` adds the
+runs of earlier bench files to those tables (a recipe measured now replaces its earlier run),
+so recipes measured on different days share one README section, each with its own date. Each
+run records the machine's load average before and after it: a benchmark that shared the cores
+with other work says so.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def run_recipe(recipe_path: Path) -> dict[str, Any]:
     """Run one recipe in a child process; return its timings, peak memory and report figures."""
     run_dir = Run(load_recipe(recipe_path)).dir
     markers_before = _done_markers(run_dir)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     command = [sys.executable, "-m", "distill", "run", str(recipe_path)]
     pid = os.posix_spawn(sys.executable, command, os.environ)
@@ -54,6 +60,8 @@ def run_recipe(recipe_path: Path) -> dict[str, Any]:
     return {
         "recipe": str(recipe_path),
         "run_dir": str(run_dir),
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "wall_s": wall,
         "peak_rss_mb": _max_rss_mb(usage.ru_maxrss),
         "stages": {name: marker["seconds"] for name, marker in markers.items()},
@@ -77,22 +85,42 @@ def _max_rss_mb(max_rss: int) -> float:
     return max_rss / (1024 * 1024) if sys.platform == "darwin" else max_rss / 1024
 
 
-def results_section(bench: dict[str, Any]) -> str:
+def load_runs(bench_file: Path) -> list[dict[str, Any]]:
+    """The runs of an earlier bench JSON, each dated (older files date the whole file only)."""
+    try:
+        bench = json.loads(bench_file.read_text(encoding="utf-8"))
+        return [{"measured": bench["created"], **run} for run in bench["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"not a bench file: {error}", str(bench_file), "pass a JSON written by tools/bench.py --out") from None
+
+
+def merged_runs(earlier: list[dict[str, Any]], measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier runs in their order, a recipe measured now replacing its earlier run; new recipes last."""
+    by_recipe = {Path(run["recipe"]).name: run for run in earlier}
+    by_recipe.update({Path(run["recipe"]).name: run for run in measured})
+    return list(by_recipe.values())
+
+
+def _load_cell(run: dict[str, Any]) -> str:
+    load = run.get("load_average_1min")
+    return f"{load['before']:.1f} → {load['after']:.1f}" if load else "—"
+
+
+def results_section(runs: list[dict[str, Any]]) -> str:
     """The marked README section: run cost per recipe, then one row per model."""
-    runs = bench["runs"]
     cpus = sorted({run["hardware"]["cpu"] for run in runs})
     lines = [
         START_MARKER,
-        f"Measured by `tools/bench.py` on {bench['created'][:10]}, CPU: {', '.join(cpus)}.",
+        f"Measured by `tools/bench.py`, CPU: {', '.join(cpus)}.",
         "",
-        "| recipe | threads | wall s | peak RSS MB | stage seconds |",
-        "|---|---|---|---|---|",
+        "| recipe | measured | threads | load avg before → after | wall s | peak RSS MB | stage seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["stages"].items())
         lines.append(
-            f"| {Path(run['recipe']).name} | {run['hardware']['threads']} | {run['wall_s']:.1f} "
-            f"| {run['peak_rss_mb']:.0f} | {stages} |"
+            f"| {Path(run['recipe']).name} | {run['measured'][:10]} | {run['hardware']['threads']} | {_load_cell(run)} "
+            f"| {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {stages} |"
         )
     lines += [
         "",
@@ -110,7 +138,9 @@ def results_section(bench: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32).",
+        "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
+        "A load average above the thread count means other work shared the cores: stage times and "
+        "latencies are then slower than on an idle machine (ratios are measured in one process).",
         END_MARKER,
     ]
     return "\n".join(lines)
@@ -127,24 +157,31 @@ def update_readme(readme: Path, section: str) -> None:
 
 
 @click.command()
-@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.json"), show_default=True,
     help="Where to write the JSON results.",
 )
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A README whose marked results section is regenerated.")
-def main(recipes: tuple[Path, ...], out: Path, readme: Path | None) -> None:
+@click.option("--with", "earlier", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="An earlier bench JSON whose runs join the README tables (repeatable).")
+def main(recipes: tuple[Path, ...], out: Path, readme: Path | None, earlier: tuple[Path, ...]) -> None:
     """Run each RECIPE end to end and record stage times, peak memory and report figures."""
+    if not recipes and not (earlier and readme):
+        click.echo("error: nothing to do; give recipes to run, or --with bench files and --readme", err=True)
+        sys.exit(2)
     try:
+        earlier_runs = [run for path in earlier for run in load_runs(path)]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         bench = {"created": created, "runs": [run_recipe(path) for path in recipes]}
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)
-    out.write_text(json.dumps(bench, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if recipes:
+        out.write_text(json.dumps(bench, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if readme is not None:
-        update_readme(readme, results_section(bench))
+        update_readme(readme, results_section(merged_runs(earlier_runs, bench["runs"])))
     for run in bench["runs"]:
         click.echo(f"{run['recipe']}: {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB -> {out}")
 
