@@ -77,6 +77,7 @@ VARIANTS = (
     Variant("data_hard", "data distillation, teacher argmax labels", {"data_distill": {"labels": "hard"}}, "data_gold"),
     Variant("data_soft", "data distillation, teacher soft labels", {"data_distill": {"labels": "soft"}}, "data_gold"),
 )
+DEFAULT_SEED_COUNT = 3  # one seed cannot tell a gain from noise
 DEFAULT_VARIANTS = ("gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv")  # the transformer path
 
 
@@ -258,13 +259,15 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
 
 
 def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir: Path | None = None) -> Path:
-    """Run the chosen variants at every seed (default: the recipe's student seed); write ablation.json and .md."""
+    """Run the chosen variants at every seed (default: three, from the recipe's student seed on); write
+    ablation.json and .md."""
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
         known = ", ".join(v.name for v in VARIANTS)
         raise UserError(f"unknown variants {', '.join(unknown)}", "--variants", f"choose from {known}")
     base = Run(load_recipe(recipe_path))
-    seeds = seeds or [student_seed(base.recipe)]
+    first = student_seed(base.recipe)
+    seeds = seeds or [first + offset for offset in range(DEFAULT_SEED_COUNT)]
     out_dir = out_dir or base.dir.parent / f"{base.dir.name}-ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in VARIANTS if v.name in names]
@@ -304,7 +307,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 @click.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--seeds", default=None, callback=_int_list, help="Student seeds, e.g. 1,2,3 (default: the recipe's).")
+@click.option("--seeds", default=None, callback=_int_list, help="Student seeds, e.g. 1,2,3 (default: the recipe's student seed and the next two).")
 @click.option(
     "--variants",
     default=",".join(DEFAULT_VARIANTS),
