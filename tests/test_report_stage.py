@@ -197,12 +197,16 @@ def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_p
     old.write_text(json.dumps({"created": "2026-01-02T03:04:05+00:00", "runs": [_bench_run("a.toml", 0.5), _bench_run("b.toml", 0.6)]}))
     earlier = bench_tool.load_runs(old)
     assert [run["measured"] for run in earlier] == ["2026-01-02T03:04:05+00:00"] * 2
-    now = _bench_run("b.toml", 0.7, measured="2026-02-03T00:00:00+00:00", load_average_1min={"before": 0.2, "after": 2.5})
+    now = _bench_run(
+        "b.toml", 0.7, measured="2026-02-03T00:00:00+00:00", load_average_1min={"before": 0.2, "after": 2.5},
+        reused_stages=["prepare"],
+    )
     runs = bench_tool.merged_runs(earlier, [now, _bench_run("c.toml", 0.8, measured="2026-02-03T00:00:00+00:00")])
     assert [Path(run["recipe"]).name for run in runs] == ["a.toml", "b.toml", "c.toml"] and runs[1] is now
     section = bench_tool.results_section(runs)
     assert "| a.toml | 2026-01-02 | 2 | — |" in section and "| b.toml | 2026-02-03 | 2 | 0.2 → 2.5 |" in section
     assert "| b.toml | builtin:tweets | teacher | 0.7000 |" in section and "0.6000" not in section
+    assert "| 10.0 | 100 | prepare 1.0* |" in section and "| 10.0 | 100 | prepare 1.0 |" in section
     (tmp_path / "broken.json").write_text("{}")
     with pytest.raises(UserError, match="not a bench file"):
         bench_tool.load_runs(tmp_path / "broken.json")

@@ -117,7 +117,10 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["stages"].items())
+        reused = set(run.get("reused_stages", []))
+        stages = ", ".join(
+            f"{name} {seconds:.1f}{'*' if name in reused else ''}" for name, seconds in run["stages"].items()
+        )
         lines.append(
             f"| {Path(run['recipe']).name} | {run['measured'][:10]} | {run['hardware']['threads']} | {_load_cell(run)} "
             f"| {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {stages} |"
@@ -138,6 +141,8 @@ def results_section(runs: list[dict[str, Any]]) -> str:
             )
     lines += [
         "",
+        "Stage seconds marked * come from an earlier invocation (the stage was done already) and are not "
+        "in that row's wall time. "
         "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
