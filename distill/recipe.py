@@ -248,6 +248,14 @@ class ReportSection(Section):
     warmup: int = Field(default=5, ge=0)
     repeats: int = Field(default=50, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None = the run's thread count
+    seeds: list[int] = []  # student seeds to repeat the students with (distill.seeds); [] = this run's alone
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeat a seed; each seed is one repeat of the students")
+        return seeds
 
 
 class Recipe(Section):

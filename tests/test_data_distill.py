@@ -368,6 +368,8 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
 
     import tomli_w
 
+    from distill.seeds import shared_hashes
+
     spec = importlib.util.spec_from_file_location("ablate", Path(__file__).parents[1] / "tools" / "ablate.py")
     ablate = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = ablate
@@ -377,7 +379,7 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
     # the base run's shared stages (data written by the fixture, the tiny teacher) marked done
     variant = ablate.variant_recipe(tiny_run.recipe, ablate.VARIANTS[-1], 1, tiny_run.dir.parent)
     (tiny_run.dir / "done").mkdir(exist_ok=True)
-    for name, config_hash in ablate._shared_hashes(variant).items():
+    for name, config_hash in shared_hashes(variant).items():
         marker = {"config_hash": config_hash, "metrics": {}, "seconds": 0.0}
         (tiny_run.dir / "done" / f"{name}.json").write_text(json.dumps(marker), encoding="utf-8")
 

@@ -23,7 +23,7 @@ from distill.losses import hard_label_loss, soft_label_loss
 from distill.models.student import make_student
 from distill.models.teacher import load_classifier
 from distill.pipeline import Run
-from distill.recipe import load_recipe
+from distill.recipe import load_recipe, parse_recipe
 from distill.stages.augmentation import augmented_texts
 from distill.stages.common import task_dataset, text_encoder
 from distill.stages.distillation import frozen_teacher, teacher_and_student
@@ -357,3 +357,40 @@ def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
     recipe.write_text(edited, encoding="utf-8")
     with pytest.raises(UserError, match="'prepare' stage was made with other settings"):
         load_ablate_tool().ablate(recipe, [1], ["tsd"])
+
+
+def test_report_seeds_repeat_the_students_and_pool_the_twin_comparison(make_run, teacher_dir):
+    from distill.export.runtime import TRANSFORMER_KIND
+    from distill.stages.export import RunModel
+    from distill.stages.report import seed_summaries, torch_predictions
+
+    run = make_run(stage_table("task_specific", baseline_twin=True))  # [run] seed 7
+    run.execute()
+    run.recipe.report.seeds = [7, 8]
+    test = run.data().test
+    teacher = torch_predictions(run, RunModel("teacher", TRANSFORMER_KIND, "teacher", teacher_dir), test)
+    summaries = seed_summaries(run, teacher, test)
+    repeat = run.dir / "seeds" / "seed8"
+    assert (repeat / "data").resolve() == (run.dir / "data").resolve()
+    assert "[task_specific] done" in (repeat / "run.log").read_text(encoding="utf-8")
+    student, twin = saved_metrics(run.dir / "student"), saved_metrics(run.dir / "student" / "twin")
+    student_8, twin_8 = saved_metrics(repeat / "student"), saved_metrics(repeat / "student" / "twin")
+    accuracies = [student["test"]["accuracy"], student_8["test"]["accuracy"]]
+    entry = summaries["student"]
+    assert set(summaries) == {"student"} and entry["seeds"] == [7, 8]
+    assert entry["accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+    assert entry["accuracy_std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5)
+    diffs = [accuracies[0] - twin["test"]["accuracy"], accuracies[1] - twin_8["test"]["accuracy"]]
+    assert [t["diff"] for t in entry["vs_gold_twin"]["per_seed"]] == pytest.approx(diffs, abs=1e-9)
+    assert entry["vs_gold_twin"]["pooled"]["diff"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
+    # the seed changes the student's training, and a second report reuses the finished repeat
+    assert not torch.equal(
+        load_classifier(run.dir / "student").state_dict()[QUERY_0], load_classifier(repeat / "student").state_dict()[QUERY_0]
+    )
+    assert seed_summaries(run, teacher, test) == summaries
+    assert "[task_specific] done already, skipped" in (repeat / "run.log").read_text(encoding="utf-8")
+
+
+def test_report_seeds_must_be_distinct():
+    with pytest.raises(UserError, match="repeat a seed"):
+        parse_recipe({"report": {"seeds": [1, 2, 1]}}, "r.toml")

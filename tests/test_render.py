@@ -111,6 +111,22 @@ def test_a_difference_is_marked_significant_only_when_its_interval_excludes_zero
     assert "p = 0.003; significant" in markdown and markdown.count("; significant") == 1
 
 
+def test_figures_over_seeds_validate_and_render_with_the_pooled_twin_verdict(report):
+    per_seed = [{"diff": 0.01, "low": -0.01, "high": 0.03, "p_value": 0.4}] * 3
+    report["students"][0]["over_seeds"] = {
+        "seeds": [1, 2, 3], "accuracy_mean": 0.8, "accuracy_std": 0.004, "macro_f1_mean": 0.77, "macro_f1_std": 0.005,
+        "agreement_mean": 0.9, "agreement_std": 0.01,
+        "vs_gold_twin": {"pooled": {"diff": 0.01, "low": 0.002, "high": 0.018, "significant": True}, "per_seed": per_seed},
+    }  # fmt: skip
+    validate_report(report)
+    markdown = render_markdown(report)
+    assert "student over seeds 1, 2, 3 (torch): accuracy 0.8000 ± 0.0040, macro-F1 0.7700 ± 0.0050" in markdown
+    assert "vs its gold-only twin +1.00 points (pooled bootstrap interval +0.20 to +1.80); significant" in markdown
+    report["students"][0]["over_seeds"]["accuracy_std"] = -1
+    with pytest.raises(ValueError, match="over_seeds"):
+        validate_report(report)
+
+
 def test_terminal_table_is_aligned_with_one_line_per_model(report):
     lines = render_terminal(report).splitlines()
     assert lines[0].split()[:3] == ["model", "accuracy", "macro-F1"]

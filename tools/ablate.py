@@ -1,26 +1,22 @@
-"""Ablate the transformer student's path: which distillation stages and relations pay off.
+"""Ablate the student paths: which distillation stages, relations and labels pay off.
 
-    distill run recipes/tweets.toml --stages prepare,finetune     # once: the split and the teacher
-    python tools/ablate.py recipes/tweets.toml --seeds 1,2,3
+    distill run recipes/tweets.toml     # once: the split, the teacher and its cached labels
+    python tools/ablate.py recipes/tweets.toml --seeds 1,2,3 --variants gold_only,tsd
+    python tools/ablate.py recipes/tweets.toml --variants data_gold,data_hard,data_soft
 
-Every variant runs on the base run's split and teacher: its own run directory
-(RUNS/NAME-ablation/VARIANT-seedN/) links the base run's `data/`, `teacher/` (and `mlm/`,
-`cache/`) and copies their `done/` markers, so the pipeline skips those stages; their config
-hashes are checked first, so a base recipe edited since its run fails instead of retraining a
-teacher. A seed is `[student] seed`: it changes the student's init and training order only.
-Export, report and data distillation are off in the variants. Writes ablation.json and
-ablation.md: test accuracy, macro-F1, agreement with the teacher and minutes of the student
-stages (mean ± std over seeds), and each variant's accuracy difference to `gold_only` (the same
-student trained without a teacher): per seed with a paired bootstrap interval and an exact
-McNemar p-value, and pooled over seeds with its interval; a gain is called significant only
-when the interval excludes zero.
+Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
+its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and the stages a
+variant does not name are off. Writes ablation.json and ablation.md: test accuracy, macro-F1,
+agreement with the teacher and minutes of the variant's stages (mean ± std over seeds), and
+each model's accuracy difference to the same student trained on gold labels only (`gold_only`
+for the transformer, `data_gold` for the word-level students): per seed with a paired
+bootstrap interval and an exact McNemar p-value, and pooled over seeds with its interval; a
+gain is called significant only when the interval excludes zero.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +24,15 @@ from typing import Any
 
 import click
 
-from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
-from distill.pipeline import STAGES, Run, config_hash
-from distill.recipe import Recipe, load_recipe, parse_recipe
-from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
+from distill.pipeline import Run
+from distill.recipe import Recipe, load_recipe
+from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
 from distill.stages.export import RunModel
 from distill.stages.report import torch_predictions
 
-SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
-SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
-STUDENT_STAGES = ("general", "general_enhanced", "task_adaptive", "task_specific")
 MINILM_V2 = ["qq", "kk", "vv"]
 MINILM = ["qk", "vv"]
 
@@ -82,98 +74,22 @@ DEFAULT_VARIANTS = ("gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv
 
 
 def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> Recipe:
-    """The base recipe with only the variant's student stages, the student seed and its own run name."""
-    data = base.model_dump(mode="json", exclude_none=True)
-    for stage in STUDENT_STAGES:
-        data["stages"].pop(stage, None)
-    if "data_distill" in data["stages"]:
-        data["stages"]["data_distill"]["enabled"] = False  # its augment settings still shape TAD's augmented texts
-    for stage, settings in variant.stages.items():
-        table = getattr(base.stages, stage)
-        own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
-        data["stages"][stage] = {**own, **settings, "enabled": True}
-    if "task_specific" in data["stages"]:
-        data["stages"]["task_specific"]["baseline_twin"] = False  # every variant ends in TSD; gold_only is the twin
-    data["student"]["seed"] = seed
-    data["run"].update(name=f"{variant.name}-seed{seed}", out_dir=str(out_dir))
-    data["export"]["enabled"] = False
-    data["report"]["enabled"] = False
-    return parse_recipe(data, f"ablation variant {variant.name}")
+    """The base recipe with only the variant's stages, the student seed and its own run name."""
+    stages = {stage: dict(settings) for stage, settings in variant.stages.items()}
+    if "task_specific" in stages:
+        stages["task_specific"]["baseline_twin"] = False  # gold_only is every variant's twin
+    return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages)
 
 
-def _shared_hashes(recipe: Recipe) -> dict[str, str]:
-    """The config hashes the pipeline expects for the shared stages, chained as `Run.execute` chains them."""
-    hashes, upstream = {}, ""
-    for name in recipe.enabled_stages():
-        upstream = config_hash(recipe, STAGES[name], upstream)
-        if name in SHARED_STAGES:
-            hashes[name] = upstream
-    return hashes
-
-
-def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe) -> None:
-    """Give `run_dir` the base run's split and teacher, marked done with hashes the variant matches."""
-    (run_dir / "done").mkdir(parents=True, exist_ok=True)
-    for name, expected in _shared_hashes(recipe).items():
-        marker = base_dir / "done" / f"{name}.json"
-        if not marker.is_file():
-            raise UserError(
-                f"the base run has not finished the '{name}' stage",
-                str(base_dir),
-                f"run `distill run RECIPE --stages {','.join(_shared_hashes(recipe))}` first",
-            )
-        if json.loads(marker.read_text(encoding="utf-8"))["config_hash"] != expected:
-            raise UserError(
-                f"the base run's '{name}' stage was made with other settings than the recipe has now",
-                str(base_dir),
-                "rerun the base recipe's shared stages, or restore the recipe they were made with",
-            )
-        shutil.copy2(marker, run_dir / "done" / marker.name)
-    for artifact in SHARED_ARTIFACTS:
-        if (base_dir / artifact).exists() and not (run_dir / artifact).exists():
-            os.symlink((base_dir / artifact).resolve(), run_dir / artifact, target_is_directory=True)
-
-
-@dataclass(frozen=True)
-class SeedRun:
-    """One model of a variant at one seed: its figures (for ablation.json) and its test predictions."""
-
-    figures: dict[str, Any]  # seed, accuracy, macro_f1, agreement, minutes, run_dir
-    predictions: list[str]  # predicted label per test example, in split order
-
-
-def variant_models(run: Run, variant: Variant) -> list[RunModel]:
-    """The students a variant trains: the transformer student, or each word-level student."""
-    if "data_distill" in variant.stages:
-        kinds = run.recipe.stages.data_distill.students
-        return [RunModel(kind, kind, "student", run.dir / "shallow" / kind) for kind in kinds]
-    return [RunModel("student", TRANSFORMER_KIND, "student", run.dir / "student")]
-
-
-def run_variant(
-    base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list[str]
-) -> dict[str, SeedRun]:
-    """Run one variant at one seed (done stages are skipped on a rerun); per model: test metrics,
-    minutes of the variant's stages and predictions."""
-    recipe = variant_recipe(base.recipe, variant, seed, out_dir)
-    run = Run(recipe)
-    link_base_run(base.dir, run.dir, recipe)
-    done = run.execute()
-    test_examples = run.data().test
-    seconds = sum(done[name]["seconds"] for name in variant.stages)
+def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list[str]) -> dict[str, SeedRun]:
+    """Run one variant at one seed; per model: test metrics, predictions and minutes of its stages."""
+    run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir))
+    minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
     results = {}
-    for model in variant_models(run, variant):
-        test = json.loads((model.directory / "metrics.json").read_text(encoding="utf-8"))["test"]
-        predictions = torch_predictions(run, model, test_examples)
-        figures = {
-            "seed": seed,
-            "accuracy": test["accuracy"],
-            "macro_f1": test["macro_f1"],
-            "agreement": agreement(teacher_predictions, predictions),
-            "minutes": seconds / 60,
-            "run_dir": str(run.dir),
-        }
-        results[model.name] = SeedRun(figures, predictions)
+    for model in trained_students(run):
+        if model.name != TWIN_NAME:
+            measured = seed_run(run, model, seed, teacher_predictions)
+            results[model.name] = SeedRun({**measured.figures, "minutes": minutes, "run_dir": str(run.dir)}, measured.predictions)
     return results
 
 
@@ -182,29 +98,9 @@ def row_name(variant: str, model: str) -> str:
     return variant if model == "student" else f"{variant}/{model}"
 
 
-def versus_reference(
-    runs: list[SeedRun], reference: list[SeedRun], reference_name: str, test: list[Example], seed: int
-) -> dict[str, Any]:
-    """Accuracy difference to the reference row: per seed (bootstrap interval, McNemar p) and pooled."""
-
-    def correct(run: SeedRun) -> list[bool]:
-        return [label == example.label for label, example in zip(run.predictions, test, strict=True)]
-
-    per_seed = [
-        {"seed": run.figures["seed"], **paired_comparison(correct(run), correct(other), seed)}
-        for run, other in zip(runs, reference, strict=True)
-    ]
-    diff, low, high = pooled_paired_bootstrap([correct(r) for r in runs], [correct(r) for r in reference], seed=seed)
-    pooled = {"diff": diff, "low": low, "high": high, "significant": significant(low, high)}
-    return {"reference": reference_name, "pooled": pooled, "per_seed": per_seed}
-
-
 def summarise(name: str, variant: Variant, runs: list[SeedRun]) -> dict[str, Any]:
-    figures = [run.figures for run in runs]
-    row: dict[str, Any] = {"name": name, "description": variant.description, "runs": figures}
-    for key in ("accuracy", "macro_f1", "agreement", "minutes"):
-        row[f"{key}_mean"], row[f"{key}_std"] = mean_std([f[key] for f in figures])
-    return row
+    spread = summary(runs, ("accuracy", "macro_f1", "agreement", "minutes"))
+    return {"name": name, "description": variant.description, "runs": [run.figures for run in runs], **spread}
 
 
 def _points(value: float) -> str:
@@ -278,18 +174,17 @@ def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir
     origin: dict[str, tuple[Variant, str]] = {}  # row name -> (variant, model name)
     for variant in chosen:
         for seed in seeds:
-            for model, seed_run in run_variant(base, variant, seed, out_dir, teacher_predictions).items():
+            for model, measured in run_variant(base, variant, seed, out_dir, teacher_predictions).items():
                 name = row_name(variant.name, model)
-                runs.setdefault(name, []).append(seed_run)
+                runs.setdefault(name, []).append(measured)
                 origin[name] = (variant, model)
     rows = [summarise(name, origin[name][0], seed_runs) for name, seed_runs in runs.items()]
     for row in rows:
         variant, model = origin[row["name"]]
         reference = row_name(variant.reference, model)
         if variant.reference != variant.name and reference in runs:
-            row["vs_reference"] = versus_reference(
-                runs[row["name"]], runs[reference], reference, test, base.recipe.run.seed
-            )
+            comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed)
+            row["vs_reference"] = {"reference": reference, **comparison}
     result = {"base_run": str(base.dir), "seeds": seeds, "variants": rows}
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out_dir / "ablation.md").write_text(markdown_table(rows, seeds), encoding="utf-8")

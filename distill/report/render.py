@@ -236,6 +236,25 @@ def _significance_lines(report: dict) -> Iterator[str]:
                 )
         if "agreement" in student:
             yield f"{student['name']} agrees with the teacher on {100 * student['agreement']:.1f}% of test texts"
+        if "over_seeds" in student:
+            yield _over_seeds_line(student["name"], student["over_seeds"])
+
+
+def _over_seeds_line(name: str, seeds: dict) -> str:
+    """Mean ± std over the student seeds, and the pooled difference to the gold-only twin."""
+    line = (
+        f"{name} over seeds {', '.join(map(str, seeds['seeds']))} (torch): accuracy "
+        f"{seeds['accuracy_mean']:.4f} ± {seeds['accuracy_std']:.4f}, macro-F1 "
+        f"{seeds['macro_f1_mean']:.4f} ± {seeds['macro_f1_std']:.4f}"
+    )
+    if "vs_gold_twin" in seeds:
+        pooled = seeds["vs_gold_twin"]["pooled"]
+        verdict = "significant" if pooled["significant"] else "not significant: the interval includes 0"
+        line += (
+            f"; vs its gold-only twin {100 * pooled['diff']:+.2f} points (pooled bootstrap interval "
+            f"{100 * pooled['low']:+.2f} to {100 * pooled['high']:+.2f}); {verdict}"
+        )
+    return line
 
 
 def _baseline_line(baseline: dict) -> str:

@@ -30,6 +30,33 @@ _PAIRED_TEST = {
     "properties": {"diff": _NUMBER, "low": _NUMBER, "high": _NUMBER, "p_value": _FRACTION},
 }
 
+_OVER_SEEDS = {
+    "type": "object",
+    "description": "Torch test figures over [report] seeds (mean, sample std); the pooled twin comparison.",
+    "required": ["seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"],
+    "properties": {
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "accuracy_mean": _FRACTION,
+        "accuracy_std": _NON_NEGATIVE,
+        "macro_f1_mean": _FRACTION,
+        "macro_f1_std": _NON_NEGATIVE,
+        "agreement_mean": _FRACTION,
+        "agreement_std": _NON_NEGATIVE,
+        "vs_gold_twin": {
+            "type": "object",
+            "required": ["pooled", "per_seed"],
+            "properties": {
+                "pooled": {
+                    "type": "object",
+                    "required": ["diff", "low", "high", "significant"],
+                    "properties": {"diff": _NUMBER, "low": _NUMBER, "high": _NUMBER, "significant": {"type": "boolean"}},
+                },
+                "per_seed": {"type": "array", "items": _PAIRED_TEST},
+            },
+        },
+    },
+}
+
 _MEASURED_MODEL = {
     "accuracy": _FRACTION,
     "macro_f1": _FRACTION,
@@ -70,6 +97,7 @@ _STUDENT = {
         "vs_teacher": _PAIRED_TEST,
         "vs_gold_twin": _PAIRED_TEST,
         "agreement": _FRACTION,
+        "over_seeds": _OVER_SEEDS,
     },
 }
 

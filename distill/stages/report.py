@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from distill import distributed
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
@@ -27,6 +28,8 @@ from distill.report.bench import hardware_info, measure_latency
 from distill.report.evaluate import classification_metrics
 from distill.report.render import render_terminal, write_report
 from distill.report.stats import agreement, paired_comparison
+from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
+from distill.stages.common import student_seed
 from distill.stages.export import (
     BYTES_PER_MB,
     SUMMARY_FILE,
@@ -35,6 +38,9 @@ from distill.stages.export import (
     onnx_predictions,
     run_models,
 )
+
+
+SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,11 @@ def build_report(run: Run) -> dict[str, Any]:
         for entry in summary["models"]
         if entry["role"] == "student"
     ]
+    if run.recipe.report.seeds:
+        over_seeds = seed_summaries(run, teacher.predictions, test)
+        for record in students:
+            if record["name"] in over_seeds:
+                record["over_seeds"] = over_seeds[record["name"]]
     return {
         "dataset": _dataset_name(run),
         "test_size": len(test),
@@ -175,6 +186,35 @@ def _student_record(
     if student_int8 is not None:
         record["int8"] = compared(student_int8, teacher)
     return record
+
+
+def seed_summaries(run: Run, teacher_predictions: list[str], test: list[Example]) -> dict[str, dict[str, Any]]:
+    """Per student: accuracy, macro-F1 and teacher agreement (torch) over `[report] seeds`, and
+    the transformer student's pooled difference to its gold-only twin at the same seeds.
+
+    The run's own student seed reuses its students; every other seed repeats the run's student
+    stages in RUN/seeds/seedN/ on the same split and teacher (resumable like any run).
+    """
+    if distributed.launched_distributed():
+        raise UserError(
+            "[report] seeds repeats the students on one process, but the run has several",
+            f"{run.recipe.source or 'recipe'}: [report] seeds",
+            "run `distill report RUN_DIR` without torchrun, or remove the seeds",
+        )
+    own = student_seed(run.recipe)
+    runs: dict[str, list[SeedRun]] = {}  # model name -> one run per seed
+    for seed in run.recipe.report.seeds:
+        if seed == own:
+            source = run
+        else:
+            run.logger.info(f"[report] repeating the students with seed {seed}")
+            source, _ = run_repeat(run, seeded_recipe(run.recipe, seed, run.dir / SEEDS_DIR, f"seed{seed}"))
+        for model in trained_students(source):
+            runs.setdefault(model.name, []).append(seed_run(source, model, seed, teacher_predictions))
+    summaries = {name: summary(seed_runs) for name, seed_runs in runs.items() if name != TWIN_NAME}
+    if "student" in summaries and TWIN_NAME in runs:
+        summaries["student"]["vs_gold_twin"] = versus(runs["student"], runs[TWIN_NAME], test, run.recipe.run.seed)
+    return summaries
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

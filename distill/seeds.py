@@ -1,0 +1,167 @@
+"""A run's students again under other student seeds, on the run's own split and teacher.
+
+One seed cannot tell a gain from noise: a student's accuracy moves by about a point from one
+seed to the next on a few thousand test texts. A repeat is its own run directory that links
+the base run's `data/`, `teacher/` (and `mlm/`, `cache/`) and copies their `done/` markers, so
+the pipeline skips those stages; their config hashes are checked first, so a base recipe
+edited since its run fails instead of training a new teacher. A seed is `[student] seed`: it
+changes the students' initial weights and training order, never the split or the teacher.
+`tools/ablate.py` repeats variants of the student path; the report stage (`[report] seeds`)
+repeats the recipe's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.data.datasets import Example
+from distill.errors import UserError
+from distill.export.runtime import TRANSFORMER_KIND
+from distill.pipeline import STAGES, Run, config_hash
+from distill.recipe import Recipe, parse_recipe
+from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
+from distill.stages.export import RunModel
+
+SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
+SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
+STUDENT_STAGES = ("general", "general_enhanced", "task_adaptive", "task_specific")
+TWIN_NAME = "twin"  # the transformer student's gold-only twin among a run's models
+
+
+def seeded_recipe(
+    base: Recipe,
+    seed: int,
+    out_dir: Path,
+    name: str,
+    stages: dict[str, dict[str, Any]] | None = None,
+) -> Recipe:
+    """The base recipe with [student] seed = `seed`, its own run name, and no export or report.
+
+    `stages` (stage -> settings laid over the base recipe's table) replaces the student path:
+    only those student stages run, and data distillation only when listed. None keeps the
+    recipe's own student stages and data distillation.
+    """
+    data = base.model_dump(mode="json", exclude_none=True)
+    if stages is not None:
+        for stage in STUDENT_STAGES:
+            data["stages"].pop(stage, None)
+        if "data_distill" in data["stages"]:
+            data["stages"]["data_distill"]["enabled"] = False  # its augment settings still shape TAD's texts
+        for stage, settings in stages.items():
+            table = getattr(base.stages, stage)
+            own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
+            data["stages"][stage] = {**own, **settings, "enabled": True}
+    data["student"]["seed"] = seed
+    data["run"].update(name=name, out_dir=str(out_dir))
+    data["export"]["enabled"] = False
+    data["report"]["enabled"] = False
+    return parse_recipe(data, f"{name} (seed {seed})")
+
+
+def shared_hashes(recipe: Recipe) -> dict[str, str]:
+    """The config hashes the pipeline expects for the shared stages, chained as `Run.execute` chains them."""
+    hashes, upstream = {}, ""
+    for name in recipe.enabled_stages():
+        upstream = config_hash(recipe, STAGES[name], upstream)
+        if name in SHARED_STAGES:
+            hashes[name] = upstream
+    return hashes
+
+
+def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe) -> None:
+    """Give `run_dir` the base run's split and teacher, marked done with hashes the repeat matches."""
+    (run_dir / "done").mkdir(parents=True, exist_ok=True)
+    for name, expected in shared_hashes(recipe).items():
+        marker = base_dir / "done" / f"{name}.json"
+        if not marker.is_file():
+            raise UserError(
+                f"the base run has not finished the '{name}' stage",
+                str(base_dir),
+                f"run `distill run RECIPE --stages {','.join(shared_hashes(recipe))}` first",
+            )
+        if json.loads(marker.read_text(encoding="utf-8"))["config_hash"] != expected:
+            raise UserError(
+                f"the base run's '{name}' stage was made with other settings than the recipe has now",
+                str(base_dir),
+                "rerun the base recipe's shared stages, or restore the recipe they were made with",
+            )
+        shutil.copy2(marker, run_dir / "done" / marker.name)
+    for artifact in SHARED_ARTIFACTS:
+        if (base_dir / artifact).exists() and not (run_dir / artifact).exists():
+            os.symlink((base_dir / artifact).resolve(), run_dir / artifact, target_is_directory=True)
+
+
+def run_repeat(base: Run, recipe: Recipe) -> tuple[Run, dict[str, Any]]:
+    """Run `recipe` on the base run's split and teacher (its done stages are skipped on a rerun)."""
+    run = Run(recipe)
+    link_base_run(base.dir, run.dir, recipe)
+    return run, run.execute()
+
+
+def trained_students(run: Run) -> list[RunModel]:
+    """The students a run trained: the transformer student (and its gold-only twin), word-level ones."""
+    from distill.stages.task import TWIN_DIR
+
+    models = []
+    if (run.dir / "student" / "metrics.json").is_file():
+        models.append(RunModel("student", TRANSFORMER_KIND, "student", run.dir / "student"))
+        if (run.dir / "student" / TWIN_DIR).is_dir():
+            models.append(RunModel(TWIN_NAME, TRANSFORMER_KIND, "student", run.dir / "student" / TWIN_DIR))
+    section = run.recipe.stages.data_distill
+    if run.recipe.stage_enabled("data_distill"):
+        models += [RunModel(kind, kind, "student", run.dir / "shallow" / kind) for kind in section.students]
+    return models
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One model at one seed: its test figures and its test predictions."""
+
+    figures: dict[str, Any]  # seed, accuracy, macro_f1, agreement (with the teacher)
+    predictions: list[str]  # predicted label per test example, in split order
+
+
+def seed_run(run: Run, model: RunModel, seed: int, teacher_predictions: list[str]) -> SeedRun:
+    """A trained model's test metrics (from its metrics.json) and torch predictions on the test split."""
+    from distill.stages.report import torch_predictions
+
+    test = json.loads((model.directory / "metrics.json").read_text(encoding="utf-8"))["test"]
+    predictions = torch_predictions(run, model, run.data().test)
+    figures = {
+        "seed": seed,
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "agreement": agreement(teacher_predictions, predictions),
+    }
+    return SeedRun(figures, predictions)
+
+
+def summary(runs: list[SeedRun], keys: tuple[str, ...] = ("accuracy", "macro_f1", "agreement")) -> dict[str, Any]:
+    """The seeds, and mean and standard deviation over them of each figure in `keys`."""
+    result: dict[str, Any] = {"seeds": [run.figures["seed"] for run in runs]}
+    for key in keys:
+        result[f"{key}_mean"], result[f"{key}_std"] = mean_std([run.figures[key] for run in runs])
+    return result
+
+
+def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], seed: int) -> dict[str, Any]:
+    """Accuracy difference to a reference model trained at the same seeds on the same test texts.
+
+    Per seed: paired bootstrap interval and exact McNemar p. Pooled: the bootstrap interval of
+    the seed-averaged per-text difference; significant only when it excludes zero.
+    """
+
+    def correct(run: SeedRun) -> list[bool]:
+        return [label == example.label for label, example in zip(run.predictions, test, strict=True)]
+
+    per_seed = [
+        {"seed": run.figures["seed"], **paired_comparison(correct(run), correct(other), seed)}
+        for run, other in zip(runs, reference, strict=True)
+    ]
+    diff, low, high = pooled_paired_bootstrap([correct(r) for r in runs], [correct(r) for r in reference], seed=seed)
+    return {"pooled": {"diff": diff, "low": low, "high": high, "significant": significant(low, high)}, "per_seed": per_seed}
