@@ -152,6 +152,12 @@ def test_chain_gd_ged_tad_tsd_prunes_once_and_each_stage_starts_from_the_last(ma
     assert metrics["general"]["texts"] == 40
     corpus = run.dir.parent.parent / "corpus.txt"
     assert metrics["general_enhanced"]["texts_source"] == f"corpus {corpus} (20 texts)"
+    from distill.stages.report import text_source_notes  # what report.json's "notes" says of it
+
+    assert text_source_notes(run) == (
+        f"general read no corpus given: the task's 40 training texts, labels unused; "
+        f"general_enhanced read corpus {corpus} (20 texts)"
+    )
 
     # Only the first stage prunes: specials plus the pieces of the task's texts and pairs.
     teacher_tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)

@@ -127,6 +127,13 @@ def test_figures_over_seeds_validate_and_render_with_the_pooled_twin_verdict(rep
         validate_report(report)
 
 
+def test_notes_are_shown_in_markdown_and_html(report, tmp_path):
+    report["notes"] = "general read no corpus given: the task's 40 training texts, labels unused"
+    validate_report(report)
+    assert f"Notes: {report['notes']}" in render_markdown(report)
+    assert "Notes: general read no corpus given: the task&#x27;s 40 training texts" in render_html(report, "r.png")
+
+
 def test_terminal_table_is_aligned_with_one_line_per_model(report):
     lines = render_terminal(report).splitlines()
     assert lines[0].split()[:3] == ["model", "accuracy", "macro-F1"]

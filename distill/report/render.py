@@ -43,6 +43,8 @@ def render_markdown(report: dict) -> str:
         lines += ["## Paired tests", ""] + [f"- {line}" for line in significance] + [""]
     if "baseline" in report:
         lines += [_baseline_line(report["baseline"]), ""]
+    if "notes" in report:
+        lines += [f"Notes: {report['notes']}", ""]
     lines.append(_hardware_line(report["hardware"]))
     return "\n".join(lines) + "\n"
 
@@ -143,6 +145,8 @@ def render_html(report: dict, png_name: str) -> str:
         parts.append(f"<h2>Paired tests</h2><ul>{significance}</ul>")
     if "baseline" in report:
         parts.append(f"<p>{escape(_baseline_line(report['baseline']))}</p>")
+    if "notes" in report:
+        parts.append(f'<p class="note">Notes: {escape(report["notes"])}</p>')
     parts += [f"<h2>Hardware</h2><p>{escape(_hardware_line(report['hardware']))}</p>", "</body></html>"]
     return "\n".join(parts) + "\n"
 

@@ -21,7 +21,7 @@ from distill import distributed
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
-from distill.pipeline import Run
+from distill.pipeline import STAGES, Run
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
 from distill.report.bench import hardware_info, measure_latency
@@ -155,7 +155,7 @@ def build_report(run: Run) -> dict[str, Any]:
         for record in students:
             if record["name"] in over_seeds:
                 record["over_seeds"] = over_seeds[record["name"]]
-    return {
+    report = {
         "dataset": _dataset_name(run),
         "test_size": len(test),
         "hardware": hardware_info(timing.threads),
@@ -166,6 +166,10 @@ def build_report(run: Run) -> dict[str, Any]:
         "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    notes = text_source_notes(run)
+    if notes:
+        report["notes"] = notes
+    return report
 
 
 def _student_record(
@@ -215,6 +219,18 @@ def seed_summaries(run: Run, teacher_predictions: list[str], test: list[Example]
     if "student" in summaries and TWIN_NAME in runs:
         summaries["student"]["vs_gold_twin"] = versus(runs["student"], runs[TWIN_NAME], test, run.recipe.run.seed)
     return summaries
+
+
+def text_source_notes(run: Run) -> str:
+    """What the general-distillation stages read: a run without a general corpus says so."""
+    notes = []
+    for stage in ("general", "general_enhanced"):
+        metrics = run.dir / STAGES[stage].output / "metrics.json"
+        if run.recipe.stage_enabled(stage) and metrics.is_file():
+            source = json.loads(metrics.read_text(encoding="utf-8")).get("texts_source")
+            if source:
+                notes.append(f"{stage} read {source}")
+    return "; ".join(notes)
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
