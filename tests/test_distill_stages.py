@@ -314,7 +314,10 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     base = make_run("\n".join(tables))
     base.execute(only=["prepare"])
     ablate = load_ablate_tool()
-    result = CliRunner().invoke(ablate.main, [str(base.recipe.source), "--seeds", "1,2"])  # the transformer path
+    readme = base.dir.parent / "README.md"
+    readme.write_text("# results\n", encoding="utf-8")
+    arguments = [str(base.recipe.source), "--seeds", "1,2", "--readme", str(readme), "--section", "ablation-r"]
+    result = CliRunner().invoke(ablate.main, arguments)  # the transformer path
     assert result.exit_code == 0, result.output
     folder = base.dir.parent / "r-ablation"
     summary = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
@@ -341,6 +344,9 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
         assert 0.0 <= row["agreement_mean"] <= 1.0
     per_seed_rows = [line for line in table if line.startswith("| tsd | ")]
     assert len(per_seed_rows) == 3  # the summary row and one row per seed
+    assert table[0].startswith("Student ablation of `r.toml` (measured ")
+    section = readme.read_text(encoding="utf-8").split("<!-- ablation-r:start -->\n")[1].split("\n<!-- ablation-r:end -->")[0]
+    assert section == "\n".join(table).strip()  # ablation.md, as written beside ablation.json
 
     def student(variant: str, seed: int):
         return load_classifier(folder / f"{variant}-seed{seed}" / "student")

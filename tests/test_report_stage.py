@@ -166,18 +166,19 @@ def test_bench_tool_records_stages_memory_and_figures(reported, tmp_path):
     assert f"{report['students'][1]['retention'] * 100:.1f}%" in section
 
 
-def test_bench_readme_section_is_appended_once_then_replaced(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "bench.py")
-    bench_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_tool)
+def test_a_marked_section_is_appended_once_then_replaced_leaving_the_prose_around_it(tmp_path):
+    from distill.report.sections import markers, update_section
+
     readme = tmp_path / "README.md"
     readme.write_text("# project\n", encoding="utf-8")
-    section = f"{bench_tool.START_MARKER}\nfirst\n{bench_tool.END_MARKER}"
-    bench_tool.update_readme(readme, section)
-    bench_tool.update_readme(readme, section.replace("first", "second"))
+    update_section(readme, "results", "first", "Benchmark results")
+    readme.write_text(readme.read_text(encoding="utf-8") + "\nprose after\n", encoding="utf-8")
+    update_section(readme, "results", "second", "Benchmark results")
+    update_section(readme, "ablation", "table", "Ablation")
     text = readme.read_text(encoding="utf-8")
-    assert text.startswith("# project\n\n## Benchmark results\n")
-    assert text.count(bench_tool.START_MARKER) == 1 and "second" in text and "first" not in text
+    start, end = markers("results")
+    assert text.startswith(f"# project\n\n## Benchmark results\n\n{start}\nsecond\n{end}\n\nprose after\n")
+    assert text.count(start) == 1 and "first" not in text and text.endswith("## Ablation\n\n<!-- ablation:start -->\ntable\n<!-- ablation:end -->\n")
 
 
 def _bench_run(recipe: str, accuracy: float, **extra) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import Run
 from distill.recipe import Recipe, load_recipe
+from distill.report.sections import update_section
 from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
 from distill.stages.export import RunModel
@@ -107,7 +109,8 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def markdown_table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) -> str:
+    """ablation.md: the summary table, then the per-seed paired tests; `source` names recipe and date."""
     spread = len(seeds) > 1
 
     def cell(row: dict[str, Any], key: str) -> str:
@@ -124,7 +127,8 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
         return f"{_points(pooled['diff'])} {interval} vs {versus['reference']}, {mark}"
 
     lines = [
-        f"Student ablation, test split, seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if spread else ""),
+        f"Student ablation of {source}, test split, seeds {', '.join(map(str, seeds))}"
+        + (" (mean ± std)" if spread else ""),
         "",
         "| variant | stages | accuracy | macro-F1 | agreement with teacher | Δ accuracy (points, 95% CI) | minutes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -185,9 +189,11 @@ def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir
         if variant.reference != variant.name and reference in runs:
             comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed)
             row["vs_reference"] = {"reference": reference, **comparison}
-    result = {"base_run": str(base.dir), "seeds": seeds, "variants": rows}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result = {"recipe": recipe_path.name, "created": created, "base_run": str(base.dir), "seeds": seeds, "variants": rows}
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds), encoding="utf-8")
+    source = f"`{recipe_path.name}` (measured {created[:10]} by `tools/ablate.py`)"
+    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source), encoding="utf-8")
     return out_dir
 
 
@@ -209,14 +215,21 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Variants, e.g. gold_only,tsd or data_gold,data_hard,data_soft (default: the transformer path).",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for the variant runs.")
-def main(recipe: Path, seeds: list[int] | None, variants: str, out: Path | None) -> None:
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A Markdown file whose marked section (see --section) gets ablation.md.")
+@click.option("--section", default="ablation", show_default=True,
+              help="The section's marker name: <!-- NAME:start --> ... <!-- NAME:end -->.")
+def main(recipe: Path, seeds: list[int] | None, variants: str, out: Path | None, readme: Path | None, section: str) -> None:
     """Run student-path variants of RECIPE on its run's split and teacher."""
     try:
         folder = ablate(recipe, seeds, variants.split(","), out)
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)
-    click.echo((folder / "ablation.md").read_text(encoding="utf-8"))
+    table = (folder / "ablation.md").read_text(encoding="utf-8")
+    if readme is not None:
+        update_section(readme, section, table, "Ablations")
+    click.echo(table)
     click.echo(f"-> {folder / 'ablation.json'}")
 
 

@@ -7,7 +7,7 @@ Each recipe runs as `distill run RECIPE` in its own child process, so the peak r
 read from that child's rusage belongs to that run alone. Stage times come from the run's
 `done/*.json` markers; a stage that was already done before the benchmark keeps its earlier
 time and is listed under `reused_stages` (delete the run directory for a cold benchmark).
-`--readme` rewrites the section between `<!-- results:start -->` and `<!-- results:end -->`
+`--readme` rewrites the README section between `<!-- results:start -->` and `<!-- results:end -->`
 (appended at the end when the markers are missing) with the measured tables; `--with` adds the
 runs of earlier bench files to those tables (a recipe measured now replaces its earlier run),
 so recipes measured on different days share one README section, each with its own date. Each
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,10 +30,9 @@ import click
 from distill.errors import UserError
 from distill.pipeline import Run
 from distill.recipe import load_recipe
+from distill.report.sections import update_section
 
-START_MARKER = "<!-- results:start -->"
-END_MARKER = "<!-- results:end -->"
-_SECTION = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.S)
+SECTION = "results"  # the README section this tool regenerates
 _MODEL_KEYS = ("accuracy", "macro_f1", "size_mb", "latency_ms", "throughput_per_s")
 _STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
 
@@ -110,7 +108,6 @@ def results_section(runs: list[dict[str, Any]]) -> str:
     """The marked README section: run cost per recipe, then one row per model."""
     cpus = sorted({run["hardware"]["cpu"] for run in runs})
     lines = [
-        START_MARKER,
         f"Measured by `tools/bench.py`, CPU: {', '.join(cpus)}.",
         "",
         "| recipe | measured | threads | load avg before → after | wall s | peak RSS MB | stage seconds |",
@@ -146,19 +143,8 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
-        END_MARKER,
     ]
     return "\n".join(lines)
-
-
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the marked section, or append it under a heading when the README has none."""
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    if _SECTION.search(text):
-        text = _SECTION.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + f"\n\n## Benchmark results\n\n{section}\n"
-    readme.write_text(text, encoding="utf-8")
 
 
 @click.command()
@@ -186,7 +172,7 @@ def main(recipes: tuple[Path, ...], out: Path, readme: Path | None, earlier: tup
     if recipes:
         out.write_text(json.dumps(bench, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if readme is not None:
-        update_readme(readme, results_section(merged_runs(earlier_runs, bench["runs"])))
+        update_section(readme, SECTION, results_section(merged_runs(earlier_runs, bench["runs"])), "Benchmark results")
     for run in bench["runs"]:
         click.echo(f"{run['recipe']}: {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB -> {out}")
 
