@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,11 @@ def summary(runs: list[SeedRun], keys: tuple[str, ...] = ("accuracy", "macro_f1"
     return result
 
 
+def correctness(predictions: Sequence[str], examples: Sequence[Example]) -> list[bool]:
+    """Whether each predicted label is the example's gold label (the paired tests' input)."""
+    return [label == example.label for label, example in zip(predictions, examples, strict=True)]
+
+
 def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], seed: int) -> dict[str, Any]:
     """Accuracy difference to a reference model trained at the same seeds on the same test texts.
 
@@ -157,7 +163,7 @@ def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], s
     """
 
     def correct(run: SeedRun) -> list[bool]:
-        return [label == example.label for label, example in zip(run.predictions, test, strict=True)]
+        return correctness(run.predictions, test)
 
     per_seed = [
         {"seed": run.figures["seed"], **paired_comparison(correct(run), correct(other), seed)}

@@ -235,8 +235,7 @@ def _significance_lines(report: dict) -> Iterator[str]:
                 yield (
                     f"{student['name']} vs {other}: accuracy {100 * test['diff']:+.1f} points "
                     f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}), "
-                    f"exact McNemar p = {test['p_value']:.3g}; "
-                    + ("significant" if significant(test["low"], test["high"]) else "not significant: the interval includes 0")
+                    f"exact McNemar p = {test['p_value']:.3g}; {_verdict(significant(test['low'], test['high']))}"
                 )
         if "agreement" in student:
             yield f"{student['name']} agrees with the teacher on {100 * student['agreement']:.1f}% of test texts"
@@ -253,12 +252,15 @@ def _over_seeds_line(name: str, seeds: dict) -> str:
     )
     if "vs_gold_twin" in seeds:
         pooled = seeds["vs_gold_twin"]["pooled"]
-        verdict = "significant" if pooled["significant"] else "not significant: the interval includes 0"
         line += (
             f"; vs its gold-only twin {100 * pooled['diff']:+.2f} points (pooled bootstrap interval "
-            f"{100 * pooled['low']:+.2f} to {100 * pooled['high']:+.2f}); {verdict}"
+            f"{100 * pooled['low']:+.2f} to {100 * pooled['high']:+.2f}); {_verdict(pooled['significant'])}"
         )
     return line
+
+
+def _verdict(is_significant: bool) -> str:
+    return "significant" if is_significant else "not significant: the interval includes 0"
 
 
 def _baseline_line(baseline: dict) -> str:

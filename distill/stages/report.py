@@ -28,7 +28,17 @@ from distill.report.bench import hardware_info, measure_latency
 from distill.report.evaluate import classification_metrics
 from distill.report.render import render_terminal, write_report
 from distill.report.stats import agreement, paired_comparison
-from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
+from distill.seeds import (
+    TWIN_NAME,
+    SeedRun,
+    correctness,
+    run_repeat,
+    seed_run,
+    seeded_recipe,
+    summary,
+    trained_students,
+    versus,
+)
 from distill.stages.common import student_seed
 from distill.stages.export import (
     BYTES_PER_MB,
@@ -112,9 +122,7 @@ def compared(model: Measured, teacher: Measured) -> dict[str, Any]:
 
 def paired_test(model: Measured, other: Sequence[str], examples: Sequence[Example], seed: int) -> dict[str, float]:
     """Accuracy of `model` minus that of `other` (predictions), bootstrap interval, McNemar p."""
-    correct = [p == e.label for p, e in zip(model.predictions, examples, strict=True)]
-    correct_other = [p == e.label for p, e in zip(other, examples, strict=True)]
-    return paired_comparison(correct, correct_other, seed)
+    return paired_comparison(correctness(model.predictions, examples), correctness(other, examples), seed)
 
 
 def build_report(run: Run) -> dict[str, Any]:
