@@ -389,6 +389,32 @@ def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
         raise _describe(errors[0], where) from None
 
 
+def override_recipe(recipe: Recipe, assignment: str) -> Recipe:
+    """The recipe with one `dotted.key = TOML value` set, validated like a recipe file.
+
+    Lets a tool run a shipped recipe at other settings (e.g. `run.threads = 1`) without an
+    edited copy of the file; the source and resolved paths are kept.
+    """
+    key, sep, value = assignment.partition("=")
+    parts = [part.strip() for part in key.split(".")]
+    if not sep or not all(parts):
+        raise UserError(f"bad override '{assignment}'", "--set", "write KEY=VALUE, e.g. stages.task_specific.epochs=1")
+    try:
+        parsed = tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word is a string, as on a command line
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    table = data
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise UserError(f"'{key.strip()}' is not inside a table", "--set", "name a key of a recipe table")
+    table[parts[-1]] = parsed
+    changed = parse_recipe(data, f"--set {assignment}")
+    changed.source = recipe.source
+    return changed
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read, validate and resolve a TOML recipe."""
     path = Path(path)

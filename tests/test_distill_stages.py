@@ -317,12 +317,14 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     readme = base.dir.parent / "README.md"
     readme.write_text("# results\n", encoding="utf-8")
     arguments = [str(base.recipe.source), "--seeds", "1,2", "--readme", str(readme), "--section", "ablation-r"]
+    arguments += ["--set", "run.threads=1"]  # an override every variant takes; the table names it
     result = CliRunner().invoke(ablate.main, arguments)  # the transformer path
     assert result.exit_code == 0, result.output
     folder = base.dir.parent / "r-ablation"
     summary = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
     names = ["gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv"]
     assert [row["name"] for row in summary["variants"]] == names and summary["seeds"] == [1, 2]
+    assert summary["overrides"] == ["run.threads=1"]
     for row in summary["variants"]:
         assert [run["seed"] for run in row["runs"]] == [1, 2]
         assert row["accuracy_mean"] == pytest.approx(sum(run["accuracy"] for run in row["runs"]) / 2)
@@ -344,7 +346,7 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
         assert 0.0 <= row["agreement_mean"] <= 1.0
     per_seed_rows = [line for line in table if line.startswith("| tsd | ")]
     assert len(per_seed_rows) == 3  # the summary row and one row per seed
-    assert table[0].startswith("Student ablation of `r.toml` (measured ")
+    assert table[0].startswith("Student ablation of `r.toml` with `run.threads=1` (measured ")
     section = readme.read_text(encoding="utf-8").split("<!-- ablation-r:start -->\n")[1].split("\n<!-- ablation-r:end -->")[0]
     assert section == "\n".join(table).strip()  # ablation.md, as written beside ablation.json
 
@@ -369,6 +371,9 @@ def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
     recipe.write_text(edited, encoding="utf-8")
     with pytest.raises(UserError, match="'prepare' stage was made with other settings"):
         load_ablate_tool().ablate(recipe, [1], ["tsd"])
+    recipe.write_text(edited.replace("max_length = 20", "max_length = 16"), encoding="utf-8")
+    with pytest.raises(UserError, match="'prepare' stage was made with other settings"):  # an override alike
+        load_ablate_tool().ablate(recipe, [1], ["tsd"], overrides=("task.max_length=20",))
 
 
 def test_report_seeds_repeat_the_students_and_pool_the_twin_comparison(make_run, teacher_dir):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import UserError
-from distill.recipe import STAGE_ORDER, DataFiles, Recipe, load_recipe, parse_recipe
+from distill.recipe import STAGE_ORDER, DataFiles, Recipe, load_recipe, override_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.toml"))
@@ -245,3 +245,34 @@ def test_the_readme_recipe_reference_parses():
     block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
     recipe = parse_recipe(tomllib.loads(block), "README.md")
     assert recipe.stages.task_specific.baseline_twin is False and recipe.stages.data_distill.labels == "soft"
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_override_sets_a_nested_key_keeps_the_rest_and_the_source(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[teacher]\nmodel = "teacher"\n[stages.task_specific]\nepochs = 2\nlr = 1e-4\n', encoding="utf-8")
+    recipe = load_recipe(path)
+    changed = override_recipe(override_recipe(recipe, "stages.task_specific.epochs=1"), "run.threads = 1")
+    assert changed.stages.task_specific.epochs == 1 and changed.run.threads == 1
+    assert changed.stages.task_specific.lr == recipe.stages.task_specific.lr
+    assert changed.teacher.model == str(tmp_path / "teacher") and changed.source == recipe.source
+    assert recipe.stages.task_specific.epochs == 2  # the original is untouched
+    assert override_recipe(recipe, "task.truncation=tail").task.truncation == "tail"  # a bare word is a string
+    assert override_recipe(recipe, 'stages.task_specific.relations=["qk", "vv"]').stages.task_specific.relations == ["qk", "vv"]
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("stages.task_specific.epocs=1", "unknown key 'stages.task_specific.epocs'"),
+        ("run.threads=two", "bad value for 'run.threads'"),
+        ("run.threads", "bad override 'run.threads'"),
+        ("run..threads=1", "bad override"),
+        ("run.seed.x=1", "'run.seed.x' is not inside a table"),
+    ],
+)
+def test_bad_override_is_a_user_error(assignment, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        override_recipe(parse_recipe({}), assignment)

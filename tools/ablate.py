@@ -3,6 +3,7 @@
     distill run recipes/tweets.toml     # once: the split, the teacher and its cached labels
     python tools/ablate.py recipes/tweets.toml --seeds 1,2,3 --variants gold_only,tsd
     python tools/ablate.py recipes/tweets.toml --variants data_gold,data_hard,data_soft
+    python tools/ablate.py recipes/tweets.toml --set stages.task_specific.epochs=1 --set run.threads=1
 
 Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
 its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and the stages a
@@ -11,7 +12,8 @@ agreement with the teacher and minutes of the variant's stages (mean ± std over
 each model's accuracy difference to the same student trained on gold labels only (`gold_only`
 for the transformer, `data_gold` for the word-level students): per seed with a paired
 bootstrap interval and an exact McNemar p-value, and pooled over seeds with its interval; a
-gain is called significant only when the interval excludes zero.
+gain is called significant only when the interval excludes zero. `--set KEY=VALUE` runs the
+recipe at other settings (shared stages must still match the base run); the table names them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import click
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import Run
-from distill.recipe import Recipe, load_recipe
+from distill.recipe import Recipe, load_recipe, override_recipe
 from distill.report.sections import update_section
 from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
@@ -158,14 +160,23 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) ->
     return "\n".join([*lines, "", minutes]) + "\n"
 
 
-def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir: Path | None = None) -> Path:
-    """Run the chosen variants at every seed (default: three, from the recipe's student seed on); write
-    ablation.json and .md."""
+def ablate(
+    recipe_path: Path,
+    seeds: list[int] | None,
+    names: list[str],
+    out_dir: Path | None = None,
+    overrides: tuple[str, ...] = (),
+) -> Path:
+    """Run the chosen variants at every seed (default: three, from the recipe's student seed on) of the
+    recipe with `overrides` (KEY=VALUE) applied; write ablation.json and .md."""
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
         known = ", ".join(v.name for v in VARIANTS)
         raise UserError(f"unknown variants {', '.join(unknown)}", "--variants", f"choose from {known}")
-    base = Run(load_recipe(recipe_path))
+    recipe = load_recipe(recipe_path)
+    for assignment in overrides:
+        recipe = override_recipe(recipe, assignment)
+    base = Run(recipe)
     first = student_seed(base.recipe)
     seeds = seeds or [first + offset for offset in range(DEFAULT_SEED_COUNT)]
     out_dir = out_dir or base.dir.parent / f"{base.dir.name}-ablation"
@@ -190,9 +201,10 @@ def ablate(recipe_path: Path, seeds: list[int] | None, names: list[str], out_dir
             comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed)
             row["vs_reference"] = {"reference": reference, **comparison}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result = {"recipe": recipe_path.name, "created": created, "base_run": str(base.dir), "seeds": seeds, "variants": rows}
+    result = {"recipe": recipe_path.name, "overrides": list(overrides), "created": created, "base_run": str(base.dir), "seeds": seeds, "variants": rows}
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    source = f"`{recipe_path.name}` (measured {created[:10]} by `tools/ablate.py`)"
+    settings = f" with {', '.join(f'`{assignment}`' for assignment in overrides)}" if overrides else ""
+    source = f"`{recipe_path.name}`{settings} (measured {created[:10]} by `tools/ablate.py`)"
     (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source), encoding="utf-8")
     return out_dir
 
@@ -214,15 +226,25 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     default=",".join(DEFAULT_VARIANTS),
     help="Variants, e.g. gold_only,tsd or data_gold,data_hard,data_soft (default: the transformer path).",
 )
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key for every variant, e.g. --set stages.task_specific.epochs=1 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for the variant runs.")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A Markdown file whose marked section (see --section) gets ablation.md.")
 @click.option("--section", default="ablation", show_default=True,
               help="The section's marker name: <!-- NAME:start --> ... <!-- NAME:end -->.")
-def main(recipe: Path, seeds: list[int] | None, variants: str, out: Path | None, readme: Path | None, section: str) -> None:
+def main(
+    recipe: Path,
+    seeds: list[int] | None,
+    variants: str,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    readme: Path | None,
+    section: str,
+) -> None:
     """Run student-path variants of RECIPE on its run's split and teacher."""
     try:
-        folder = ablate(recipe, seeds, variants.split(","), out)
+        folder = ablate(recipe, seeds, variants.split(","), out, overrides)
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)
