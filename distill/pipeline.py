@@ -53,6 +53,7 @@ class StageSpec:
 
 
 STAGES: dict[str, StageSpec] = {}
+STUDENT_STAGES = ("general", "general_enhanced", "task_adaptive", "task_specific")  # transformer distillation, in order
 
 
 def register(spec: StageSpec) -> None:
@@ -194,12 +195,15 @@ class Run:
 
         return resolve_model_path(self.recipe.teacher.model)
 
-    def newest_student(self) -> Path | None:
-        """The newest transformer student written by an earlier distillation stage."""
-        for name in ("student", "student_tad", "student_ged", "student_gd"):
-            if (self.dir / name).is_dir():
-                return self.dir / name
-        return None
+    def newest_student(self, stage: str) -> Path | None:
+        """The student `stage` continues from: the output of the last enabled distillation stage before it.
+
+        Never the stage's own earlier output: a stage rerun after a recipe change starts afresh.
+        """
+        earlier = [name for name in STUDENT_STAGES[: STUDENT_STAGES.index(stage)] if self.recipe.stage_enabled(name)]
+        if not earlier:
+            return None
+        return self.require(STAGES[earlier[-1]].output, earlier[-1])
 
     # ----------------------------------------------------------------- running
 

@@ -23,14 +23,13 @@ from typing import Any
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
-from distill.pipeline import STAGES, Run, config_hash
+from distill.pipeline import STAGES, STUDENT_STAGES, Run, config_hash
 from distill.recipe import Recipe, parse_recipe
 from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
 from distill.stages.export import RunModel
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
 SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
-STUDENT_STAGES = ("general", "general_enhanced", "task_adaptive", "task_specific")
 TWIN_NAME = "twin"  # the transformer student's gold-only twin among a run's models
 
 

@@ -124,6 +124,21 @@ def train_logs(run: Run, stage: str) -> list[dict]:
     return [row for row in rows if row.get("stage") == stage and "loss" in row]
 
 
+def test_a_rerun_stage_starts_from_the_stage_before_it_not_from_its_own_or_a_dropped_output(make_run):
+    first = make_run("\n".join([stage_table("general"), stage_table("task_adaptive"), stage_table("task_specific")]))
+    first.execute()
+    assert saved_metrics(first.dir / "student")["started_from"] == "student_tad"
+    # TSD at another rate: rerun, and again from TAD's student, not from its own last output.
+    changed = make_run("\n".join([stage_table("general"), stage_table("task_adaptive"), stage_table("task_specific", lr=2e-3)]))
+    assert changed.dir == first.dir and list(changed.execute(only=["task_specific"])) == ["task_specific"]
+    assert saved_metrics(changed.dir / "student")["started_from"] == "student_tad"
+    # TAD dropped from the recipe: its directory stays on disk but is stale; TSD continues from GD.
+    dropped = make_run("\n".join([stage_table("general"), stage_table("task_specific", lr=2e-3)]))
+    dropped.execute()
+    assert (dropped.dir / "student_tad").is_dir()
+    assert saved_metrics(dropped.dir / "student")["started_from"] == "student_gd"
+
+
 def test_chain_gd_ged_tad_tsd_prunes_once_and_each_stage_starts_from_the_last(make_run, teacher_dir):
     stages = "\n".join(
         [

@@ -162,7 +162,7 @@ def teacher_and_student(
     `prune_vocab` keeps the pieces of those and of every task split. The student's tokenizer is
     written into `work`, so the saved student directory is complete.
     """
-    earlier = run.newest_student()
+    earlier = run.newest_student(run.current_stage)
     if earlier is not None:
         student = load_classifier(earlier).train().to(run.device)
         copy_tokenizer(earlier, work)

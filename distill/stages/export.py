@@ -21,11 +21,10 @@ import numpy as np
 from distill.data.datasets import Example
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, read_manifest
 from distill.models.shallow import SHALLOW_KINDS
-from distill.pipeline import Run, publish
+from distill.pipeline import STAGES, STUDENT_STAGES, Run, publish
 
 SUMMARY_FILE = "summary.json"
 PARITY_TEXTS = 32  # one batch of real test texts for the torch/ONNX parity check
-TRANSFORMER_STUDENT_DIRS = ("student", "student_tad", "student_ged", "student_gd")  # newest first
 BYTES_PER_MB = 1024 * 1024
 
 
@@ -46,9 +45,9 @@ def final_transformer_student(run: Run) -> Path | None:
     trains the head records its test metrics in `metrics.json` beside the weights, as the
     teacher's fine-tuning does.
     """
-    for name in TRANSFORMER_STUDENT_DIRS:
-        directory = run.dir / name
-        if name == "student" and directory.is_dir():
+    for stage in reversed(STUDENT_STAGES):
+        directory = run.dir / STAGES[stage].output
+        if stage == "task_specific" and directory.is_dir():
             return directory
         if (directory / "metrics.json").is_file():
             metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
