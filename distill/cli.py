@@ -26,12 +26,13 @@ def cli() -> None:
 @click.option("--stages", "stages", help="Comma-separated stages to run (others must be done already).")
 @click.option("--resume/--fresh", default=True, help="Skip finished stages and continue from checkpoints (default), or start over.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Parent folder of the run directory (default: the recipe's run.out_dir).")
-def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set run.threads=1 (repeatable; the run's recipe.toml records it).")
+def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the recipe's stages in order; finished stages are skipped."""
     from distill.pipeline import Run
     from distill.recipe import load_recipe
 
-    parsed = load_recipe(recipe)
+    parsed = load_recipe(recipe, overrides)
     job = Run(parsed, out_dir)
     job.execute(only=_stage_list(stages), fresh=not resume)
     click.echo(f"run directory: {job.dir}")

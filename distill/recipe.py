@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -415,8 +416,8 @@ def override_recipe(recipe: Recipe, assignment: str) -> Recipe:
     return changed
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read, validate and resolve a TOML recipe."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, validate and resolve a TOML recipe, then apply `overrides` (KEY=VALUE) in turn."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}", None, "pass the path of a .toml recipe")
@@ -431,4 +432,6 @@ def load_recipe(path: str | Path) -> Recipe:
     if recipe.run.name is None:
         recipe.run.name = path.stem  # recorded, so the resolved recipe names the same run
     _resolve_paths(recipe, path.resolve().parent)
+    for assignment in overrides:
+        recipe = override_recipe(recipe, assignment)
     return recipe

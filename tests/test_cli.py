@@ -1,5 +1,6 @@
 """Bad input through the real command line: exit code 2, one `error:` line, no traceback."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,16 @@ def test_validate_accepts_a_good_recipe(tmp_path, distill_main):
     assert code == 0, err
     assert "ok: data: 40/5/5 train/dev/test rows, labels negative, neutral, positive" in out
     assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, export, report")
+
+
+def test_run_set_overrides_a_key_and_the_run_records_it(tmp_path, monkeypatch, distill_main):
+    monkeypatch.chdir(tmp_path)
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(GOOD_TASK + "[run]\nseed = 1\n[export]\nenabled = false\n[report]\nenabled = false\n", encoding="utf-8")
+    code, out, err = distill_main("run", recipe.name, "--set", "run.seed=5", "--set", "task.split=[0.6, 0.2, 0.2]")
+    assert code == 0, err
+    recorded = tomllib.loads((tmp_path / "runs" / "r" / "recipe.toml").read_text(encoding="utf-8"))
+    assert recorded["run"]["seed"] == 5 and recorded["task"]["split"] == [0.6, 0.2, 0.2]
+    code, out, err = distill_main("run", recipe.name, "--set", "run.sede=5")
+    assert code == 2 and "unknown key 'run.sede'" in error_line(err) and "--set run.sede=5" in error_line(err)

@@ -30,7 +30,7 @@ import click
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import Run
-from distill.recipe import Recipe, load_recipe, override_recipe
+from distill.recipe import Recipe, load_recipe
 from distill.report.sections import update_section
 from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
@@ -173,10 +173,7 @@ def ablate(
     if unknown:
         known = ", ".join(v.name for v in VARIANTS)
         raise UserError(f"unknown variants {', '.join(unknown)}", "--variants", f"choose from {known}")
-    recipe = load_recipe(recipe_path)
-    for assignment in overrides:
-        recipe = override_recipe(recipe, assignment)
-    base = Run(recipe)
+    base = Run(load_recipe(recipe_path, overrides))
     first = student_seed(base.recipe)
     seeds = seeds or [first + offset for offset in range(DEFAULT_SEED_COUNT)]
     out_dir = out_dir or base.dir.parent / f"{base.dir.name}-ablation"
