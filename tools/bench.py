@@ -139,7 +139,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "Stage seconds marked * come from an earlier invocation (the stage was done already) and are not "
-        "in that row's wall time. "
+        "in that row's wall time or peak RSS. "
         "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
