@@ -46,6 +46,7 @@ class StageSpec:
     output: str | None
     sections: tuple[str, ...]  # recipe sections that change the stage's result
     every_rank: bool = False  # training stages run on every torchrun process; others on rank 0
+    reads: tuple[str, ...] | None = None  # the earlier stages whose outputs it reads; None: all of them
 
     def function(self) -> Callable[[Run, Path], dict[str, Any]]:
         module, name = self.entry.split(":")
@@ -75,7 +76,16 @@ register(
     StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"), every_rank=True)
 )
 register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific"), every_rank=True))
-register(StageSpec("data_distill", "distill.stages.data_distill:run", "shallow", ("student.seed", "stages.data_distill"), every_rank=True))
+register(
+    StageSpec(
+        "data_distill",
+        "distill.stages.data_distill:run",
+        "shallow",
+        ("student.seed", "stages.data_distill"),
+        every_rank=True,
+        reads=("prepare", "pretrain", "finetune"),  # the split and the teacher, not the transformer student
+    )
+)
 register(StageSpec("export", "distill.stages.export:run", "onnx", ("export",)))
 register(StageSpec("report", "distill.stages.report:run", None, ("report",)))
 
@@ -100,12 +110,37 @@ def _file_fingerprints(recipe: Recipe) -> dict[str, list[float]]:
 
 
 def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
-    """Hash of what decides a stage's result: its recipe sections and every earlier stage."""
+    """Hash of what decides a stage's result: its recipe sections and the `upstream` it reads."""
     payload = {section: _section(recipe, section) for section in spec.sections}
     if "task" in spec.sections:
         payload["data_files"] = _file_fingerprints(recipe)
     text = json.dumps({"upstream": upstream, "config": payload}, sort_keys=True)
+    return _digest(text)
+
+
+def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_hashes(recipe: Recipe) -> dict[str, str]:
+    """The config hash of every enabled stage, in pipeline order; a stage reruns when its hash changes.
+
+    A stage's hash chains the hashes of all earlier stages, so changing one reruns every stage
+    after it, except a stage that names what it `reads`: data distillation hashes only the split
+    and the teacher, so retuning the transformer student leaves the word-level students alone.
+    The stages after it still chain everything.
+    """
+    hashes: dict[str, str] = {}
+    chain = ""
+    for name in recipe.enabled_stages():
+        spec = STAGES[name]
+        if spec.reads is None:
+            hashes[name] = chain = config_hash(recipe, spec, chain)
+        else:
+            read = json.dumps({stage: hashes[stage] for stage in spec.reads if stage in hashes}, sort_keys=True)
+            hashes[name] = config_hash(recipe, spec, read)
+            chain = _digest(chain + hashes[name])
+    return hashes
 
 
 def publish(work_dir: Path, target: Path) -> None:
@@ -290,16 +325,8 @@ class Run:
         self._setup_logging(main)
         self._quiet_libraries()
         self._apply_threads()
-        results: dict[str, dict[str, Any]] = {}
-        upstream = ""
-        for name in enabled:
-            spec = STAGES[name]
-            digest = config_hash(self.recipe, spec, upstream)
-            upstream = digest
-            if name not in selected:
-                continue
-            results[name] = self._run_stage(spec, digest)
-        return results
+        hashes = stage_hashes(self.recipe)
+        return {name: self._run_stage(STAGES[name], hashes[name]) for name in enabled if name in selected}
 
     def _select(self, enabled: list[str], only: list[str] | None) -> list[str]:
         missing = [name for name in enabled if name not in STAGES]

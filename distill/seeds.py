@@ -23,7 +23,7 @@ from typing import Any
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
-from distill.pipeline import STAGES, STUDENT_STAGES, Run, config_hash
+from distill.pipeline import STUDENT_STAGES, Run, stage_hashes
 from distill.recipe import Recipe, parse_recipe
 from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
 from distill.stages.export import RunModel
@@ -64,13 +64,8 @@ def seeded_recipe(
 
 
 def shared_hashes(recipe: Recipe) -> dict[str, str]:
-    """The config hashes the pipeline expects for the shared stages, chained as `Run.execute` chains them."""
-    hashes, upstream = {}, ""
-    for name in recipe.enabled_stages():
-        upstream = config_hash(recipe, STAGES[name], upstream)
-        if name in SHARED_STAGES:
-            hashes[name] = upstream
-    return hashes
+    """The config hashes the pipeline expects for the shared stages."""
+    return {name: digest for name, digest in stage_hashes(recipe).items() if name in SHARED_STAGES}
 
 
 def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe) -> None:

@@ -164,3 +164,24 @@ def test_a_disk_write_error_is_one_line_and_the_run_resumes(workdir, make_recipe
     code, _, err = distill_main("run", recipe.name)
     assert code == 0, err
     assert (run_dir / "done" / "prepare.json").is_file()
+
+
+def _hashes(**stages) -> dict[str, str]:
+    from distill.pipeline import stage_hashes
+    from distill.recipe import parse_recipe
+
+    tables = {"finetune": {"lr": 1e-4}, "task_specific": {"lr": 1e-4}, "data_distill": {"labels": "soft"}}
+    for name, settings in stages.items():
+        tables[name] = {**tables[name], **settings}
+    return stage_hashes(parse_recipe({"task": {"dataset": "tiny.csv"}, "stages": tables}))
+
+
+def test_a_stage_reruns_with_every_stage_after_it_except_data_distillation_which_reads_only_the_teacher():
+    base = _hashes()
+    assert list(base) == ["prepare", "finetune", "task_specific", "data_distill", "export", "report"]
+    changed = {name for name, digest in _hashes(task_specific={"lr": 2e-4}).items() if digest != base[name]}
+    assert changed == {"task_specific", "export", "report"}  # the word-level students are not retrained
+    changed = {name for name, digest in _hashes(data_distill={"labels": "hard"}).items() if digest != base[name]}
+    assert changed == {"data_distill", "export", "report"}
+    changed = {name for name, digest in _hashes(finetune={"lr": 3e-4}).items() if digest != base[name]}
+    assert changed == {"finetune", "task_specific", "data_distill", "export", "report"}  # a new teacher: all
