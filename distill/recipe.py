@@ -394,7 +394,8 @@ def override_recipe(recipe: Recipe, assignment: str) -> Recipe:
     """The recipe with one `dotted.key = TOML value` set, validated like a recipe file.
 
     Lets a tool run a shipped recipe at other settings (e.g. `run.threads = 1`) without an
-    edited copy of the file; the source and resolved paths are kept.
+    edited copy of the file; the source and resolved paths are kept, and a relative path in the
+    value resolves against the current directory, as paths typed on a command line do.
     """
     key, sep, value = assignment.partition("=")
     parts = [part.strip() for part in key.split(".")]
@@ -413,6 +414,7 @@ def override_recipe(recipe: Recipe, assignment: str) -> Recipe:
     table[parts[-1]] = parsed
     changed = parse_recipe(data, f"--set {assignment}")
     changed.source = recipe.source
+    _resolve_paths(changed, Path.cwd())
     return changed
 
 

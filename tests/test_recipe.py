@@ -250,7 +250,8 @@ def test_the_readme_recipe_reference_parses():
 # --------------------------------------------------------------------------- overrides
 
 
-def test_override_sets_a_nested_key_keeps_the_rest_and_the_source(tmp_path):
+def test_override_sets_a_nested_key_keeps_the_rest_and_the_source(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
     path = tmp_path / "r.toml"
     path.write_text('[teacher]\nmodel = "teacher"\n[stages.task_specific]\nepochs = 2\nlr = 1e-4\n', encoding="utf-8")
     recipe = load_recipe(path)
@@ -261,6 +262,10 @@ def test_override_sets_a_nested_key_keeps_the_rest_and_the_source(tmp_path):
     assert recipe.stages.task_specific.epochs == 2  # the original is untouched
     assert override_recipe(recipe, "task.truncation=tail").task.truncation == "tail"  # a bare word is a string
     assert override_recipe(recipe, 'stages.task_specific.relations=["qk", "vv"]').stages.task_specific.relations == ["qk", "vv"]
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a path typed on the command line is relative to where it is typed
+    moved = override_recipe(recipe, "teacher.model=models/t")
+    assert moved.teacher.model == str(tmp_path / "elsewhere" / "models" / "t")
+    assert override_recipe(recipe, "teacher.model=builtin:minilm-l6").teacher.model == "builtin:minilm-l6"
 
 
 @pytest.mark.parametrize(
