@@ -217,6 +217,7 @@ class DataDistillStage(TrainSettings):
     temperature: float = Field(default=2.0, gt=0)
     augment: AugmentSettings = AugmentSettings()
     embed_dim: int = Field(default=128, ge=4)
+    embeddings: Literal["teacher", "random"] = "teacher"  # teacher: PCA of its word vectors
     hidden: int = Field(default=128, ge=4)
     vocab_min_freq: int = Field(default=1, ge=1)
     vocab_max_size: int | None = Field(default=50000, ge=16)

@@ -19,6 +19,7 @@ from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.models.shallow import ShallowConfig, build_shallow, load_shallow
 from distill.models.teacher import load_classifier
+from distill.models.word_vectors import teacher_embeddings
 from distill.pipeline import Run
 from distill.recipe import parse_recipe
 from distill.report.evaluate import evaluate_model, predict_logits
@@ -409,3 +410,25 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
     table = (folder / "ablation.md").read_text(encoding="utf-8")
     assert "| data_soft/cnn | data_gold/cnn | 2 |" in table
     shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("embeddings", ["teacher", "random"])
+def test_students_start_from_the_teachers_word_vectors_or_from_random_ones(tiny_run, monkeypatch, embeddings):
+    section = tiny_run.recipe.stages.data_distill
+    tiny_run.recipe.stages.data_distill = section.model_copy(update={"embeddings": embeddings})
+    starts = {}
+    real_train = data_distill.train
+
+    def recording_train(model, *args, **kwargs):
+        starts[type(model).__name__] = model.embeddings.weight.detach().clone()
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(data_distill, "train", recording_train)
+    tiny_run.execute(only=["data_distill"])
+    _, _, vocab = load_shallow(tiny_run.dir / "shallow" / "bow")
+    teacher = load_classifier(tiny_run.dir / "teacher")
+    expected = teacher_embeddings(teacher, text_encoder(tiny_run.recipe, tiny_run.dir / "teacher"), vocab, 8)
+    assert set(starts) == {"BOWClassifier", "CNNClassifier"}
+    for start in starts.values():
+        assert start.shape == expected.shape
+        assert torch.allclose(start, expected, atol=1e-5) == (embeddings == "teacher")

@@ -10,8 +10,8 @@ Targets, per `[stages.data_distill] labels`:
 - "hard": cross-entropy against the gold label of an original text and against the
   teacher's argmax for an augmented one (ERNIE's hard-label variant).
 - "gold": the gold training set alone, cross-entropy on its labels: no augmented texts and
-  no teacher. The baseline the other two must beat (the same students, vocabulary, seed and
-  epochs), e.g. as the `data_gold` variant of `tools/ablate.py`.
+  no teacher labels. The baseline the other two must beat (the same students, vocabulary
+  rules, seed, epochs and embedding start), e.g. as the `data_gold` variant of `tools/ablate.py`.
 - "soft": every row is pulled towards the teacher's distribution with
   KL(softmax(z_T/τ) ‖ softmax(z_S/τ))·τ², and an original row adds cross-entropy on its
   gold label; the batch loss is the mean of these per-row losses. Gold labels are right where
@@ -19,10 +19,15 @@ Targets, per `[stages.data_distill] labels`:
   view of near misses), so originals get both, as in Hinton's and DistilBERT's mix, and
   augmented texts, which have no gold label, get the teacher alone, as in TinyBERT's
   prediction-layer distillation on augmented data.
+
+`embeddings = "teacher"` starts every student's word embeddings from the teacher's vectors
+for the vocabulary's words (distill/models/word_vectors.py), computed once for all students;
+"random" starts them from nn.Embedding's N(0, 1), knowing nothing of the teacher.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +40,17 @@ from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.losses import combine, hard_label_loss, soft_label_loss
 from distill.models.shallow import ShallowConfig, build_shallow, count_parameters, save_shallow
+from distill.models.teacher import load_classifier
+from distill.models.word_vectors import teacher_embeddings
 from distill.stages.augmentation import augmented_texts, teacher_logits
-from distill.stages.common import dev_evaluator, split_metrics, student_seed, train_config, write_metrics
+from distill.stages.common import (
+    dev_evaluator,
+    split_metrics,
+    student_seed,
+    text_encoder,
+    train_config,
+    write_metrics,
+)
 from distill.train.loop import seed_everything, train
 
 
@@ -124,6 +138,7 @@ def run(run: Any, work: Path) -> dict[str, Any]:
     }
     rows = f"{len(gold_texts)} gold + {len(augmented)} augmented rows"
     run.logger.info(f"[data_distill] {rows}, {len(vocab)} words")
+    embeddings = _initial_embeddings(run, vocab)
 
     headline: dict[str, Any] = {"augmented_texts": len(augmented)}
     for kind in section.students:
@@ -138,16 +153,32 @@ def run(run: Any, work: Path) -> dict[str, Any]:
             id2label=dict(enumerate(data.labels)),
         )
         metrics = _train_student(
-            run, config, vocab, train_set, evaluation, logits_T, len(gold_texts), work / kind
+            run, config, vocab, embeddings, train_set, evaluation, logits_T, len(gold_texts), work / kind
         )
         headline[f"{kind}_test_accuracy"] = metrics["test"]["accuracy"]
     return headline
+
+
+def _initial_embeddings(run: Any, vocab: WordVocab) -> Tensor | None:
+    """The teacher's word vectors for `vocab` (len(vocab), embed_dim), or None for random ones."""
+    section = run.recipe.stages.data_distill
+    if section.embeddings == "random":
+        return None
+    started = time.perf_counter()
+    teacher_dir = run.teacher_dir()
+    model = load_classifier(teacher_dir).to(run.device)
+    encoder = text_encoder(run.recipe, teacher_dir)
+    matrix = teacher_embeddings(model, encoder, vocab, section.embed_dim, run.device)
+    seconds = time.perf_counter() - started
+    run.logger.info(f"[data_distill] teacher word vectors for {len(vocab)} words in {seconds:.1f}s")
+    return matrix
 
 
 def _train_student(
     run: Any,
     config: ShallowConfig,
     vocab: WordVocab,
+    embeddings: Tensor | None,
     train_set: WordDataset,
     evaluation: dict[str, WordDataset],
     logits_T: Tensor | None,
@@ -160,6 +191,9 @@ def _train_student(
     seed = student_seed(run.recipe)
     seed_everything(seed)  # the same initial weights on every run
     model = build_shallow(config)
+    if embeddings is not None:
+        with torch.no_grad():
+            model.embeddings.weight.copy_(embeddings)
     targets_T = None if logits_T is None else logits_T.to(run.device)  # (rows, classes)
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:

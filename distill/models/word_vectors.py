@@ -1,0 +1,98 @@
+"""Word embeddings for the shallow students, read off the fine-tuned teacher.
+
+A BOW/CNN/BiGRU student that starts from random embeddings knows a word only from the
+training texts it occurs in, so a word seen a handful of times stays close to noise. The
+teacher has read far more text and was fine-tuned on the task: fed one vocabulary word as a
+whole text, it gives the vector its classification head reads, i.e. what the teacher makes
+of that word alone. PCA brings those vectors down to the student's `embed_dim`, scaled to
+unit standard deviation like `nn.Embedding`'s own N(0, 1) start, and the student trains on
+from there (static vectors distilled from a transformer, as in Model2Vec, but from the
+task-tuned teacher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torch import nn
+
+from distill.data.encoded import EncodedDataset
+from distill.data.tokenize import TextEncoder
+from distill.data.words import UNK_ID, UNK_MARKER, WordVocab
+from distill.errors import UserError
+from distill.report.evaluate import predict_logits
+
+WORD_BATCH = 256  # one-word texts per teacher forward pass
+
+
+class ClassifierInput(nn.Module):
+    """A sequence classifier that returns what its `classifier` layer reads: (batch, hidden).
+
+    That is the pooled vector, whatever the pooling ([CLS] through BERT's pooler, mean of
+    tokens, mean of the last layers' [CLS]); a forward pre-hook reads it, so no pooling code
+    is repeated here.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        head = getattr(model, "classifier", None)
+        if not isinstance(head, nn.Linear):
+            raise UserError(
+                f"the teacher ({type(model).__name__}) has no linear `classifier` head to read",
+                "[stages.data_distill] embeddings",
+                'use embeddings = "random" for this teacher',
+            )
+        self.model = model
+        self.head = head
+        self.train(model.training)  # a new module says "training"; callers restore this mode
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            self.model(**inputs)
+        finally:
+            handle.remove()
+        return captured[0]  # (batch, hidden)
+
+
+def teacher_word_vectors(
+    model: nn.Module, encoder: TextEncoder, words: Sequence[str], device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """The teacher's pooled vector for each word given as a one-word text: (len(words), hidden)."""
+    dataset = EncodedDataset(encoder, list(words))
+    return predict_logits(ClassifierInput(model), dataset, device, WORD_BATCH).numpy()
+
+
+def reduce_dimensions(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` principal components of the rows, scaled to a standard deviation of 1."""
+    rows, width = vectors.shape
+    if dim > min(rows, width):
+        raise UserError(
+            f"embed_dim {dim} exceeds what {rows} teacher vectors of width {width} can give",
+            "[stages.data_distill] embed_dim",
+            f'use embed_dim <= {min(rows, width)}, or embeddings = "random"',
+        )
+    reduced = PCA(n_components=dim, svd_solver="full").fit_transform(vectors)  # (rows, dim)
+    return (reduced / reduced.std()).astype(np.float32)
+
+
+def teacher_embeddings(
+    model: nn.Module,
+    encoder: TextEncoder,
+    vocab: WordVocab,
+    dim: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """An embedding matrix (len(vocab), dim) for `vocab` from the teacher's word vectors.
+
+    `<unk>` gets the vector of the teacher's own unknown token (UNK noise writes that token
+    into augmented texts, and the word tokenizer reads it back as `<unk>`); `<pad>` (row 0,
+    which WordVocab guarantees with `<unk>` as row 1) stays zero.
+    """
+    words = [UNK_MARKER, *vocab.tokens[UNK_ID + 1 :]]
+    reduced = reduce_dimensions(teacher_word_vectors(model, encoder, words, device), dim)
+    return torch.cat([torch.zeros(1, dim), torch.from_numpy(reduced)])  # (len(vocab), dim)
