@@ -15,6 +15,15 @@ def _stage_list(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set run.threads=1 (repeatable; the run's recipe.toml records it).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="distill")
 def cli() -> None:
@@ -26,7 +35,7 @@ def cli() -> None:
 @click.option("--stages", "stages", help="Comma-separated stages to run (others must be done already).")
 @click.option("--resume/--fresh", default=True, help="Skip finished stages and continue from checkpoints (default), or start over.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Parent folder of the run directory (default: the recipe's run.out_dir).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set run.threads=1 (repeatable; the run's recipe.toml records it).")
+@_set_option
 def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the recipe's stages in order; finished stages are skipped."""
     from distill.pipeline import Run
@@ -40,23 +49,24 @@ def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None, ov
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-def validate(recipe: Path) -> None:
+@_set_option
+def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check a recipe (keys, types, data files, teacher) without training."""
     from distill.recipe import load_recipe
     from distill.validate import check_recipe
 
-    parsed = load_recipe(recipe)
+    parsed = load_recipe(recipe, overrides)
     for line in check_recipe(parsed):
         click.echo(f"ok: {line}")
     click.echo(f"{recipe}: valid; stages: {', '.join(parsed.enabled_stages())}")
 
 
-def _run_with_teacher(recipe: Path) -> "Run":  # noqa: F821 - imported lazily for a fast CLI
+def _run_with_teacher(recipe: Path, overrides: tuple[str, ...]) -> "Run":  # noqa: F821 - imported lazily
     """The recipe's run with data and teacher ready (finished stages are skipped)."""
     from distill.pipeline import Run
     from distill.recipe import load_recipe
 
-    job = Run(load_recipe(recipe))
+    job = Run(load_recipe(recipe, overrides))
     needed = [name for name in ("prepare", "pretrain", "finetune") if job.recipe.stage_enabled(name)]
     job.execute(only=needed)
     return job
@@ -64,22 +74,24 @@ def _run_with_teacher(recipe: Path) -> "Run":  # noqa: F821 - imported lazily fo
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-def augment(recipe: Path) -> None:
+@_set_option
+def augment(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Write the augmented training texts of the data-distillation path (cached in the run)."""
     from distill.stages.augmentation import run_augment
 
-    job = _run_with_teacher(recipe)
+    job = _run_with_teacher(recipe, overrides)
     summary = run_augment(job)
     click.echo(json.dumps(summary, indent=2))
 
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-def label(recipe: Path) -> None:
+@_set_option
+def label(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Let the fine-tuned teacher label the augmented texts (resumable, cached in the run)."""
     from distill.stages.augmentation import run_label
 
-    job = _run_with_teacher(recipe)
+    job = _run_with_teacher(recipe, overrides)
     summary = run_label(job)
     click.echo(json.dumps(summary, indent=2))
 

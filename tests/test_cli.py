@@ -144,3 +144,23 @@ def test_run_set_overrides_a_key_and_the_run_records_it(tmp_path, monkeypatch, d
     assert recorded["run"]["seed"] == 5 and recorded["task"]["split"] == [0.6, 0.2, 0.2]
     code, out, err = distill_main("run", recipe.name, "--set", "run.sede=5")
     assert code == 2 and "unknown key 'run.sede'" in error_line(err) and "--set run.sede=5" in error_line(err)
+
+
+def test_validate_checks_the_recipe_with_its_overrides(tmp_path, distill_main):
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD_TASK + "[stages.finetune]\n", encoding="utf-8")
+    code, out, err = distill_main("validate", recipe, "--set", "export.enabled=false")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, report")
+    code, out, err = distill_main("validate", recipe, "--set", "task.label_column=nope")
+    assert code == 2 and "nope" in error_line(err)
+
+
+@pytest.mark.parametrize("command", ["augment", "label"])
+def test_augment_and_label_take_overrides(tmp_path, distill_main, command):
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD_TASK, encoding="utf-8")
+    code, out, err = distill_main(command, recipe, "--set", "stages.data_distill.augment.unk=2")
+    assert code == 2 and "stages.data_distill.augment.unk" in error_line(err)

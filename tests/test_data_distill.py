@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -184,15 +185,31 @@ def test_another_seed_augments_into_another_cache_file(tiny_run):
 # ------------------------------------------------------------------ teacher labels
 
 
+def logits_on_disk(run) -> dict[str, np.ndarray]:
+    """Text key -> logits row, read straight from the chunk files."""
+    (labels_dir,) = (run.dir / "cache").glob("labels-*")
+    rows = {}
+    for path in labels_dir.glob("chunk-*.npz"):
+        with np.load(path) as chunk:
+            assert len(chunk["keys"]) == len(chunk["logits"]) <= CHUNK
+            rows.update(zip(chunk["keys"].tolist(), chunk["logits"]))
+    return rows
+
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
 def test_teacher_logits_on_disk_equal_a_direct_teacher_call(tiny_run):
     texts = distillation_texts(tiny_run)
     assert texts[:27] == [e.text for e in train_examples()]
     logits = teacher_logits(tiny_run, texts, chunk_size=CHUNK)
 
     (labels_dir,) = (tiny_run.dir / "cache").glob("labels-*")
-    chunks = sorted(labels_dir.glob("chunk-*.npy"))
-    assert len(chunks) == math.ceil(len(texts) / CHUNK)
-    on_disk = np.concatenate([np.load(path) for path in chunks])
+    assert len(list(labels_dir.glob("chunk-*.npz"))) == math.ceil(len(texts) / CHUNK)
+    stored = logits_on_disk(tiny_run)
+    assert len(stored) == len(texts)
+    on_disk = np.stack([stored[text_key(text)] for text in texts])
     direct = direct_teacher_logits(tiny_run, texts)
     assert on_disk.shape == (len(texts), 3)
     assert np.ptp(direct, axis=0).min() > 0.05  # rows differ, so row order matters below
@@ -205,39 +222,44 @@ def test_teacher_logits_on_disk_equal_a_direct_teacher_call(tiny_run):
     )
 
 
+def counting_predictions(monkeypatch, fail_after: int | None = None) -> list[int]:
+    """Make the teacher's batches countable (texts per chunk); optionally die on a later chunk."""
+    labelled: list[int] = []
+
+    def counted(model, dataset, *args):
+        if fail_after is not None and len(labelled) == fail_after:
+            raise KeyboardInterrupt
+        labelled.append(len(dataset))
+        return predict_logits(model, dataset, *args)  # the real one, imported above
+
+    monkeypatch.setattr(augmentation, "predict_logits", counted)
+    return labelled
+
+
 def test_killed_labelling_resumes_from_its_finished_chunks(tiny_run, monkeypatch):
     texts = distillation_texts(tiny_run)
     expected = direct_teacher_logits(tiny_run, texts)
-    real_predict = augmentation.predict_logits
-    labelled: list[int] = []
-
-    def killed_on_third_chunk(model, dataset, *args):
-        if len(labelled) == 2:
-            raise KeyboardInterrupt
-        labelled.append(len(dataset))
-        return real_predict(model, dataset, *args)
-
-    monkeypatch.setattr(augmentation, "predict_logits", killed_on_third_chunk)
+    counting_predictions(monkeypatch, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         teacher_logits(tiny_run, texts, chunk_size=CHUNK)
+    assert len(logits_on_disk(tiny_run)) == 2 * CHUNK  # two finished chunks, no partial file
     (labels_dir,) = (tiny_run.dir / "cache").glob("labels-*")
-    assert sorted(path.name for path in labels_dir.iterdir()) == [
-        "chunk-00000.npy",
-        "chunk-00001.npy",
-    ]
+    assert not list(labels_dir.glob(".*"))
 
-    labelled.clear()
-
-    def counted(model, dataset, *args):
-        labelled.append(len(dataset))
-        return real_predict(model, dataset, *args)
-
-    monkeypatch.setattr(augmentation, "predict_logits", counted)
+    labelled = counting_predictions(monkeypatch)
     resumed = teacher_logits(tiny_run, texts, chunk_size=CHUNK)
-    assert (
-        sum(labelled) == len(texts) - 2 * CHUNK
-    )  # the two finished chunks were read, not recomputed
+    assert sum(labelled) == len(texts) - 2 * CHUNK  # the two finished chunks were read, not recomputed
     np.testing.assert_allclose(resumed, expected, atol=1e-5)
+
+
+def test_texts_labelled_once_are_not_labelled_again_in_another_list(tiny_run, monkeypatch):
+    texts = distillation_texts(tiny_run)
+    first, later = texts[: len(texts) // 2], texts[len(texts) // 3 :][::-1]  # overlapping, reordered
+    teacher_logits(tiny_run, first, chunk_size=CHUNK)
+    labelled = counting_predictions(monkeypatch)
+    logits = teacher_logits(tiny_run, later + later[:3], chunk_size=CHUNK)  # with repeats
+    assert sum(labelled) == len(set(later) - set(first))
+    np.testing.assert_allclose(logits, direct_teacher_logits(tiny_run, later + later[:3]), atol=1e-5)
 
 
 def test_label_command_summary_counts_what_it_labelled(tiny_run):

@@ -3,8 +3,9 @@
 Both steps are slow on a CPU (POS tagging; a transformer over ten times the training set)
 and both are deterministic, so each result is stored under a key that hashes everything
 it depends on, and reused by `distill augment`, `distill label` and the stages alike. The
-teacher's logits are written in chunks, so a killed labelling run resumes from the last
-finished chunk instead of starting over. Under torchrun every rank computes what the cache
+teacher's logits are stored per text (any text this teacher labelled once is never labelled
+again) and written in chunks, so a killed labelling run resumes from the last finished chunk
+instead of starting over. Under torchrun every rank computes what the cache
 lacks, and only rank 0 writes it, as it writes everything else in the run directory.
 """
 
@@ -109,14 +110,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _save_array_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
-
-
 def _teacher_fingerprint(teacher_dir: Path) -> str:
     """Hash of the teacher's files, so a re-fine-tuned teacher never reuses old labels."""
     digest = hashlib.sha256()
@@ -141,17 +134,29 @@ def _check_teacher_labels(run: Any, teacher_dir: Path) -> None:
         )
 
 
-def _labels_dir(run: Any, teacher_dir: Path, texts: list[str], chunk_size: int) -> Path:
+def _labels_dir(run: Any, teacher_dir: Path) -> Path:
+    """One folder per teacher and encoding; any text list labelled by them shares it."""
     task = run.recipe.task
     key = _digest(
         {
             "teacher": _teacher_fingerprint(teacher_dir),
             "encoding": [task.max_length, task.truncation, task.resolved_head_tokens()],
-            "texts": hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest(),
-            "chunk_size": chunk_size,
         }
     )
     return _cache_dir(run) / f"labels-{key}"
+
+
+def _text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _read_label_store(directory: Path) -> dict[str, np.ndarray]:
+    """Text key -> logits row (C,), from every finished chunk file in `directory`."""
+    rows: dict[str, np.ndarray] = {}
+    for path in sorted(directory.glob("chunk-*.npz")):
+        with np.load(path) as chunk:
+            rows.update(zip(chunk["keys"].tolist(), chunk["logits"]))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -165,48 +170,56 @@ class Labelling:
 
 
 def _label_with_cache(run: Any, texts: list[str], chunk_size: int) -> Labelling:
-    """Teacher logits for `texts`, computing only the chunks missing from the cache.
+    """Teacher logits for `texts`, running the teacher only on texts the cache lacks.
 
-    Chunk i covers texts[i * chunk_size : (i + 1) * chunk_size] and is written atomically
-    once finished; chunks already on disk are read, not recomputed.
+    The cache holds logits per text (keyed by a hash of the text), so a text labelled once
+    by this teacher is never labelled again, whatever list it came in: raising the
+    augmentation multiplier labels only the new texts. Missing texts are labelled in chunks
+    of `chunk_size`, each written atomically once finished (texts' keys and their logits),
+    so a killed run loses at most one chunk.
     """
     if not texts:
         raise ValueError("no texts to label")
     teacher_dir = run.teacher_dir()
     _check_teacher_labels(run, teacher_dir)
-    directory = _labels_dir(run, teacher_dir, texts, chunk_size)
-    starts = range(0, len(texts), chunk_size)
-    paths = [directory / f"chunk-{index:05d}.npy" for index in range(len(starts))]
-    cached = sum(
-        min(chunk_size, len(texts) - start) for start, path in zip(starts, paths) if path.is_file()
-    )
-    model, encoder = None, None
-    chunks: list[np.ndarray] = []
+    directory = _labels_dir(run, teacher_dir)
+    keys = [_text_key(text) for text in texts]
+    store = _read_label_store(directory)
+    missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in store))
     started = time.perf_counter()
-    quiet = None if distributed.is_main() else True  # None: a bar on a terminal only
-    bar = tqdm(total=len(texts), initial=cached, desc="teacher labels", unit="text", disable=quiet)
-    with bar:
-        for start, path in zip(starts, paths):
-            if path.is_file():
-                chunks.append(np.load(path))
-                continue
-            if model is None:  # loaded only when some chunk is missing
-                model = load_classifier(teacher_dir).to(run.device)
-                encoder = text_encoder(run.recipe, teacher_dir)
-            dataset = EncodedDataset(encoder, texts[start : start + chunk_size])
-            logits = predict_logits(model, dataset, run.device, LABEL_BATCH).numpy()  # (chunk, C)
-            if distributed.is_main():
-                _save_array_atomic(path, logits)
-            chunks.append(logits)
-            bar.update(len(dataset))
+    if missing:
+        model = load_classifier(teacher_dir).to(run.device)
+        encoder = text_encoder(run.recipe, teacher_dir)
+        quiet = None if distributed.is_main() else True  # None: a bar on a terminal only
+        cached = len(texts) - len(missing)
+        bar = tqdm(total=len(texts), initial=cached, desc="teacher labels", unit="text", disable=quiet)
+        with bar:
+            for start in range(0, len(missing), chunk_size):
+                chunk = missing[start : start + chunk_size]
+                dataset = EncodedDataset(encoder, chunk)
+                logits = predict_logits(model, dataset, run.device, LABEL_BATCH).numpy()  # (chunk, C)
+                chunk_keys = [_text_key(text) for text in chunk]
+                if distributed.is_main():
+                    _save_chunk_atomic(directory, chunk_keys, logits)
+                store.update(zip(chunk_keys, logits))
+                bar.update(len(chunk))
     seconds = time.perf_counter() - started
-    labelled = len(texts) - cached
-    if labelled:
+    if missing:
         run.logger.info(
-            f"teacher labelled {labelled} texts in {seconds:.1f}s "
-            f"({labelled / seconds:.0f} texts/s); {cached} came from the cache"
+            f"teacher labelled {len(missing)} texts in {seconds:.1f}s "
+            f"({len(missing) / seconds:.0f} texts/s); {len(texts) - len(missing)} came from the cache"
         )
-    return Labelling(np.concatenate(chunks), labelled, seconds, directory)
+    return Labelling(np.stack([store[key] for key in keys]), len(missing), seconds, directory)
+
+
+def _save_chunk_atomic(directory: Path, keys: list[str], logits: np.ndarray) -> None:
+    """chunk-<hash of its keys>.npz with arrays `keys` (K,) and `logits` (K, C)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"chunk-{_digest(keys)}.npz"
+    tmp = directory / f".{name}.tmp"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, keys=np.array(keys), logits=logits)
+    os.replace(tmp, directory / name)
 
 
 def teacher_logits(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
