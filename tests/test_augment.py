@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import sys
 from collections import Counter
@@ -9,7 +10,7 @@ from collections import Counter
 import jieba.posseg
 import pytest
 
-from distill.data.augment import Augmenter, PosSwapper, n_sample, unk_noise
+from distill.data.augment import ENGLISH_PIPELINES, Augmenter, PosSwapper, n_sample, unk_noise
 from distill.data.words import WordTokenizer
 from distill.errors import UserError
 
@@ -92,9 +93,37 @@ def test_chinese_pos_swap_keeps_the_jieba_tag():
     assert changed >= 15  # nouns, verbs and adjectives all had company
 
 
+def test_english_pos_swap_keeps_the_spacy_tag():
+    pytest.importorskip("spacy")
+    if not any(importlib.util.find_spec(name) for name in ENGLISH_PIPELINES):
+        pytest.skip("the spacy extra is not installed")
+    texts = [
+        "the film was great and the plot was fun",
+        "a dull story with a weak cast",
+        "she loved the music but hated the ending",
+        "we watched a long movie and a short show",
+    ]
+    tokenizer = WordTokenizer("en")
+    swapper = PosSwapper.from_texts(texts, tokenizer)
+    rng = random.Random(0)
+    changed = 0
+    for text in texts:
+        words = tokenizer.split(text)
+        for old, new in zip(words, swapper.swap(words, 1.0, rng)):
+            if new != old:
+                changed += 1
+                assert new in swapper.word_tags, new  # drawn from the training vocabulary
+                assert swapper.word_tags[new] == swapper.word_tags[old], (old, new)
+    # spaCy's own tags, in context, for the words swapped most surely
+    assert swapper.word_tags["film"] == swapper.word_tags["story"] == "NN"
+    assert swapper.word_tags["loved"] == swapper.word_tags["hated"] == "VBD"
+    assert changed >= 10
+
+
 def test_english_pos_swap_without_spacy_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)
-    monkeypatch.setitem(sys.modules, "en_core_web_sm", None)
+    for name in ENGLISH_PIPELINES:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(UserError, match=r"distill\[spacy\]"):
         Augmenter("en", pos_swap=0.1).fit(["a good film"])
     # without POS swap, English needs no spaCy

