@@ -90,16 +90,17 @@ def test_a_teacher_without_a_linear_head_is_refused():
         ClassifierInput(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
-def test_reduction_equals_the_leading_principal_components_at_unit_deviation():
+def test_reduction_equals_the_leading_principal_components_each_at_unit_deviation():
     generator = np.random.default_rng(0)
     vectors = generator.normal(size=(30, 6)) @ np.diag([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])
     reduced = reduce_dimensions(vectors, 3)
     centred = vectors - vectors.mean(axis=0)
     left, singular, _ = np.linalg.svd(centred, full_matrices=False)
     components = left[:, :3] * singular[:3]  # the projections onto the top three axes
-    expected = components / components.std()
+    expected = components / components.std(axis=0)
     assert reduced.shape == (30, 3) and reduced.dtype == np.float32
-    assert reduced.std() == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(reduced.std(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(reduced.mean(axis=0), 0.0, atol=1e-5)
     for column in range(3):  # an axis is defined up to its sign
         sign = np.sign(reduced[:, column] @ expected[:, column])
         np.testing.assert_allclose(reduced[:, column], sign * expected[:, column], atol=1e-4)
