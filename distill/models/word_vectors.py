@@ -5,9 +5,9 @@ training texts it occurs in, so a word seen a handful of times stays close to no
 teacher has read far more text and was fine-tuned on the task: fed one vocabulary word as a
 whole text, it gives the vector its classification head reads, i.e. what the teacher makes
 of that word alone. PCA brings those vectors down to the student's `embed_dim`, each
-component scaled to unit standard deviation like `nn.Embedding`'s own N(0, 1) start, and the
-student trains on from there (static vectors distilled from a transformer, as in Model2Vec, but from the
-task-tuned teacher).
+component scaled to unit standard deviation like `nn.Embedding`'s own N(0, 1) start, and
+the student trains on from there (static vectors distilled from a transformer, as in
+Model2Vec, but from the task-tuned teacher).
 """
 
 from __future__ import annotations
