@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification
 
 from distill.data.encoded import EncodedDataset
 from distill.data.tokenize import TextEncoder
@@ -18,9 +18,8 @@ from distill.models.word_vectors import (
     teacher_embeddings,
     teacher_word_vectors,
 )
+from tiny_models import SPECIALS, WORDS, tiny_teacher_dir
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["good", "bad", "film", "plot", "very", "dull", "fun", "the", "##s", "was"]
 SIZES = dict(
     vocab_size=len(SPECIALS) + len(WORDS),
     hidden_size=16,
@@ -34,9 +33,7 @@ SIZES = dict(
 
 @pytest.fixture
 def encoder(tmp_path) -> TextEncoder:
-    (tmp_path / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
-    BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
-    return TextEncoder.from_pretrained_dir(tmp_path, 16, "head", 8)
+    return TextEncoder.from_pretrained_dir(tiny_teacher_dir(tmp_path), 16, "head", 8)
 
 
 def cls_teacher() -> BertForSequenceClassification:
@@ -56,7 +53,7 @@ def inputs_for(encoder: TextEncoder, texts: list[str]) -> dict[str, torch.Tensor
 
 def test_cls_teacher_vector_is_the_pooler_output_and_the_head_turns_it_into_the_logits(encoder):
     model = cls_teacher()
-    inputs = inputs_for(encoder, ["good", "films", "very dull plot"])
+    inputs = inputs_for(encoder, ["good", "films", "very poor plot"])
     with torch.no_grad():
         vectors = ClassifierInput(model)(**inputs)  # (3, 16)
         pooled = model.bert(**inputs).pooler_output  # tanh(W h_[CLS] + b), computed by BERT itself
@@ -67,7 +64,7 @@ def test_cls_teacher_vector_is_the_pooler_output_and_the_head_turns_it_into_the_
 
 def test_mean_pooled_teacher_vector_is_the_mean_of_its_real_token_states(encoder):
     model = mean_teacher()
-    inputs = inputs_for(encoder, ["good", "very dull plot"])  # different lengths: padding in row 0
+    inputs = inputs_for(encoder, ["good", "very poor plot"])  # different lengths: padding in row 0
     with torch.no_grad():
         vectors = ClassifierInput(model)(**inputs)
         states = model.bert(**inputs).last_hidden_state  # (2, length, 16)
@@ -78,7 +75,7 @@ def test_mean_pooled_teacher_vector_is_the_mean_of_its_real_token_states(encoder
 
 def test_word_vectors_follow_word_order_and_match_one_text_at_a_time(encoder):
     model = cls_teacher()
-    words = ["very", "good", "films", "dull", "the"]  # varied lengths: batches get length-sorted
+    words = ["very", "good", "not bad", "poor", "the"]  # varied lengths: batches get length-sorted
     together = teacher_word_vectors(model, encoder, words)
     with torch.no_grad():
         alone = [ClassifierInput(model)(**inputs_for(encoder, [word]))[0].numpy() for word in words]
@@ -113,7 +110,7 @@ def test_reduction_wider_than_the_vectors_is_a_clear_error():
 
 def test_embedding_matrix_zero_pad_row_and_unk_row_from_the_teachers_unknown_token(encoder):
     model = cls_teacher()
-    vocab = WordVocab.build([["good", "film", "good"], ["dull", "plot", "fun"], ["the", "very"]])
+    vocab = WordVocab.build([["good", "film", "good"], ["poor", "plot", "fine"], ["the", "very"]])
     matrix = teacher_embeddings(model, encoder, vocab, 4)
     assert matrix.shape == (len(vocab), 4) and matrix.dtype == torch.float32
     assert torch.equal(matrix[0], torch.zeros(4))

@@ -12,6 +12,7 @@ lacks, and only rank 0 writes it, as it writes everything else in the run direct
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -103,10 +104,11 @@ def distillation_texts(run: Any) -> list[str]:
     return [e.text for e in run.data().train] + augmented_texts(run)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, payload: str | bytes) -> None:
+    """Write `payload` (text as UTF-8) beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
     os.replace(tmp, path)
 
 
@@ -185,41 +187,38 @@ def _label_with_cache(run: Any, texts: list[str], chunk_size: int) -> Labelling:
     directory = _labels_dir(run, teacher_dir)
     keys = [_text_key(text) for text in texts]
     store = _read_label_store(directory)
-    missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in store))
-    started = time.perf_counter()
+    missing = {key: text for key, text in zip(keys, texts) if key not in store}  # key -> text
+    seconds = 0.0
     if missing:
+        started = time.perf_counter()
         model = load_classifier(teacher_dir).to(run.device)
         encoder = text_encoder(run.recipe, teacher_dir)
         quiet = None if distributed.is_main() else True  # None: a bar on a terminal only
         cached = len(texts) - len(missing)
         bar = tqdm(total=len(texts), initial=cached, desc="teacher labels", unit="text", disable=quiet)
+        pending = list(missing.items())
         with bar:
-            for start in range(0, len(missing), chunk_size):
-                chunk = missing[start : start + chunk_size]
-                dataset = EncodedDataset(encoder, chunk)
+            for start in range(0, len(pending), chunk_size):
+                chunk_keys, chunk = zip(*pending[start : start + chunk_size])
+                dataset = EncodedDataset(encoder, list(chunk))
                 logits = predict_logits(model, dataset, run.device, LABEL_BATCH).numpy()  # (chunk, C)
-                chunk_keys = [_text_key(text) for text in chunk]
                 if distributed.is_main():
-                    _save_chunk_atomic(directory, chunk_keys, logits)
+                    _save_chunk(directory, list(chunk_keys), logits)
                 store.update(zip(chunk_keys, logits))
                 bar.update(len(chunk))
-    seconds = time.perf_counter() - started
-    if missing:
+        seconds = time.perf_counter() - started
         run.logger.info(
             f"teacher labelled {len(missing)} texts in {seconds:.1f}s "
-            f"({len(missing) / seconds:.0f} texts/s); {len(texts) - len(missing)} came from the cache"
+            f"({len(missing) / seconds:.0f} texts/s); {cached} came from the cache"
         )
     return Labelling(np.stack([store[key] for key in keys]), len(missing), seconds, directory)
 
 
-def _save_chunk_atomic(directory: Path, keys: list[str], logits: np.ndarray) -> None:
-    """chunk-<hash of its keys>.npz with arrays `keys` (K,) and `logits` (K, C)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"chunk-{_digest(keys)}.npz"
-    tmp = directory / f".{name}.tmp"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, keys=np.array(keys), logits=logits)
-    os.replace(tmp, directory / name)
+def _save_chunk(directory: Path, keys: list[str], logits: np.ndarray) -> None:
+    """chunk-<hash of its keys>.npz with arrays `keys` (K,) and `logits` (K, C), atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.array(keys), logits=logits)
+    _write_atomic(directory / f"chunk-{_digest(keys)}.npz", buffer.getvalue())
 
 
 def teacher_logits(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
