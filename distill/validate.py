@@ -60,15 +60,9 @@ def _check_pos_swap(recipe: Recipe) -> list[str]:
     section = recipe.stages.data_distill
     if section is None or not section.enabled or section.augment.pos_swap == 0 or recipe.task.language != "en":
         return []
-    import importlib.util
+    from distill.data.augment import english_pipeline_module
 
-    if importlib.util.find_spec("en_core_web_sm") is None:
-        raise UserError(
-            "POS swap for English needs spaCy's en_core_web_sm pipeline",
-            "[stages.data_distill] augment.pos_swap",
-            "pip install 'distill[spacy]', or set pos_swap = 0",
-        )
-    return ["English POS tags from spaCy en_core_web_sm"]
+    return [f"English POS tags from spaCy's {english_pipeline_module()}"]
 
 
 def check_recipe(recipe: Recipe) -> list[str]:

@@ -1,5 +1,7 @@
 """Bad input through the real command line: exit code 2, one `error:` line, no traceback."""
 
+import importlib.util
+import sys
 import tomllib
 from pathlib import Path
 
@@ -155,6 +157,24 @@ def test_validate_checks_the_recipe_with_its_overrides(tmp_path, distill_main):
     assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, report")
     code, out, err = distill_main("validate", recipe, "--set", "task.label_column=nope")
     assert code == 2 and "nope" in error_line(err)
+
+
+def test_validate_finds_the_english_pipeline_for_pos_swap(tmp_path, monkeypatch, distill_main):
+    from distill.data.augment import ENGLISH_PIPELINES
+
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "pos.toml"
+    recipe.write_text(GOOD_TASK + "[stages.data_distill]\naugment = { pos_swap = 0.1 }\n", encoding="utf-8")
+    installed = [name for name in ENGLISH_PIPELINES if importlib.util.find_spec(name)]
+    if installed:  # the spacy extra ships the pipeline under its own module name
+        code, out, err = distill_main("validate", recipe)
+        assert code == 0, err
+        assert f"ok: English POS tags from spaCy's {installed[0]}" in out
+    for name in ENGLISH_PIPELINES:
+        monkeypatch.setitem(sys.modules, name, None)
+    code, out, err = distill_main("validate", recipe)
+    assert code == 2
+    assert "needs spaCy" in error_line(err) and "augment.pos_swap" in error_line(err) and "distill[spacy]" in error_line(err)
 
 
 @pytest.mark.parametrize("command", ["augment", "label"])

