@@ -47,6 +47,7 @@ class StageSpec:
     sections: tuple[str, ...]  # recipe sections that change the stage's result
     every_rank: bool = False  # training stages run on every torchrun process; others on rank 0
     reads: tuple[str, ...] | None = None  # the earlier stages whose outputs it reads; None: all of them
+    sections_if: tuple[tuple[str, str], ...] = ()  # (section, flag): the section counts only while the flag is on
 
     def function(self) -> Callable[[Run, Path], dict[str, Any]]:
         module, name = self.entry.split(":")
@@ -73,7 +74,14 @@ register(
     StageSpec("general_enhanced", "distill.stages.general:run_general_enhanced", "student_ged", ("student", "stages.general_enhanced"), every_rank=True)
 )
 register(
-    StageSpec("task_adaptive", "distill.stages.task:run_task_adaptive", "student_tad", ("student", "stages.task_adaptive", "stages.data_distill.augment"), every_rank=True)
+    StageSpec(
+        "task_adaptive",
+        "distill.stages.task:run_task_adaptive",
+        "student_tad",
+        ("student", "stages.task_adaptive"),
+        every_rank=True,
+        sections_if=(("stages.data_distill.augment", "stages.task_adaptive.augment"),),  # its texts, when it adds them
+    )
 )
 register(StageSpec("task_specific", "distill.stages.task:run_task_specific", "student", ("student", "stages.task_specific"), every_rank=True))
 register(
@@ -112,6 +120,7 @@ def _file_fingerprints(recipe: Recipe) -> dict[str, list[float]]:
 def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
     """Hash of what decides a stage's result: its recipe sections and the `upstream` it reads."""
     payload = {section: _section(recipe, section) for section in spec.sections}
+    payload.update({section: _section(recipe, section) for section, flag in spec.sections_if if _section(recipe, flag)})
     if "task" in spec.sections:
         payload["data_files"] = _file_fingerprints(recipe)
     text = json.dumps({"upstream": upstream, "config": payload}, sort_keys=True)

@@ -172,7 +172,7 @@ def _hashes(**stages) -> dict[str, str]:
 
     tables = {"finetune": {"lr": 1e-4}, "task_specific": {"lr": 1e-4}, "data_distill": {"labels": "soft"}}
     for name, settings in stages.items():
-        tables[name] = {**tables[name], **settings}
+        tables[name] = {**tables.get(name, {}), **settings}
     return stage_hashes(parse_recipe({"task": {"dataset": "tiny.csv"}, "stages": tables}))
 
 
@@ -185,3 +185,16 @@ def test_a_stage_reruns_with_every_stage_after_it_except_data_distillation_which
     assert changed == {"data_distill", "export", "report"}
     changed = {name for name, digest in _hashes(finetune={"lr": 3e-4}).items() if digest != base[name]}
     assert changed == {"finetune", "task_specific", "data_distill", "export", "report"}  # a new teacher: all
+
+
+def test_task_adaptive_distillation_reruns_on_augmentation_settings_only_when_it_reads_the_augmented_texts():
+    tables = {"task_specific": {}, "data_distill": {}}
+    plain = {"task_adaptive": {"augment": False}, **tables}
+    more = {"augment": {"multiplier": 4}}
+    base = _hashes(**plain)
+    changed = {name for name, digest in _hashes(**{**plain, "data_distill": more}).items() if digest != base[name]}
+    assert changed == {"data_distill", "export", "report"}  # TAD and TSD are kept
+    reading = {"task_adaptive": {"augment": True}, **tables}
+    base = _hashes(**reading)
+    changed = {name for name, digest in _hashes(**{**reading, "data_distill": more}).items() if digest != base[name]}
+    assert changed == {"task_adaptive", "task_specific", "data_distill", "export", "report"}
