@@ -178,3 +178,30 @@ def test_unknown_schedule_is_a_user_error() -> None:
     optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(UserError, match="cosine"):
         build_scheduler(optimizer, "exponential", 10, 0.1)
+
+
+def test_two_optimizer_steps_follow_the_adamw_formula() -> None:
+    """AdamW by hand (decoupled weight decay, bias-corrected moments) on a 2x2 weight and its bias."""
+    torch.manual_seed(0)
+    layer = nn.Linear(2, 2)
+    optimizer = build_optimizer(layer, lr=0.1, weight_decay=0.5)
+    assert optimizer.defaults["fused"]  # float CPU tensors take the one-kernel update
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    expected = {name: param.detach().clone() for name, param in layer.named_parameters()}
+    moments = {name: (torch.zeros_like(value), torch.zeros_like(value)) for name, value in expected.items()}
+    for step in (1, 2):
+        grads = {name: torch.full_like(value, 0.5 * step) + value for name, value in expected.items()}
+        for name, param in layer.named_parameters():
+            param.grad = grads[name].clone()
+        optimizer.step()
+        for name, value in expected.items():
+            decay = 0.0 if name == "bias" else 0.5  # biases are not decayed
+            first, second = moments[name]
+            first = beta1 * first + (1 - beta1) * grads[name]
+            second = beta2 * second + (1 - beta2) * grads[name] ** 2
+            moments[name] = (first, second)
+            value = value * (1 - 0.1 * decay)
+            update = (first / (1 - beta1**step)) / ((second / (1 - beta2**step)).sqrt() + eps)
+            expected[name] = value - 0.1 * update
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], rtol=1e-5, atol=1e-6)

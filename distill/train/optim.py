@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +125,14 @@ def build_optimizer(
             "optimiser settings",
             "unfreeze at least one parameter (requires_grad=True) before training",
         )
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=_fusable(groups))
+
+
+def _fusable(groups: list[dict[str, Any]]) -> bool:
+    """Fused AdamW updates every tensor in one kernel, which matters most for a word-level
+    student's large embedding on a CPU; it takes float tensors on CPU or CUDA only."""
+    params = [param for group in groups for param in group["params"]]
+    return all(param.is_floating_point() and param.device.type in ("cpu", "cuda") for param in params)
 
 
 def warmup_steps(num_training_steps: int, warmup_ratio: float) -> int:
