@@ -120,11 +120,10 @@ def english_pipeline_module() -> str:
     """The installed module of spaCy's en_core_web_sm; a UserError when there is none (an optional extra)."""
     for name in ENGLISH_PIPELINES:
         try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a module blocked or half-installed
-            found = False
-        if found:
-            return name
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except ValueError:  # imported before but left without a spec: not usable
+            continue
     raise UserError(
         "POS swap for English needs spaCy's en_core_web_sm pipeline",
         "[stages.data_distill] augment.pos_swap",
