@@ -174,9 +174,9 @@ def test_chain_gd_ged_tad_tsd_prunes_once_and_each_stage_starts_from_the_last(ma
         f"general_enhanced read corpus {corpus} (20 texts)"
     )
 
-    # Only the first stage prunes: specials plus the pieces of the task's texts and pairs.
+    # Only the first stage prunes, on the training split alone: specials plus the pieces of its texts and pairs.
     teacher_tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
-    texts = [text for row in tiny_rows() for text in (row["text"], row["pair"])]
+    texts = [text for e in run.data().train for text in (e.text, e.text_pair)]
     used = {piece for text in texts for piece in teacher_tokenizer.tokenize(text)}
     gd = results["general"]["metrics"]
     assert gd["vocab_tokens_before"] == 100 and gd["vocab_tokens_kept"] == len(used | set(SPECIALS))
@@ -265,13 +265,13 @@ def prepared(make_run, teacher_dir):
     return prepare
 
 
-def test_pruned_student_gives_the_unpruned_logits_on_the_task_texts(prepared, teacher_dir):
+def test_pruned_student_gives_the_unpruned_logits_on_the_training_texts(prepared, teacher_dir):
     run, work, teacher = prepared("prune_vocab = true")
     data = run.data()
     pair = teacher_and_student(run, work, teacher, teacher_dir, data)
     assert pair.pruning["vocab_tokens_kept"] < 100 and pair.token_map is not None
     unpruned = make_student(teacher, "teacher-layers", 2, labels=LABELS).eval()
-    examples = data.train + data.dev + data.test
+    examples = data.train
     texts_T = task_dataset(pair.teacher_encoder, examples)
     texts_S = task_dataset(text_encoder(run.recipe, work), examples)
     batch_T = texts_T.collate([texts_T[i] for i in range(len(texts_T))])
@@ -282,6 +282,25 @@ def test_pruned_student_gives_the_unpruned_logits_on_the_task_texts(prepared, te
         pruned = pair.student.eval()(**batch_S["inputs"]).logits
     assert torch.allclose(pruned, expected, atol=1e-5)
     assert expected.std() > 1e-3  # the logits are not all alike, so the comparison can fail
+
+
+def test_pruning_never_reads_dev_or_test_texts(prepared, teacher_dir):
+    """A piece that only dev and test use is pruned away: those texts meet the student as unseen text."""
+    run, work, teacher = prepared("prune_vocab = true")
+    for split in ("dev", "test"):  # words of the teacher's vocabulary that no training text uses
+        path = run.dir / "data" / f"{split}.jsonl"
+        row = {"text": "good film plot", "text_pair": "bad film", "label": "neutral"}
+        path.write_text(path.read_text(encoding="utf-8") + json.dumps(row) + "\n", encoding="utf-8")
+    data = run.data()
+    assert not {w for e in data.train for w in f"{e.text} {e.text_pair}".split()} & set(CORPUS_WORDS)
+    teacher_tokenizer = BertTokenizerFast.from_pretrained(teacher_dir)
+    teacher_and_student(run, work, teacher, teacher_dir, data)
+    student_tokenizer = BertTokenizerFast.from_pretrained(work)
+    for e in data.train:  # training texts: the same pieces
+        assert student_tokenizer.tokenize(e.text) == teacher_tokenizer.tokenize(e.text)
+    assert teacher_tokenizer.tokenize("good film plot") == ["good", "film", "plot"]
+    assert student_tokenizer.tokenize("good film plot") == ["[UNK]"] * 3  # unseen: not kept for dev or test
+    assert not set(CORPUS_WORDS) & set(student_tokenizer.get_vocab())
 
 
 def test_cached_teacher_logits_equal_live_ones(prepared, teacher_dir):

@@ -31,7 +31,7 @@ from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS, make_studen
 from distill.models.teacher import label_names, load_classifier, load_tokenizer, resolve_model_path
 from distill.recipe import GeneralStage, Recipe, RelationSettings, TaskAdaptiveStage
 from distill.stages.common import copy_tokenizer, student_seed, text_encoder, train_config, write_metrics
-from distill.stages.relations import relation_heads
+from distill.stages.relations import AttentionShape, relation_heads
 from distill.train.loop import move_to_device, seed_everything, train
 
 PROBE_ROWS = 256  # dev rows on which relation stages measure the loss before and after training
@@ -106,10 +106,13 @@ def token_map(teacher_encoder: TextEncoder, student_encoder: TextEncoder, device
     return mapping.to(device)
 
 
-def task_segments(data: PreparedData) -> list[str]:
-    """Every text and second segment of the task's three splits."""
-    examples = data.train + data.dev + data.test
-    return [segment for e in examples for segment in (e.text, e.text_pair) if segment]
+def training_segments(data: PreparedData) -> list[str]:
+    """Every text and second segment of the task's training split.
+
+    Pruning reads these and never dev or test: an evaluation text must meet the pruned tokenizer
+    as a deployed model's input would, pieces the training texts never produced included.
+    """
+    return [segment for e in data.train for segment in (e.text, e.text_pair) if segment]
 
 
 def _new_student(
@@ -133,7 +136,7 @@ def _new_student(
     if not section.prune_vocab:
         copy_tokenizer(tokenizer_dir, work)
         return student, {}
-    texts = list(dict.fromkeys([*task_segments(data), *stage_texts]))
+    texts = list(dict.fromkeys([*training_segments(data), *stage_texts]))
     student, tokenizer, stats = prune_vocabulary(student, load_tokenizer(tokenizer_dir), texts)
     tokenizer.save_pretrained(work)
     run.logger.info(
@@ -159,7 +162,8 @@ def teacher_and_student(
     """The stage's student (newest earlier one, else a new one) beside its frozen teacher.
 
     `stage_texts` are the stage's own training texts beyond the task's; a new student with
-    `prune_vocab` keeps the pieces of those and of every task split. The student's tokenizer is
+    `prune_vocab` keeps the pieces of those and of the task's training split (never dev or test,
+    which the student meets as unseen text). The student's tokenizer is
     written into `work`, so the saved student directory is complete.
     """
     earlier = run.newest_student(run.current_stage)
@@ -197,7 +201,7 @@ def _checked_layer(index: int, model: PreTrainedModel, side: str, where: str) ->
 
 
 class RelationTransfer:
-    """The MiniLM relation loss between one teacher layer and one student layer.
+    """The MiniLM/MiniLMv2 relation loss (a sum over `relations`) between one teacher and one student layer.
 
     Settings are checked against both models when the stage starts, not at the first step.
     The student is hooked lazily, on the module the training loop passes to the loss (under
@@ -214,8 +218,8 @@ class RelationTransfer:
         self.relations = list(settings.relations)
         self.teacher_layer = _checked_layer(settings.teacher_layer, teacher, "teacher", where)
         self.student_layer = _checked_layer(settings.student_layer, student, "student", where)
-        width_T, width_S = teacher.config.hidden_size, student.config.hidden_size
-        self.heads = relation_heads(settings.relation_heads, width_T, width_S, f"{where} relation_heads")
+        shape_T, shape_S = AttentionShape.of(teacher.config), AttentionShape.of(student.config)
+        self.heads = relation_heads(settings.relation_heads, self.relations, shape_T, shape_S, where)
         self._teacher = FeatureExtractor(teacher)
         self._student: FeatureExtractor | None = None
 
