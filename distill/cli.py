@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from distill.errors import UserError
+
+if TYPE_CHECKING:  # imported lazily at run time, so the command line starts fast
+    from distill.pipeline import Run
+    from distill.recipe import Recipe
 
 
 def _stage_list(value: str | None) -> list[str] | None:
@@ -39,10 +44,8 @@ def cli() -> None:
 def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the recipe's stages in order; finished stages are skipped."""
     from distill.pipeline import Run
-    from distill.recipe import load_recipe
 
-    parsed = load_recipe(recipe, overrides)
-    job = Run(parsed, out_dir)
+    job = Run(_checked_recipe(recipe, overrides), out_dir)
     job.execute(only=_stage_list(stages), fresh=not resume)
     click.echo(f"run directory: {job.dir}")
 
@@ -61,14 +64,22 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     click.echo(f"{recipe}: valid; stages: {', '.join(parsed.enabled_stages())}")
 
 
-def _run_with_teacher(recipe: Path, overrides: tuple[str, ...]) -> "Run":  # noqa: F821 - imported lazily
-    """The recipe's run with data and teacher ready (finished stages are skipped)."""
-    from distill.pipeline import Run
+def _checked_recipe(recipe: Path, overrides: tuple[str, ...], augment: bool = False) -> Recipe:
+    """The recipe with its overrides, through every `distill validate` check before any stage runs."""
     from distill.recipe import load_recipe
+    from distill.validate import check_recipe
 
-    job = Run(load_recipe(recipe, overrides))
-    needed = [name for name in ("prepare", "pretrain", "finetune") if job.recipe.stage_enabled(name)]
-    job.execute(only=needed)
+    parsed = load_recipe(recipe, overrides)
+    check_recipe(parsed, augment=augment)
+    return parsed
+
+
+def _run_through(recipe: Path, overrides: tuple[str, ...], stages: tuple[str, ...]) -> Run:
+    """The checked recipe's run with those of `stages` it enables done (finished ones are skipped)."""
+    from distill.pipeline import Run
+
+    job = Run(_checked_recipe(recipe, overrides, augment=True))
+    job.execute(only=[name for name in stages if job.recipe.stage_enabled(name)])
     return job
 
 
@@ -79,7 +90,7 @@ def augment(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Write the augmented training texts of the data-distillation path (cached in the run)."""
     from distill.stages.augmentation import run_augment
 
-    job = _run_with_teacher(recipe, overrides)
+    job = _run_through(recipe, overrides, ("prepare",))  # augmentation reads the split, never the teacher
     summary = run_augment(job)
     click.echo(json.dumps(summary, indent=2))
 
@@ -91,7 +102,7 @@ def label(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Let the fine-tuned teacher label the augmented texts (resumable, cached in the run)."""
     from distill.stages.augmentation import run_label
 
-    job = _run_with_teacher(recipe, overrides)
+    job = _run_through(recipe, overrides, ("prepare", "pretrain", "finetune"))
     summary = run_label(job)
     click.echo(json.dumps(summary, indent=2))
 

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from distill import distributed
+from distill import distributed, provenance
 from distill.errors import TrainingError, UserError
 from distill.recipe import STAGE_ORDER, Recipe
 
@@ -362,6 +362,7 @@ class Run:
             done = json.loads(marker.read_text(encoding="utf-8"))
             if done.get("config_hash") == digest:
                 self.logger.info(f"[{spec.name}] done already, skipped")
+                self._warn_if_other_code(spec.name, done)
                 return done
         distributed.barrier()  # every rank has read the marker before rank 0 touches it
         work = self.dir / f".{spec.name}.partial"
@@ -402,9 +403,22 @@ class Run:
             "metrics": metrics,
             "seconds": round(seconds, 2),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "provenance": provenance.record(self.recipe),
         }
         write_json_atomic(marker, done)
         distributed.barrier()  # other ranks wait for the published output
         headline = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
         self.logger.info(f"[{spec.name}] done in {seconds:.1f}s {headline}".rstrip())
         return done
+
+    def _warn_if_other_code(self, stage: str, done: dict[str, Any]) -> None:
+        """Reusing an output that other code made mixes versions in one run: say so loudly, once per stage."""
+        then = done.get("provenance") or {}
+        now = provenance.code()
+        # code_tree is the committed package's tree: a commit that changes only docs or tests keeps it
+        if then.get("code_tree") == now["code_tree"] and not (then.get("git_dirty") or now["git_dirty"]):
+            return
+        self.logger.warning(
+            f"WARNING: [{stage}] reuses the output of commit {then.get('git_commit') or 'unknown'}, "
+            f"but this code is commit {now['git_commit'] or 'unknown'}; `distill run --fresh` remakes it"
+        )

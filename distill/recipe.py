@@ -135,7 +135,7 @@ class TrainSettings(Section):
     schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: float = Field(default=0.01, ge=0)
     layer_lr_decay: float | None = Field(default=None, gt=0, le=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=1.0, ge=0)  # 0 turns clipping off
     adversarial: Literal["none", "fgm", "pgd"] = "none"
     adv_eps: float = Field(default=1.0, gt=0)
     adv_alpha: float = Field(default=0.3, gt=0)
@@ -148,10 +148,11 @@ class TrainSettings(Section):
 
 
 class RelationSettings(Section):
-    """MiniLM-family relation keys (DESIGN.md §5)."""
+    """MiniLM-family relation keys (DESIGN.md §5); the relation loss is the SUM of one KL per relation."""
 
     relations: list[Literal["qq", "kk", "vv", "qk"]] = ["qq", "kk", "vv"]
-    relation_heads: int | None = Field(default=None, ge=1)  # None: 48 when it divides both widths
+    # None: with "qk" (MiniLM) the models' attention heads, which must match; else 48 when it divides both widths
+    relation_heads: int | None = Field(default=None, ge=1)
     teacher_layer: int = -1
     student_layer: int = -1
 
@@ -192,7 +193,7 @@ class TaskSpecificStage(TrainSettings, RelationSettings):
     temperature: float = Field(default=2.0, gt=0)
     soft_weight: float = Field(default=1.0, ge=0)
     hard_weight: float = Field(default=1.0, ge=0)
-    relation_weight: float = Field(default=0.0, ge=0)
+    relation_weight: float = Field(default=0.0, ge=0)  # times the relation loss, a sum of len(relations) KLs
     baseline_twin: bool = False  # also train the same student on gold labels only
     lr: float = Field(default=5e-5, gt=0)
 
@@ -201,7 +202,18 @@ class AugmentSettings(Section):
     unk: float = Field(default=0.1, ge=0, le=1)
     pos_swap: float = Field(default=0.1, ge=0, le=1)
     n_sampling: float = Field(default=0.3, ge=0, le=1)
+    # [min, max] words n-sampling keeps; Tang et al. 2019 draw n uniformly from {1, ..., 5}
+    n_sampling_span: list[int] = [1, 5]
+    # the new word's draw within its tag: by training-text frequency (Tang et al. 2019) or uniform
+    pos_swap_sampling: Literal["frequency", "uniform"] = "frequency"
     multiplier: int = Field(default=10, ge=1)
+
+    @field_validator("n_sampling_span")
+    @classmethod
+    def _span(cls, span: list[int]) -> list[int]:
+        if len(span) != 2 or not 1 <= span[0] <= span[1]:
+            raise ValueError("expected [min, max] span lengths in words with 1 <= min <= max")
+        return span
 
     @model_validator(mode="after")
     def _exclusive_word_changes(self) -> AugmentSettings:
@@ -251,6 +263,14 @@ class ReportSection(Section):
     repeats: int = Field(default=50, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None = the run's thread count
     seeds: list[int] = []  # student seeds to repeat the students with (distill.seeds); [] = this run's alone
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _timed_at_one(cls, sizes: list[int]) -> list[int]:
+        # checked at load, not when the report stage starts at the end of a long run
+        if 1 not in sizes or any(size < 1 for size in sizes):
+            raise ValueError("must be positive and include 1, as speed-up is defined at batch size 1; e.g. [1, 32]")
+        return sizes
 
     @field_validator("seeds")
     @classmethod

@@ -25,7 +25,14 @@ from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import STUDENT_STAGES, Run, stage_hashes
 from distill.recipe import Recipe, parse_recipe
-from distill.report.stats import agreement, mean_std, paired_comparison, pooled_paired_bootstrap, significant
+from distill.report.stats import (
+    agreement,
+    mean_std,
+    paired_comparison,
+    pooled_interval,
+    pooled_paired_bootstrap,
+    significant,
+)
 from distill.stages.export import RunModel
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
@@ -152,8 +159,9 @@ def correctness(predictions: Sequence[str], examples: Sequence[Example]) -> list
 def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], seed: int) -> dict[str, Any]:
     """Accuracy difference to a reference model trained at the same seeds on the same test texts.
 
-    Per seed: paired bootstrap interval and exact McNemar p. Pooled: the bootstrap interval of
-    the seed-averaged per-text difference; significant only when it excludes zero.
+    Per seed: paired bootstrap interval and exact McNemar p. Pooled: the mean difference over
+    seeds with a bootstrap interval over seeds and texts (over texts for one seed), named under
+    "interval"; significant only when it excludes zero.
     """
 
     def correct(run: SeedRun) -> list[bool]:
@@ -164,4 +172,5 @@ def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], s
         for run, other in zip(runs, reference, strict=True)
     ]
     diff, low, high = pooled_paired_bootstrap([correct(r) for r in runs], [correct(r) for r in reference], seed=seed)
-    return {"pooled": {"diff": diff, "low": low, "high": high, "significant": significant(low, high)}, "per_seed": per_seed}
+    pooled = {"diff": diff, "low": low, "high": high, "interval": pooled_interval(len(runs)), "significant": significant(low, high)}
+    return {"pooled": pooled, "per_seed": per_seed}

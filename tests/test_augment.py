@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 import sys
 from collections import Counter
@@ -37,29 +38,69 @@ def test_unk_noise_rate_matches_p():
     assert unk_noise(words[:50], 1.0, random.Random(0), "[UNK]") == ["[UNK]"] * 50
 
 
-def test_n_sample_returns_a_contiguous_span_of_uniform_length():
-    words = ["a", "b", "c", "d", "e"]
+def assert_frequencies(counts: Counter, expected: dict, draws: int) -> None:
+    """Each outcome's share of `draws` is within 4.5 binomial standard deviations of `expected`."""
+    assert set(counts) <= set(expected), set(counts) - set(expected)
+    for outcome, p in expected.items():
+        sd = math.sqrt(p * (1 - p) / draws)
+        assert abs(counts[outcome] / draws - p) <= 4.5 * sd, (outcome, counts[outcome] / draws, p)
+
+
+def test_n_sample_span_length_is_uniform_from_1_to_5_by_default():
+    words = [f"w{index}" for index in range(40)]
     rng = random.Random(0)
+    draws = 20_000
     lengths = Counter()
-    for _ in range(5000):
+    for _ in range(draws):
         span = n_sample(words, rng)
-        starts = [start for start in range(len(words)) if words[start : start + len(span)] == span]
-        assert span and starts, span
+        start = words.index(span[0])
+        assert span == words[start : start + len(span)]  # contiguous
         lengths[len(span)] += 1
-    assert set(lengths) == {1, 2, 3, 4, 5}
-    assert all(abs(count / 5000 - 1 / 5) < 0.03 for count in lengths.values())
+    assert set(lengths) == {1, 2, 3, 4, 5}  # never outside 1..5
+    assert_frequencies(lengths, {n: 1 / 5 for n in range(1, 6)}, draws)
 
 
-def test_n_sample_respects_min_len_and_keeps_short_texts_whole():
-    rng = random.Random(0)
-    assert all(len(n_sample(list("abcdef"), rng, min_len=4)) >= 4 for _ in range(200))
-    assert n_sample(["a", "b"], rng, min_len=3) == ["a", "b"]
+def test_n_sample_start_is_uniform_over_the_valid_starts():
+    words = [f"w{index}" for index in range(12)]
+    rng = random.Random(1)
+    draws = 50_000
+    spans = Counter()
+    for _ in range(draws):
+        span = n_sample(words, rng, (1, 5))
+        spans[len(span), words.index(span[0])] += 1
+    # length n with probability 1/5, then each of the 12 - n + 1 starts equally likely
+    expected = {(n, start): 1 / 5 / (12 - n + 1) for n in range(1, 6) for start in range(12 - n + 1)}
+    assert_frequencies(spans, expected, draws)
+    # marginally: starts 0..7 are open to every length, start 11 to length 1 only
+    starts = Counter()
+    for (_, start), count in spans.items():
+        starts[start] += count
+    early = sum(1 / 5 / (13 - n) for n in range(1, 6))  # 0.102
+    late = {8: early - 1 / 5 / 8, 9: early - 1 / 5 / 8 - 1 / 5 / 9, 10: 1 / 5 / 12 + 1 / 5 / 11, 11: 1 / 5 / 12}
+    assert_frequencies(starts, {**{start: early for start in range(8)}, **late}, draws)
+
+
+def test_n_sample_keeps_a_text_shorter_than_the_drawn_span_whole():
+    words = ["a", "b", "c"]
+    rng = random.Random(2)
+    draws = 20_000
+    lengths = Counter(len(n_sample(words, rng, [1, 5])) for _ in range(draws))
+    # lengths 4 and 5 keep all three words
+    assert_frequencies(lengths, {1: 1 / 5, 2: 1 / 5, 3: 3 / 5}, draws)
+    assert all(len(n_sample(list("abcdefgh"), rng, [3, 4])) in (3, 4) for _ in range(200))
+    assert n_sample(["a", "b"], rng, [3, 6]) == ["a", "b"]
     assert n_sample([], rng) == []
-    with pytest.raises(UserError, match="min_len"):
-        n_sample(["a"], rng, min_len=0)
 
 
-def test_pos_swap_draws_uniformly_from_other_words_of_the_same_tag():
+@pytest.mark.parametrize("span", [[0, 5], [3, 2], [1], [1, 2, 3]])
+def test_n_sampling_span_must_be_min_max_with_1_le_min_le_max(span):
+    with pytest.raises(UserError, match="n_sampling_span"):
+        n_sample(["a", "b"], random.Random(0), span)
+    with pytest.raises(UserError, match="n_sampling_span"):
+        Augmenter("en", n_sampling_span=span)
+
+
+def test_pos_swap_without_counts_draws_uniformly_from_other_words_of_the_same_tag():
     swapper = PosSwapper({"apple": "n", "pear": "n", "plum": "n", "run": "v"})
     rng = random.Random(0)
     drawn = Counter(swapper.swap(["apple"], 1.0, rng)[0] for _ in range(4000))
@@ -68,6 +109,40 @@ def test_pos_swap_draws_uniformly_from_other_words_of_the_same_tag():
     # the only verb and unknown words stay
     assert swapper.swap(["run", "zzz", "run"], 1.0, rng) == ["run", "zzz", "run"]
     assert swapper.swap(["apple"] * 50, 0.0, rng) == ["apple"] * 50
+
+
+# 苹果 6 times, 香蕉 3, 橘子 1, and 桃子 (the word swapped) once: jieba tags all four "n".
+FRUIT_TEXTS = ["我吃苹果"] * 6 + ["我吃香蕉"] * 3 + ["我吃橘子", "我吃桃子"]
+
+
+def test_pos_swap_draws_by_training_frequency_within_the_tag():
+    swapper = PosSwapper.from_texts(FRUIT_TEXTS, WordTokenizer("zh"))
+    assert {swapper.word_tags[word] for word in ("苹果", "香蕉", "橘子", "桃子")} == {"n"}
+    rng = random.Random(0)
+    draws = 20_000
+    drawn = Counter(swapper.swap(["桃子"], 1.0, rng)[0] for _ in range(draws))
+    assert_frequencies(drawn, {"苹果": 0.6, "香蕉": 0.3, "橘子": 0.1}, draws)
+    # the word itself is left out: 苹果 draws from 香蕉:橘子:桃子 = 3:1:1
+    drawn = Counter(swapper.swap(["苹果"], 1.0, rng)[0] for _ in range(draws))
+    assert_frequencies(drawn, {"香蕉": 0.6, "橘子": 0.2, "桃子": 0.2}, draws)
+
+
+def test_pos_swap_uniform_sampling_ignores_frequency():
+    swapper = PosSwapper.from_texts(FRUIT_TEXTS, WordTokenizer("zh"), sampling="uniform")
+    rng = random.Random(0)
+    draws = 20_000
+    drawn = Counter(swapper.swap(["桃子"], 1.0, rng)[0] for _ in range(draws))
+    assert_frequencies(drawn, {"苹果": 1 / 3, "香蕉": 1 / 3, "橘子": 1 / 3}, draws)
+
+
+@pytest.mark.parametrize("sampling", ["frequency", "uniform"])
+def test_augment_with_pos_swap_is_reproducible_per_seed(sampling):
+    def run(seed: int) -> list[str]:
+        augmenter = Augmenter("zh", pos_swap=0.3, seed=seed, pos_swap_sampling=sampling)
+        return augmenter.fit(FRUIT_TEXTS + ZH_TEXTS).augment(FRUIT_TEXTS + ZH_TEXTS)
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
 
 
 def test_pos_swap_rate_matches_p():
@@ -183,5 +258,7 @@ def test_augmenter_validation():
         Augmenter("zh", n_sampling=1.5)
     with pytest.raises(UserError, match="multiplier"):
         Augmenter("zh", multiplier=0)
+    with pytest.raises(UserError, match="pos_swap_sampling"):
+        Augmenter("zh", pos_swap_sampling="zipf")
     with pytest.raises(RuntimeError, match="fit"):
         Augmenter("zh", pos_swap=0.1).augment(ZH_TEXTS)

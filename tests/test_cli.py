@@ -1,12 +1,14 @@
 """Bad input through the real command line: exit code 2, one `error:` line, no traceback."""
 
 import importlib.util
+import json
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import tiny_rows, write_rows
+from tiny_models import tiny_teacher_dir
 
 GOOD_TASK = '[task]\ndataset = "data.csv"\n'
 
@@ -93,7 +95,9 @@ def error_line(err: str) -> str:
 
 @pytest.mark.parametrize("case", DATA_PROBLEMS)
 def test_failing_run_leaves_nothing_half_written(tmp_path, monkeypatch, distill_main, case):
+    """The prepare stage itself meets the problem, as when the data file changes after the checks."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("distill.validate.check_recipe", lambda recipe, augment=False: [])
     recipe = write_case(tmp_path, case)
     code, out, err = distill_main("run", recipe.name)
     assert code == 2
@@ -105,6 +109,56 @@ def test_failing_run_leaves_nothing_half_written(tmp_path, monkeypatch, distill_
     assert not (run_dir / "data").exists()
     assert not (run_dir / "done" / "prepare.json").exists()
     assert [path.name for path in run_dir.iterdir() if path.name.startswith(".")] == []
+
+
+EARLY_PROBLEMS = {
+    "report-without-batch-size-1": (GOOD_TASK + "[report]\nbatch_sizes = [8, 32]\n", ["report.batch_sizes", "include 1"]),
+    "relation-heads": (
+        GOOD_TASK + "[stages.task_adaptive]\nrelation_heads = 7\n[export]\nenabled = false\n",
+        ["relation_heads = 7 must divide", "[stages.task_adaptive] relation_heads"],
+    ),
+    "pos-swap-without-spacy": (
+        GOOD_TASK + "[stages.data_distill]\naugment = { pos_swap = 0.1 }\n[export]\nenabled = false\n",
+        ["needs spaCy", "augment.pos_swap"],
+    ),
+    "data": ('[task]\ndataset = "nope.csv"\n', ["data file not found"]),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "augment", "label"])
+@pytest.mark.parametrize("case", list(EARLY_PROBLEMS))
+def test_run_augment_and_label_check_the_whole_recipe_before_any_stage(tmp_path, monkeypatch, distill_main, command, case):
+    from distill.data.augment import ENGLISH_PIPELINES
+
+    monkeypatch.chdir(tmp_path)
+    for name in ENGLISH_PIPELINES:  # the spaCy pipeline lookup finds none
+        monkeypatch.setitem(sys.modules, name, None)
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    body, expected = EARLY_PROBLEMS[case]
+    (tmp_path / "r.toml").write_text(body, encoding="utf-8")
+    code, out, err = distill_main(command, "r.toml")
+    assert code == 2
+    assert err.strip().splitlines() == [error_line(err)]  # nothing ran, so nothing else was logged
+    for text in expected:
+        assert text in error_line(err)
+    assert not (tmp_path / "runs").exists()  # no stage ran: no data/, no done/ marker
+
+
+def test_augment_prepares_the_data_but_leaves_the_teacher_untrained(tmp_path, monkeypatch, distill_main):
+    monkeypatch.chdir(tmp_path)
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "aug.toml"
+    recipe.write_text(
+        GOOD_TASK + "[stages.finetune]\n[stages.data_distill]\naugment = { pos_swap = 0.0, multiplier = 2 }\n", encoding="utf-8"
+    )
+    code, out, err = distill_main("augment", recipe.name)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["train_texts"] == 40 and summary["augmented_texts"] > 0
+    assert len(Path(summary["file"]).read_text(encoding="utf-8").splitlines()) == summary["augmented_texts"]
+    run_dir = tmp_path / "runs" / "aug"
+    assert sorted(path.name for path in (run_dir / "done").iterdir()) == ["prepare.json"]
+    assert not (run_dir / "teacher").exists()
 
 
 def test_teacher_path_that_does_not_exist(tmp_path, distill_main):
@@ -119,7 +173,9 @@ def test_teacher_path_that_does_not_exist(tmp_path, distill_main):
 
 def test_stages_option_naming_a_disabled_stage(tmp_path, monkeypatch, distill_main):
     monkeypatch.chdir(tmp_path)
-    recipe = write_case(tmp_path, "single-class")
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(GOOD_TASK + "[export]\nenabled = false\n[report]\nenabled = false\n", encoding="utf-8")
     code, out, err = distill_main("run", recipe.name, "--stages", "finetune")
     assert code == 2
     assert "--stages names finetune" in error_line(err) and "pick from: prepare" in error_line(err)
@@ -133,6 +189,29 @@ def test_validate_accepts_a_good_recipe(tmp_path, distill_main):
     assert code == 0, err
     assert "ok: data: 40/5/5 train/dev/test rows, labels negative, neutral, positive" in out
     assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, export, report")
+
+
+def test_validate_checks_minilm_attention_heads(tmp_path, distill_main):
+    write_rows(tmp_path / "data.csv", tiny_rows())
+    teacher = tiny_teacher_dir(tmp_path / "teacher")  # width 32, 4 attention heads
+    recipe = tmp_path / "qk.toml"
+    recipe.write_text(GOOD_TASK + f'[teacher]\nmodel = "{teacher}"\n[stages.task_adaptive]\nrelations = ["qk", "vv"]\n')
+    code, out, err = distill_main("validate", recipe)
+    assert code == 0, err
+    assert "ok: task_adaptive: 4 relation heads (qk, vv) for widths 32 and 32" in out
+    code, out, err = distill_main("validate", recipe, "--set", "student.heads=2")
+    line = error_line(err)
+    assert code == 2 and "teacher has 4 heads and the student 2 (in [stages.task_adaptive] relations)" in line
+    assert "set [student] heads = 4" in line
+    code, out, err = distill_main("validate", recipe, "--set", "stages.task_adaptive.relation_heads=8")
+    assert code == 2 and "relation_heads = 8" in error_line(err) and "remove relation_heads" in error_line(err)
+    # TSD computes relations only with relation_weight > 0, and only then needs matching heads.
+    tsd = f'[teacher]\nmodel = "{teacher}"\n[student]\nheads = 2\n[stages.task_specific]\nrelations = ["qk", "vv"]\n'
+    recipe.write_text(GOOD_TASK + tsd)
+    code, out, err = distill_main("validate", recipe)
+    assert code == 0 and "task_specific:" not in out, err
+    code, out, err = distill_main("validate", recipe, "--set", "stages.task_specific.relation_weight=0.5")
+    assert code == 2 and "(in [stages.task_specific] relations)" in error_line(err)
 
 
 def test_run_set_overrides_a_key_and_the_run_records_it(tmp_path, monkeypatch, distill_main):

@@ -18,15 +18,18 @@ from click.testing import CliRunner
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from conftest import tiny_rows, write_rows
+from tiny_models import tiny_eager_bert
+
+from distill import provenance
 from distill.errors import UserError
-from distill.losses import hard_label_loss, soft_label_loss
+from distill.losses import hard_label_loss, relation_loss, soft_label_loss
 from distill.models.student import make_student
 from distill.models.teacher import load_classifier
 from distill.pipeline import Run
-from distill.recipe import load_recipe, parse_recipe
+from distill.recipe import RelationSettings, load_recipe, parse_recipe
 from distill.stages.augmentation import augmented_texts
 from distill.stages.common import task_dataset, text_encoder
-from distill.stages.distillation import frozen_teacher, teacher_and_student
+from distill.stages.distillation import RelationTransfer, frozen_teacher, teacher_and_student
 from distill.stages.task import LossWeights, cache_teacher_logits, label_loss_fn
 
 LABELS = ["negative", "neutral", "positive"]
@@ -244,6 +247,53 @@ def test_out_of_range_relation_layers_are_user_errors(make_run, key):
     assert not (run.dir / "student_tad").exists()
 
 
+def test_minilm_relations_use_the_models_attention_heads():
+    # ["qk", "vv"] is MiniLM: its qk term is the KL between the models' real attention maps.
+    teacher, student = tiny_eager_bert(0, width=32), tiny_eager_bert(1, width=16)  # 4 attention heads each
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    ids = torch.randint(3, 100, mask.shape, generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": mask}
+    where = "[stages.task_adaptive]"
+    with RelationTransfer(teacher, student, RelationSettings(), where) as minilm_v2:
+        assert minilm_v2.heads == 16  # qq, kk, vv: the largest divisor <= 48 of both widths
+    with torch.no_grad(), RelationTransfer(teacher, student, RelationSettings(relations=["qk", "vv"]), where) as minilm:
+        assert minilm.heads == 4
+        features_T, features_S = minilm.features(student, batch, batch)
+        loss = minilm.loss(features_T, features_S)
+        p_T = teacher(**batch, output_attentions=True).attentions[-1]  # (batch, heads, seq, seq)
+        p_S = student(**batch, output_attentions=True).attentions[-1]
+    real_keys = mask.bool()[:, None, None, :]
+    rows = torch.where(real_keys, p_T * (p_T.log() - p_S.log()), torch.zeros(())).sum(-1)  # (batch, heads, seq)
+    attention_kl = rows[mask.bool()[:, None, :].expand_as(rows)].mean()
+    values_kl = relation_loss(features_T, features_S, -1, -1, ["vv"], num_heads=4)
+    assert attention_kl > 0.01
+    torch.testing.assert_close(loss, attention_kl + values_kl, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "student_heads, requested, key, fix",
+    [(2, None, "relations", "set [student] heads = 4"), (4, 8, "relation_heads", "remove relation_heads")],
+)
+def test_minilm_relations_need_one_head_count(student_heads, requested, key, fix):
+    teacher, student = tiny_eager_bert(0, width=32), tiny_eager_bert(1, width=16, heads=student_heads)
+    minilm = RelationSettings(relations=["qk", "vv"], relation_heads=requested)
+    with pytest.raises(UserError, match='relations include "qk"') as info:
+        RelationTransfer(teacher, student, minilm, "[stages.general]")
+    assert info.value.where == f"[stages.general] {key}" and fix in info.value.fix
+    assert "\n" not in str(info.value)
+    # MiniLMv2 relations split the widths, whatever the attention heads.
+    with RelationTransfer(teacher, student, RelationSettings(relation_heads=requested), "[stages.general]") as transfer:
+        assert transfer.heads == (requested or 16)
+
+
+def test_minilm_head_mismatch_stops_the_stage_before_training(make_run):
+    run = make_run(stage_table("task_adaptive", relations=["qk", "vv"]), student="heads = 2")
+    with pytest.raises(UserError, match="teacher has 4 heads and the student 2") as info:
+        run.execute()
+    assert info.value.where == "[stages.task_adaptive] relations"
+    assert not (run.dir / "student_tad").exists()
+
+
 def test_all_zero_loss_weights_are_a_user_error(make_run):
     run = make_run(stage_table("task_specific", soft_weight=0.0, hard_weight=0.0))
     with pytest.raises(UserError, match="all 0"):
@@ -359,6 +409,7 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     names = ["gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv"]
     assert [row["name"] for row in summary["variants"]] == names and summary["seeds"] == [1, 2]
     assert summary["overrides"] == ["run.threads=1"]
+    assert summary["provenance"] == provenance.record(load_recipe(base.recipe.source, ["run.threads=1"]))
     for row in summary["variants"]:
         assert [run["seed"] for run in row["runs"]] == [1, 2]
         assert row["accuracy_mean"] == pytest.approx(sum(run["accuracy"] for run in row["runs"]) / 2)
@@ -376,6 +427,7 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
         assert [test["diff"] for test in versus["per_seed"]] == pytest.approx(diffs, abs=1e-9)
         assert versus["pooled"]["diff"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
         assert versus["pooled"]["low"] <= versus["pooled"]["diff"] <= versus["pooled"]["high"]
+        assert versus["pooled"]["interval"] == "hierarchical bootstrap over seeds and examples"  # two seeds
         assert all(0.0 <= test["p_value"] <= 1.0 for test in versus["per_seed"])
         assert 0.0 <= row["agreement_mean"] <= 1.0
     per_seed_rows = [line for line in table if line.startswith("| tsd | ")]
@@ -395,6 +447,22 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     assert 'relations = [\n    "qk",\n    "vv",\n]' in qk_vv or 'relations = ["qk", "vv"]' in qk_vv
     # The student seed changes the training order, not the split or the teacher.
     assert not torch.equal(student("tsd", 1).state_dict()[QUERY_0], student("tsd", 2).state_dict()[QUERY_0])
+
+
+def test_ablation_markdown_names_the_pooled_interval():
+    spread = {f"{key}_{stat}": 0.5 for key in ("accuracy", "macro_f1", "agreement") for stat in ("mean", "std")}
+    pooled = {"diff": 0.01, "low": -0.002, "high": 0.02, "interval": "hierarchical bootstrap over seeds and examples"}
+    per_seed = [{"seed": seed, "diff": 0.01, "low": -0.01, "high": 0.03, "p_value": 0.4} for seed in (1, 2)]
+    rows = [
+        {"name": "gold_only", "description": "gold", "minutes_mean": 1.0, **spread},
+        {
+            "name": "tsd", "description": "TSD", "minutes_mean": 1.0, **spread,
+            "vs_reference": {"reference": "gold_only", "pooled": {**pooled, "significant": False}, "per_seed": per_seed},
+        },
+    ]  # fmt: skip
+    table = load_ablate_tool().markdown_table(rows, [1, 2], "`r.toml`")
+    assert "| tsd | TSD | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | +1.00 [-0.20, +2.00] vs gold_only" in table
+    assert "95% interval from a hierarchical bootstrap over seeds and examples (1,000 resamples)" in table
 
 
 def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
@@ -434,6 +502,7 @@ def test_report_seeds_repeat_the_students_and_pool_the_twin_comparison(make_run,
     diffs = [accuracies[0] - twin["test"]["accuracy"], accuracies[1] - twin_8["test"]["accuracy"]]
     assert [t["diff"] for t in entry["vs_gold_twin"]["per_seed"]] == pytest.approx(diffs, abs=1e-9)
     assert entry["vs_gold_twin"]["pooled"]["diff"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
+    assert entry["vs_gold_twin"]["pooled"]["interval"] == "hierarchical bootstrap over seeds and examples"
     # the seed changes the student's training, and a second report reuses the finished repeat
     assert not torch.equal(
         load_classifier(run.dir / "student").state_dict()[QUERY_0], load_classifier(repeat / "student").state_dict()[QUERY_0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,14 @@ from distill.cli import cli
 from distill.data.datasets import Example
 from distill.data.tokenize import TextEncoder
 from distill.data.words import WordTokenizer, WordVocab
+from distill.errors import UserError
 from distill.export.onnx import ParityError
 from distill.export.runtime import OnnxPredictor
 from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
 from distill.models.teacher import label_maps
 from distill.pipeline import Run
 from distill.recipe import load_recipe
-from distill.stages.export import accuracy, export_run, onnx_predictions
+from distill.stages.export import accuracy, export_models, export_run, onnx_predictions
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {
@@ -155,6 +157,9 @@ def test_every_model_is_exported_with_int8_and_parity(exported):
         assert entry["size_bytes_int8"] == (onnx_dir / entry["onnx_int8"]).stat().st_size
         manifest = json.loads((onnx_dir / entry["manifest"]).read_text(encoding="utf-8"))
         assert entry["parity_max_abs_diff"] == manifest["parity_max_abs_diff"] <= 1e-4
+        # dev + test hold more than 16 texts: mixed, short and long batches of 8, one text alone
+        assert (entry["parity_batches"], entry["parity_rows"]) == (4, 25)
+        assert (manifest["parity_batches"], manifest["parity_rows"]) == (4, 25)
     assert summary["models"][0]["params"] > summary["models"][1]["params"]  # 2 layers vs 1
     assert not list(run.dir.glob(".onnx.*"))
 
@@ -192,6 +197,37 @@ def test_failed_parity_leaves_the_previous_export_untouched(exported):
         run.recipe.export.parity_tolerance = 1e-4
     assert sorted(p.name for p in (run.dir / "onnx").iterdir()) == before
     assert not list(run.dir.glob(".onnx.*"))
+
+
+def test_text_pair_tasks_are_parity_checked_as_pairs(exported, tmp_path, monkeypatch):
+    """Transformers are checked on real pairs (two segments); the BOW student on joined texts."""
+    run, _ = exported
+    data = run.data()
+
+    def with_pairs(rows: list[Example]) -> list[Example]:
+        return [replace(row, text_pair=" ".join(FILLER[: index % 6 + 1])) for index, row in enumerate(rows)]
+
+    monkeypatch.setattr(run, "data", lambda: replace(data, dev=with_pairs(data.dev), test=with_pairs(data.test)))
+    paired = {}  # model name -> per ONNX batch (parity, then test accuracy): every row a pair?
+    real_run = OnnxPredictor.run
+
+    def run_onnx(self, inputs):
+        segments = inputs.get("token_type_ids", np.zeros_like(inputs["input_ids"]))
+        paired.setdefault(self.name, []).append(bool((segments == 1).any(axis=1).all()))
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(OnnxPredictor, "run", run_onnx)
+    summary = export_models(run, tmp_path, "none")
+    assert [entry["parity_rows"] for entry in summary["models"]] == [25, 25, 25]
+    assert all(paired["teacher"]) and all(paired["student"]) and not any(paired["bow"])
+
+
+def test_nan_int8_logits_are_refused(exported, monkeypatch):
+    run, _ = exported
+    monkeypatch.setattr(OnnxPredictor, "run", lambda self, inputs: np.full((len(inputs["input_ids"]), 3), np.nan))
+    predictor = OnnxPredictor(run.dir / "onnx" / "bow.int8.json")
+    with pytest.raises(UserError, match="NaN or inf on 36 of 36 texts .*--quantize none"):
+        onnx_predictions(predictor, run.data().test)
 
 
 def test_cli_export_of_a_teacher_only_run_without_int8(exported, tmp_path):

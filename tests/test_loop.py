@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from distill.errors import TrainingError, UserError
 from distill.train.checkpoint import checkpoint_path
@@ -119,6 +120,7 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_parameters(tmp_path: P
         run_with_projection(tmp_path / "run", cfg, crash_at_call=22)
     saved = torch.load(checkpoint_path(tmp_path / "run") / "state.pt", weights_only=True)
     assert (saved["progress"]["global_step"], saved["progress"]["batches_done"]) == (4, 2)
+    assert saved["ema"]["num_updates"] == 4  # the EMA warm-up resumes at update 5
     model, projection, result = run_with_projection(tmp_path / "run", cfg)
 
     assert reference_result.global_steps == result.global_steps == 9
@@ -168,6 +170,58 @@ def test_gradient_accumulation_matches_one_larger_batch(tmp_path: Path) -> None:
     untouched = nn.Linear(5, 1)
     assert not torch.allclose(accumulated.weight, untouched.weight)  # it did train
     assert_same_parameters(accumulated, large_batch)
+
+
+def first_step_gradients(
+    tmp_path: Path, max_grad_norm: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Train a linear regression for one step on the whole data set as one batch.
+
+    Returns the gradients computed independently and those the optimiser stepped with.
+    """
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(16, 5, generator=generator)  # (n, features)
+    targets = inputs @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1  # (n,)
+    data = list(zip(inputs, targets))
+
+    def regression_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        features, target = batch
+        return F.mse_loss(model(features).squeeze(-1), target), {}
+
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    untrained = nn.Linear(5, 1)
+    untrained.load_state_dict(model.state_dict())
+    regression_loss(untrained, [inputs, targets])[0].backward()
+    stepped: list[list[torch.Tensor]] = []
+
+    def record(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        stepped.append([p.grad.clone() for p in model.parameters()])
+
+    cfg = TrainConfig(max_steps=1, lr=0.05, batch_size=len(data), max_grad_norm=max_grad_norm)
+    collate_pairs = lambda items: [torch.stack(column) for column in zip(*items)]  # noqa: E731
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(model, regression_loss, data, cfg, collate=collate_pairs, work_dir=tmp_path)
+    finally:
+        handle.remove()
+    return [p.grad for p in untrained.parameters()], stepped[0]
+
+
+def test_max_grad_norm_zero_leaves_the_gradients_unclipped(tmp_path: Path) -> None:
+    independent, stepped = first_step_gradients(tmp_path, max_grad_norm=0)
+    assert nn.utils.get_total_norm(independent) > 1  # the default clipping at 1 would show
+    for grad, full in zip(stepped, independent, strict=True):
+        assert torch.allclose(grad, full, atol=1e-6)
+
+
+def test_positive_max_grad_norm_clips_the_total_norm_to_it(tmp_path: Path) -> None:
+    independent, stepped = first_step_gradients(tmp_path, max_grad_norm=0.5)
+    norm = nn.utils.get_total_norm(independent)
+    assert norm > 0.5
+    assert nn.utils.get_total_norm(stepped).item() == pytest.approx(0.5, rel=1e-5)
+    for grad, full in zip(stepped, independent, strict=True):
+        assert torch.allclose(grad, full * 0.5 / norm, atol=1e-6)
 
 
 def test_early_stopping_stops_after_patience_evaluations_and_keeps_the_best(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from distill.errors import UserError
 from distill.losses import (
@@ -22,6 +21,7 @@ from distill.losses import (
     soft_label_loss_from_probs,
 )
 from distill.models.features import FeatureExtractor, Features
+from tiny_models import tiny_eager_bert
 
 BATCH, SEQ = 3, 5
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])  # (batch, seq)
@@ -110,7 +110,8 @@ def test_relation_heads_must_divide_both_widths():
     assert "divisor of 4" in str(error.value)
 
 
-def test_relation_loss_averages_the_listed_relations_at_the_chosen_layers():
+def test_relation_loss_sums_the_listed_relations_at_the_chosen_layers():
+    # MiniLM and MiniLMv2 add their relation KLs; a mean would halve this two-relation loss.
     teacher = random_features(32, layers=3, seed=0)
     student = random_features(16, layers=2, seed=100)
     loss = relation_loss(teacher, student, -1, 0, ("qk", "vv"), num_heads=4)
@@ -118,7 +119,19 @@ def test_relation_loss_averages_the_listed_relations_at_the_chosen_layers():
     s_q, s_k, s_v = student.queries[0], student.keys[0], student.values[0]
     attention = loop_relation_kl(t_q, t_k, s_q, s_k, MASK, heads=4)
     values = loop_relation_kl(t_v, t_v, s_v, s_v, MASK, heads=4)
-    assert loss.item() == pytest.approx((attention + values) / 2, rel=1e-5)
+    assert loss.item() == pytest.approx(attention + values, rel=1e-5)
+
+
+def test_relation_loss_under_bf16_autocast_equals_float32():
+    # Autocast would run the relation matmul in bf16 (about 0.1% off here); it must stay float32.
+    teacher = random_features(32, layers=1, seed=0)
+    student = random_features(16, layers=1, seed=100)
+    expected = relation_loss(teacher, student, -1, -1, ("qq", "qk", "vv"), num_heads=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = relation_loss(teacher, student, -1, -1, ("qq", "qk", "vv"), num_heads=4)
+        logits = relation_logits(teacher.queries[0].bfloat16(), teacher.keys[0].bfloat16(), num_heads=4)
+    assert loss.dtype == logits.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_relation_loss_rejects_unknown_relations_and_layers():
@@ -128,19 +141,6 @@ def test_relation_loss_rejects_unknown_relations_and_layers():
             relation_loss(teacher, student, -1, -1, relations, num_heads=4)
     with pytest.raises(UserError, match="student layer 2 is out of range for a student with 2"):
         relation_loss(teacher, student, -1, 2, ("vv",), num_heads=4)
-
-
-def tiny_eager_bert(seed: int, width: int) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=width,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        attn_implementation="eager",  # so output_attentions returns the real maps
-    )
-    return BertForSequenceClassification(config).eval()
 
 
 def test_attention_kl_equals_kl_of_the_models_attention_maps():

@@ -1,11 +1,18 @@
 """`distill run` on a tiny CSV recipe that only prepares the data: files, resume, --fresh, --out."""
 
 import json
+import re
+import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 
+import distill
+from distill import provenance
 from distill.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
 
 TASK = '[task]\ndataset = "tiny.csv"\n'
 
@@ -55,6 +62,44 @@ def test_run_writes_the_prepared_data_and_the_run_files(workdir, make_recipe, di
     assert {"config_hash", "seconds", "finished"} <= set(done)
     assert log_lines(run_dir, "[prepare] starting") and log_lines(run_dir, "[prepare] done in")
     assert sorted(path.name for path in run_dir.iterdir()) == ["data", "done", "recipe.toml", "run.log"]
+
+
+def test_done_marker_records_the_code_and_the_resolved_recipe(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    code, _, err = distill_main("run", recipe.name, "--set", "run.seed=9")
+    assert code == 0, err
+    run_dir = workdir / "runs" / "tiny"
+    made = done_record(run_dir)["provenance"]
+    resolved = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    assert made == {**provenance.code(), "recipe": resolved} and made["recipe"]["run"]["seed"] == 9
+    assert made["package_version"] == distill.__version__
+    if (REPO / ".git").exists():  # a git checkout, not an installed copy
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+        assert made["git_commit"] == git("rev-parse", "HEAD") and re.fullmatch("[0-9a-f]{40}", made["git_commit"])
+        assert made["code_tree"] == git("rev-parse", "HEAD:distill") and isinstance(made["git_dirty"], bool)
+
+
+def test_reusing_a_stage_made_by_other_code_warns_once_naming_both_commits(workdir, make_recipe, distill_main):
+    recipe = make_recipe(TASK)
+    assert distill_main("run", recipe.name)[0] == 0
+    run_dir = workdir / "runs" / "tiny"
+    code, _, err = distill_main("run", recipe.name)
+    assert code == 0 and "WARNING" not in err  # the same code: reused quietly
+    marker = done_record(run_dir)
+    marker["provenance"].update(git_commit="f" * 40, code_tree="e" * 40)
+    (run_dir / "done" / "prepare.json").write_text(json.dumps(marker), encoding="utf-8")
+    code, _, err = distill_main("run", recipe.name)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    now = provenance.code()["git_commit"] or "unknown"
+    assert len(warnings) == 1 and "[prepare]" in warnings[0] and "f" * 40 in warnings[0] and now in warnings[0]
+    assert "--fresh" in warnings[0] and "[prepare] done already, skipped" in err  # still reused
+    assert len(log_lines(run_dir, "WARNING: [prepare]")) == 1
+    code, _, err = distill_main("run", recipe.name, "--fresh")
+    assert code == 0 and "WARNING" not in err
+    assert done_record(run_dir)["provenance"]["git_commit"] == provenance.code()["git_commit"]
 
 
 def test_second_run_skips_prepare(workdir, make_recipe, distill_main):

@@ -87,9 +87,29 @@ def test_unknown_capitalised_key_is_named(data, dotted):
         ({"stages": {"finetune": {"lr": "fast"}}}, "stages.finetune.lr", "'fast'", "number"),
         ({"stages": {"finetune": {"enabled": "no"}}}, "stages.finetune.enabled", "'no'", "boolean"),
         ({"report": {"batch_sizes": [1, "x"]}}, "report.batch_sizes.1", "'x'", "integer"),
+        ({"report": {"batch_sizes": [8, 32]}}, "report.batch_sizes", "[8, 32]", "include 1"),
+        ({"report": {"batch_sizes": [1, 0]}}, "report.batch_sizes", "[1, 0]", "must be positive"),
         ({"task": {"split": [0.5, 0.5]}}, "task.split", "[0.5, 0.5]", "three positive fractions"),
         ({"run": {"device": "tpu"}}, "run.device", "'tpu'", "auto, cpu, cuda"),
         ({"task": {"max_length": 4}}, "task.max_length", "4", "greater than or equal to 8"),
+        (
+            {"stages": {"data_distill": {"augment": {"n_sampling_span": [3, 2]}}}},
+            "stages.data_distill.augment.n_sampling_span",
+            "[3, 2]",
+            "1 <= min <= max",
+        ),
+        (
+            {"stages": {"data_distill": {"augment": {"n_sampling_span": [0, 5]}}}},
+            "stages.data_distill.augment.n_sampling_span",
+            "[0, 5]",
+            "1 <= min <= max",
+        ),
+        (
+            {"stages": {"data_distill": {"augment": {"pos_swap_sampling": "zipf"}}}},
+            "stages.data_distill.augment.pos_swap_sampling",
+            "'zipf'",
+            "'frequency' or 'uniform'",
+        ),
     ],
 )
 def test_wrong_value_names_key_value_and_expectation(data, key, value, expectation):
@@ -100,6 +120,31 @@ def test_wrong_value_names_key_value_and_expectation(data, key, value, expectati
 
 def test_ints_are_accepted_where_floats_are_expected():
     assert parse_recipe({"stages": {"finetune": {"epochs": 2}}}).stages.finetune.epochs == 2.0
+
+
+@pytest.mark.parametrize("name", TRAINING_STAGES)
+def test_max_grad_norm_zero_is_accepted_and_reaches_the_loop_as_no_clipping(name):
+    from distill.stages.common import train_config
+
+    section = getattr(parse_recipe({"stages": {name: {"max_grad_norm": 0}}}).stages, name)
+    assert train_config(section, seed=1).max_grad_norm == 0  # the loop clips only when > 0
+    assert "greater than or equal to 0" in error_of({"stages": {name: {"max_grad_norm": -1.0}}})
+
+
+def test_augment_sampling_keys_default_to_tang_et_al_and_change_the_data_distill_hash():
+    from distill.pipeline import stage_hashes
+
+    def recipe(**augment):
+        return parse_recipe({"task": {"dataset": "tiny.csv"}, "stages": {"data_distill": {"augment": augment}}})
+
+    augment = recipe().stages.data_distill.augment
+    assert augment.n_sampling_span == [1, 5] and augment.pos_swap_sampling == "frequency"
+    # the augmented-texts cache key and the stage hash both hash the table's model_dump
+    assert {"n_sampling_span", "pos_swap_sampling"} <= set(augment.model_dump(mode="json"))
+    base = stage_hashes(recipe())["data_distill"]
+    assert stage_hashes(recipe(n_sampling_span=[1, 3]))["data_distill"] != base
+    assert stage_hashes(recipe(pos_swap_sampling="uniform"))["data_distill"] != base
+    assert stage_hashes(recipe(n_sampling_span=[1, 5], pos_swap_sampling="frequency"))["data_distill"] == base
 
 
 # --------------------------------------------------------------------------- loading and paths

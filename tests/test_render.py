@@ -9,6 +9,7 @@ import pytest
 
 from distill.report.render import render_html, render_markdown, render_terminal, write_report
 from distill.report.schema import validate_report
+from distill.report.stats import HIERARCHICAL_BOOTSTRAP
 
 
 def _latency(bs1: float) -> dict:
@@ -44,6 +45,10 @@ def report() -> dict:
         },
         "students": [student, _student("cnn", "cnn", 0.74, 0.888, 45.6)],
         "baseline": {"name": "tfidf-logreg", "accuracy": 0.7, "macro_f1": 0.68},
+        "provenance": {
+            "package_version": "0.1.0", "git_commit": "0" * 40, "git_dirty": False, "code_tree": "1" * 40,
+            "recipe": {"run": {"seed": 42}},
+        },
     }
 
 
@@ -61,6 +66,8 @@ def test_schema_accepts_a_valid_report(report):
         (lambda r: r["teacher"].update(accuracy=81.0), "report.teacher.accuracy"),
         (lambda r: r["teacher"].update(params=True), "report.teacher.params"),
         (lambda r: r["students"][1].update(speedup=float("nan")), "report.students[1].speedup"),
+        (lambda r: r.pop("provenance"), "report.provenance"),
+        (lambda r: r["provenance"].update(git_dirty="yes"), "report.provenance.git_dirty"),
     ],
 )
 def test_schema_rejects_a_broken_report_naming_the_path(report, mutate, message):
@@ -116,12 +123,25 @@ def test_figures_over_seeds_validate_and_render_with_the_pooled_twin_verdict(rep
     report["students"][0]["over_seeds"] = {
         "seeds": [1, 2, 3], "accuracy_mean": 0.8, "accuracy_std": 0.004, "macro_f1_mean": 0.77, "macro_f1_std": 0.005,
         "agreement_mean": 0.9, "agreement_std": 0.01,
-        "vs_gold_twin": {"pooled": {"diff": 0.01, "low": 0.002, "high": 0.018, "significant": True}, "per_seed": per_seed},
+        "vs_gold_twin": {
+            "pooled": {"diff": 0.01, "low": 0.002, "high": 0.018, "interval": HIERARCHICAL_BOOTSTRAP, "significant": True},
+            "per_seed": per_seed,
+        },
     }  # fmt: skip
     validate_report(report)
     markdown = render_markdown(report)
     assert "student over seeds 1, 2, 3 (torch): accuracy 0.8000 ± 0.0040, macro-F1 0.7700 ± 0.0050" in markdown
-    assert "vs its gold-only twin +1.00 points (pooled bootstrap interval +0.20 to +1.80); significant" in markdown
+    assert (
+        "vs its gold-only twin +1.00 points (hierarchical bootstrap over seeds and examples: +0.20 to +1.80); significant"
+        in markdown
+    )
+    report["students"][0]["over_seeds"]["vs_gold_twin"]["pooled"]["interval"] = "pooled bootstrap interval"
+    with pytest.raises(ValueError, match="pooled.interval"):
+        validate_report(report)
+    report["students"][0]["over_seeds"]["vs_gold_twin"]["pooled"].pop("interval")
+    with pytest.raises(ValueError, match="pooled.interval"):
+        validate_report(report)
+    report["students"][0]["over_seeds"]["vs_gold_twin"]["pooled"]["interval"] = HIERARCHICAL_BOOTSTRAP
     report["students"][0]["over_seeds"]["accuracy_std"] = -1
     with pytest.raises(ValueError, match="over_seeds"):
         validate_report(report)

@@ -8,14 +8,17 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 from click.testing import CliRunner
 from test_export_stage import build_tiny_run
 
+from distill import provenance
 from distill.cli import cli
 from distill.data.tokenize import TextEncoder
 from distill.errors import UserError
@@ -23,7 +26,6 @@ from distill.models.teacher import label_names, load_classifier
 from distill.pipeline import Run
 from distill.recipe import load_recipe
 from distill.report.schema import validate_report
-from distill.stages.report import timing_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,6 +62,14 @@ def test_report_validates_and_has_one_entry_per_student(reported):
         assert (run.dir / entry["onnx_int8"]).is_file()
         assert entry["size_mb"] == (run.dir / entry["onnx"]).stat().st_size / 2**20
     assert 0 <= report["baseline"]["accuracy"] <= 1
+
+
+def test_report_and_every_done_marker_carry_the_code_and_the_resolved_recipe(reported):
+    _, run, report = reported
+    resolved = tomllib.loads((run.dir / "recipe.toml").read_text(encoding="utf-8"))
+    assert report["provenance"] == {**provenance.code(), "recipe": resolved}
+    for path in run.dir.glob("done/*.json"):
+        assert json.loads(path.read_text(encoding="utf-8"))["provenance"] == report["provenance"], path.name
 
 
 def test_ratios_are_computed_from_the_recorded_figures(reported):
@@ -133,14 +143,6 @@ def test_cli_report_adds_the_gold_twin_comparison(reported):
     assert "vs_gold_twin" not in rewritten["students"][1]
 
 
-def test_batch_sizes_without_one_are_a_user_error(reported):
-    recipe, _, _ = reported
-    run = Run(load_recipe(recipe))
-    run.recipe.report.batch_sizes = [8, 32]
-    with pytest.raises(UserError, match="include 1"):
-        timing_settings(run)
-
-
 def test_bench_tool_records_stages_memory_and_figures(reported, tmp_path):
     recipe, run, report = reported
     readme = tmp_path / "README.md"
@@ -190,10 +192,52 @@ def _bench_run(recipe: str, accuracy: float, **extra) -> dict:
     }
 
 
-def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_path):
+def load_bench_tool():
     spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "bench.py")
     bench_tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_tool)
+    return bench_tool
+
+
+def test_bench_refuses_a_run_whose_stages_come_from_different_code_unless_allowed(reported, tmp_path):
+    recipe, run, _ = reported
+    copied = tomllib.loads(recipe.read_text(encoding="utf-8"))
+    copied["run"]["out_dir"] = str(tmp_path / "runs")  # a copy of the run, every stage done
+    (tmp_path / "tiny.toml").write_text(tomli_w.dumps(copied), encoding="utf-8")
+    run_dir = tmp_path / "runs" / "tiny"
+    shutil.copytree(run.dir, run_dir)
+    marker = json.loads((run_dir / "done" / "prepare.json").read_text(encoding="utf-8"))
+    marker["provenance"].update(git_commit="0123456789ab" + "0" * 28, code_tree="1" * 40)  # made by other code
+    (run_dir / "done" / "prepare.json").write_text(json.dumps(marker), encoding="utf-8")
+    out, readme = tmp_path / "bench.json", tmp_path / "README.md"
+    command = [sys.executable, str(REPO / "tools" / "bench.py"), str(tmp_path / "tiny.toml"), "--out", str(out)]
+
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and not out.exists()
+    assert "WARNING: [prepare] reuses the output of commit 0123456789ab" in refused.stderr  # from `distill run`
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "different code" in line and "prepare 0123456789ab" in line and "--allow-mixed-code" in line
+
+    allowed = subprocess.run([*command, "--allow-mixed-code", "--readme", str(readme)], capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0, allowed.stderr
+    (entry,) = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    now = provenance.code()["git_commit"]
+    assert entry["mixed_code"] == {"export": now, "prepare": marker["provenance"]["git_commit"], "report": now}
+    assert entry["provenance"] == json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["provenance"]
+    rows = [line for line in readme.read_text(encoding="utf-8").splitlines() if line.startswith("| tiny.toml")]
+    assert rows and all(row.startswith("| tiny.toml **⚠ MIXED CODE** |") for row in rows)
+    assert "**⚠ MIXED CODE**: the row's stages were made by different commits" in readme.read_text(encoding="utf-8")
+
+
+def test_mixed_code_counts_a_marker_without_provenance_as_other_code():
+    mixed_code = load_bench_tool().mixed_code
+    same = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c"}}
+    assert mixed_code({"prepare": same, "report": same}) is None
+    assert mixed_code({"prepare": {"seconds": 1.0}, "report": same}) == {"prepare": None, "report": "c"}
+
+
+def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_path):
+    bench_tool = load_bench_tool()
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"created": "2026-01-02T03:04:05+00:00", "runs": [_bench_run("a.toml", 0.5), _bench_run("b.toml", 0.6)]}))
     earlier = bench_tool.load_runs(old)

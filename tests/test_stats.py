@@ -6,8 +6,12 @@ from math import comb
 
 import numpy as np
 import pytest
+from scipy import stats
 
+from distill.data.datasets import Example
 from distill.report.stats import (
+    EXAMPLE_BOOTSTRAP,
+    HIERARCHICAL_BOOTSTRAP,
     agreement,
     mcnemar_exact,
     mean_std,
@@ -16,6 +20,7 @@ from distill.report.stats import (
     pooled_paired_bootstrap,
     significant,
 )
+from distill.seeds import SeedRun, versus
 
 
 def test_bootstrap_of_identical_vectors_is_exactly_zero():
@@ -80,16 +85,68 @@ def test_pooled_bootstrap_of_one_run_is_the_paired_bootstrap():
     assert pooled_paired_bootstrap([a], [b], seed=2) == paired_bootstrap(a, b, seed=2)
 
 
-def test_pooled_bootstrap_averages_the_seeds_difference_and_its_interval_contains_it():
+def test_pooled_bootstrap_averages_the_seeds_difference_and_counts_a_seed_without_gain():
     # three seeds on 400 examples: a beats b by 0.10, 0.05 and 0.00 -> mean 0.05
     a_runs = [[True] * 400] * 3
     b_runs = [[True] * 360 + [False] * 40, [True] * 380 + [False] * 20, [True] * 400]
     diff, low, high = pooled_paired_bootstrap(a_runs, b_runs, resamples=2000, seed=1)
     assert diff == pytest.approx((0.10 + 0.05 + 0.0) / 3)
-    assert 0.0 < low < diff < high
-    # per-example differences averaged over seeds: examples 380-399 are 2/3, 360-379 are 1/3, the rest 0
-    values = np.array([2 / 3] * 20 + [1 / 3] * 20 + [0.0] * 360)
-    assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(400), rel=0.15)
+    # 1/27 of the replicates draw the third seed three times and score exactly 0, more than the
+    # 2.5% below the interval, so the interval reaches 0: the gain is not clear over seeds
+    assert low == 0.0 and low < diff < high
+
+
+def test_hierarchical_interval_is_wider_when_seeds_disagree_and_follows_the_binomial_over_seeds():
+    # five seeds on 200 examples: a beats b on every example at seeds 1 and 2, ties at the rest
+    a_runs = [[True] * 200] * 5
+    b_runs = [[False] * 200] * 2 + [[True] * 200] * 3
+    diff, low, high = pooled_paired_bootstrap(a_runs, b_runs, resamples=2000, seed=3)
+    assert diff == pytest.approx(0.4) and low < diff < high
+    # over examples alone, the seed-averaged difference is 0.4 on every example: a zero-width interval
+    per_example = np.full(200, 0.4)
+    example_only = stats.bootstrap((per_example,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(3))
+    assert example_only.confidence_interval.high - example_only.confidence_interval.low == pytest.approx(0.0)
+    # every example of a seed is alike, so a replicate is the share of winning seeds among five
+    # drawn with replacement: Binomial(5, 0.4) / 5, whose 2.5% and 97.5% quantiles are 0 and 4/5
+    assert (low, high) == pytest.approx(tuple(stats.binom.ppf([0.025, 0.975], 5, 0.4) / 5))
+    assert high - low == pytest.approx(0.8)
+
+
+def _slow_hierarchical_bootstrap(differences: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    """The hierarchical bootstrap with explicit loops, on the same draws, to check the vectorised one."""
+    seeds, examples = differences.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))
+    example_draws = rng.integers(0, examples, size=(resamples, examples))
+    replicates = []
+    for replicate in range(resamples):
+        total = 0.0
+        for drawn_seed in seed_draws[replicate]:
+            for drawn_example in example_draws[replicate]:
+                total += differences[drawn_seed, drawn_example]
+        replicates.append(total / (seeds * examples))
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def test_hierarchical_bootstrap_matches_a_slow_reference_on_the_same_draws():
+    rng = np.random.default_rng(11)
+    a_runs = [rng.random(60) < p for p in (0.9, 0.7, 0.8)]
+    b_runs = [rng.random(60) < 0.75 for _ in range(3)]
+    diff, low, high = pooled_paired_bootstrap(a_runs, b_runs, resamples=300, seed=4)
+    differences = np.array(a_runs, dtype=float) - np.array(b_runs, dtype=float)
+    assert diff == pytest.approx(differences.mean())
+    assert (low, high) == pytest.approx(_slow_hierarchical_bootstrap(differences, 300, 4), abs=1e-12)
+
+
+def test_the_seed_comparison_names_its_interval():
+    test = [Example(f"text {index}", "pos" if index % 3 else "neg") for index in range(30)]
+    runs = [SeedRun({"seed": seed}, ["pos"] * 30) for seed in (1, 2)]
+    reference = [SeedRun({"seed": seed}, ["neg"] * 30) for seed in (1, 2)]
+    assert versus(runs[:1], reference[:1], test, seed=0)["pooled"]["interval"] == EXAMPLE_BOOTSTRAP
+    assert versus(runs, reference, test, seed=0)["pooled"]["interval"] == HIERARCHICAL_BOOTSTRAP
+    assert EXAMPLE_BOOTSTRAP == "paired bootstrap over examples"
+    assert HIERARCHICAL_BOOTSTRAP == "hierarchical bootstrap over seeds and examples"
 
 
 def test_pooled_bootstrap_rejects_unpaired_runs():

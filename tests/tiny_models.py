@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "ok", "film", "book", "plot", "the", "a", "was", "very", "not"]
@@ -30,6 +30,24 @@ def tiny_teacher_dir(path: Path, *, dropout: float = 0.0, layers: int = 2, seed:
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(path)
     return path
+
+
+def tiny_eager_bert(seed: int, width: int, heads: int = 4) -> BertForSequenceClassification:
+    """A random 2-layer BERT classifier in eval mode, with eager attention so that
+    `output_attentions=True` returns the attention maps it really uses."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=37,
+        initializer_range=0.5,  # peaked attention, far from uniform
+        attn_implementation="eager",
+    )
+    return BertForSequenceClassification(config).eval()
 
 
 def tiny_sentiment_rows(count: int = 96) -> list[dict[str, str]]:

@@ -11,9 +11,10 @@ variant does not name are off. Writes ablation.json and ablation.md: test accura
 agreement with the teacher and minutes of the variant's stages (mean ± std over seeds), and
 each model's accuracy difference to the same student trained on gold labels only (`gold_only`
 for the transformer, `data_gold` for the word-level students): per seed with a paired
-bootstrap interval and an exact McNemar p-value, and pooled over seeds with its interval; a
-gain is called significant only when the interval excludes zero. `--set KEY=VALUE` runs the
-recipe at other settings (shared stages must still match the base run); the table names them.
+bootstrap interval and an exact McNemar p-value, and pooled over seeds with a bootstrap
+interval over seeds and test texts (its `interval` names it); a gain is called significant
+only when the interval excludes zero. `--set KEY=VALUE` runs the recipe at other settings
+(shared stages must still match the base run); the table names them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import click
 
+from distill import provenance
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import Run
@@ -143,9 +145,10 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) ->
     if compared:
         lines += [
             "",
-            "Δ accuracy: against the same student trained on gold labels only, a paired bootstrap over test "
-            "texts of the seed-averaged per-text difference (1,000 resamples); significant only when the "
-            "interval excludes 0. Per seed, against that seed's gold-only run:",
+            "Δ accuracy: against the same student trained on gold labels only, the mean difference over "
+            f"seeds with its 95% interval from a {compared[0]['vs_reference']['pooled']['interval']} "
+            "(1,000 resamples); significant only when the interval excludes 0. Per seed, against that "
+            "seed's gold-only run, with a paired bootstrap over examples:",
             "",
             "| variant | versus | seed | Δ accuracy (points) | 95% CI | exact McNemar p |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -198,7 +201,10 @@ def ablate(
             comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed)
             row["vs_reference"] = {"reference": reference, **comparison}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result = {"recipe": recipe_path.name, "overrides": list(overrides), "created": created, "base_run": str(base.dir), "seeds": seeds, "variants": rows}
+    result = {
+        "recipe": recipe_path.name, "overrides": list(overrides), "created": created, "base_run": str(base.dir),
+        "seeds": seeds, "variants": rows, "provenance": provenance.record(base.recipe),  # overrides applied
+    }
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     settings = f" with {', '.join(f'`{assignment}`' for assignment in overrides)}" if overrides else ""
     source = f"`{recipe_path.name}`{settings} (measured {created[:10]} by `tools/ablate.py`)"

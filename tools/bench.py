@@ -13,6 +13,11 @@ runs of earlier bench files to those tables (a recipe measured now replaces its 
 so recipes measured on different days share one README section, each with its own date. Each
 run records the machine's load average before and after it: a benchmark that shared the cores
 with other work says so.
+
+A row's figures must come from one version of the code: when the run's done markers name more
+than one code tree (stages reused from a run made by other code), the bench refuses the row;
+`--allow-mixed-code` records it instead, with `mixed_code` (stage -> commit) in the JSON and a
+loud mark in the README tables.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from distill.report.sections import update_section
 SECTION = "results"  # the README section this tool regenerates
 _MODEL_KEYS = ("accuracy", "macro_f1", "size_mb", "latency_ms", "throughput_per_s")
 _STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
+MIXED_MARK = "⚠ MIXED CODE"
 
 
-def run_recipe(recipe_path: Path) -> dict[str, Any]:
+def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, Any]:
     """Run one recipe in a child process; return its timings, peak memory and report figures."""
     run_dir = Run(load_recipe(recipe_path)).dir
     markers_before = _done_markers(run_dir)
@@ -51,11 +57,18 @@ def run_recipe(recipe_path: Path) -> dict[str, Any]:
     if code != 0:
         raise UserError(f"`distill run` exited with code {code}", str(recipe_path), f"see {run_dir / 'run.log'}")
     markers = _done_markers(run_dir)
+    mixed = mixed_code(markers)
+    if mixed and not allow_mixed_code:
+        raise UserError(
+            f"the run's stages come from different code ({_commits(mixed)})",
+            str(run_dir),
+            "remake them with `distill run RECIPE --fresh`, or pass --allow-mixed-code to record the mix",
+        )
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         raise UserError("the run wrote no report.json", str(recipe_path), "enable the [report] stage in the recipe")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    return {
+    row = {
         "recipe": str(recipe_path),
         "run_dir": str(run_dir),
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -69,7 +82,33 @@ def run_recipe(recipe_path: Path) -> dict[str, Any]:
         "hardware": report["hardware"],
         "teacher": {key: report["teacher"][key] for key in _MODEL_KEYS},
         "students": [{key: student[key] for key in _STUDENT_KEYS} for student in report["students"]],
+        "provenance": report.get("provenance"),  # the code and recipe that measured the figures
     }
+    if mixed:
+        row["mixed_code"] = mixed
+    return row
+
+
+def mixed_code(markers: dict[str, dict[str, Any]]) -> dict[str, str | None] | None:
+    """Stage -> the commit that made it, when the stages come from more than one code tree; else None.
+
+    A marker without provenance (written before distill recorded it) counts as code of its own, and
+    so does a stage made by uncommitted package code: no commit names what ran.
+    """
+    made_by = {name: marker.get("provenance") or {} for name, marker in markers.items()}
+    trees = {(made.get("code_tree"), name if made.get("git_dirty") else None) for name, made in made_by.items()}
+    if len(trees) <= 1:
+        return None
+    return {
+        name: f"{made['git_commit']}{'+uncommitted' if made.get('git_dirty') else ''}" if made.get("git_commit") else None
+        for name, made in made_by.items()
+    }
+
+
+def _commits(mixed: dict[str, str | None]) -> str:
+    """`prepare 1a2b3c4d5e6f, report unknown`: each stage with its short commit."""
+    # commit[40:] keeps a "+uncommitted" mark after the 40-digit id
+    return ", ".join(f"{stage} {commit[:12] + commit[40:] if commit else 'unknown'}" for stage, commit in mixed.items())
 
 
 def _done_markers(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -107,6 +146,10 @@ def _load_cell(run: dict[str, Any]) -> str:
 def results_section(runs: list[dict[str, Any]]) -> str:
     """The marked README section: run cost per recipe, then one row per model."""
     cpus = sorted({run["hardware"]["cpu"] for run in runs})
+
+    def recipe_cell(run: dict[str, Any]) -> str:
+        return f"{Path(run['recipe']).name}{f' **{MIXED_MARK}**' if run.get('mixed_code') else ''}"
+
     lines = [
         f"Measured by `tools/bench.py`, CPU: {', '.join(cpus)}.",
         "",
@@ -119,7 +162,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
             f"{name} {seconds:.1f}{'*' if name in reused else ''}" for name, seconds in run["stages"].items()
         )
         lines.append(
-            f"| {Path(run['recipe']).name} | {run['measured'][:10]} | {run['hardware']['threads']} | {_load_cell(run)} "
+            f"| {recipe_cell(run)} | {run['measured'][:10]} | {run['hardware']['threads']} | {_load_cell(run)} "
             f"| {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {stages} |"
         )
     lines += [
@@ -128,7 +171,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        name = Path(run["recipe"]).name
+        name = recipe_cell(run)
         teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0}
         for model in (teacher, *run["students"]):
             lines.append(
@@ -144,6 +187,13 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
     ]
+    mixed = "; ".join(f"{Path(run['recipe']).name}: {_commits(run['mixed_code'])}" for run in runs if run.get("mixed_code"))
+    if mixed:
+        lines += [
+            "",
+            f"**{MIXED_MARK}**: the row's stages were made by different commits, so its figures do not come from "
+            f"one version of the code ({mixed}).",
+        ]
     return "\n".join(lines)
 
 
@@ -157,7 +207,9 @@ def results_section(runs: list[dict[str, Any]]) -> str:
               help="A README whose marked results section is regenerated.")
 @click.option("--with", "earlier", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="An earlier bench JSON whose runs join the README tables (repeatable).")
-def main(recipes: tuple[Path, ...], out: Path, readme: Path | None, earlier: tuple[Path, ...]) -> None:
+@click.option("--allow-mixed-code", is_flag=True,
+              help="Record a run whose stages were made by different code (marked) instead of refusing it.")
+def main(recipes: tuple[Path, ...], out: Path, readme: Path | None, earlier: tuple[Path, ...], allow_mixed_code: bool) -> None:
     """Run each RECIPE end to end and record stage times, peak memory and report figures."""
     if not recipes and not (earlier and readme):
         click.echo("error: nothing to do; give recipes to run, or --with bench files and --readme", err=True)
@@ -165,7 +217,7 @@ def main(recipes: tuple[Path, ...], out: Path, readme: Path | None, earlier: tup
     try:
         earlier_runs = [run for path in earlier for run in load_runs(path)]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        bench = {"created": created, "runs": [run_recipe(path) for path in recipes]}
+        bench = {"created": created, "runs": [run_recipe(path, allow_mixed_code) for path in recipes]}
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)

@@ -5,7 +5,10 @@ so the augmented texts must stay close to the task's language while covering mor
 Per new text, each word independently becomes the teacher's unknown token (probability
 `unk`) or a random training word of the same part of speech (probability `pos_swap`), at
 most one of the two; then, with probability `n_sampling`, only a random contiguous span of
-random length is kept.
+n words is kept, n uniform in a small range. Both follow Tang et al. 2019 ("Distilling
+task-specific knowledge from BERT into simple neural networks", section 3.3), whose
+augmentation ERNIE's data distillation reuses: the new word is drawn from the training
+texts' unigram distribution within the tag, and n is uniform in {1, ..., 5}.
 
 Everything draws from a `random.Random` passed in, never the global state, so a seed gives
 the same texts on every machine. nlpaug's word augmenters do not fit these semantics: they
@@ -18,10 +21,12 @@ they join words with spaces, which breaks unspaced Chinese. Hence the few lines 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import random
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -31,22 +36,45 @@ from distill.errors import UserError
 # Inputs with at least this many texts get a progress bar (on a terminal).
 _PROGRESS_MIN_TEXTS = 1000
 
+# How POS swap draws the new word among the others of its tag: by its count in the training
+# texts (Tang et al. 2019), or uniformly over the distinct words.
+SwapSampling = Literal["frequency", "uniform"]
+
 
 def unk_noise(words: Sequence[str], p: float, rng: random.Random, unk_token: str) -> list[str]:
     """Each word independently becomes `unk_token` with probability `p`."""
     return [unk_token if rng.random() < p else word for word in words]
 
 
-def n_sample(words: Sequence[str], rng: random.Random, min_len: int = 1) -> list[str]:
-    """A contiguous span of `words` whose length is uniform in [min_len, len(words)].
+# n-sampling's span lengths, min..max words: Tang et al. 2019 draw n uniformly from
+# {1, ..., 5}. PaddleNLP's ERNIE-to-BiLSTM distillation example also keeps short spans
+# (ngram_range=(2, 6), clamped to the text), where ERNIE Slim's README describes 0..len.
+N_SAMPLING_SPAN = (1, 5)
 
-    Texts shorter than `min_len` come back whole.
+
+def check_span(span: Sequence[int]) -> tuple[int, int]:
+    """`span` as (min, max) words; a UserError unless 1 <= min <= max."""
+    if len(span) != 2 or not 1 <= span[0] <= span[1]:
+        raise UserError(
+            f"n_sampling_span must be [min, max] with 1 <= min <= max, got {list(span)}",
+            "stages.data_distill.augment.n_sampling_span",
+            "e.g. [1, 5]",
+        )
+    return span[0], span[1]
+
+
+def n_sample(words: Sequence[str], rng: random.Random, span: Sequence[int] = N_SAMPLING_SPAN) -> list[str]:
+    """A contiguous span of `words`: length uniform in `span` (min, max), start uniform.
+
+    A length beyond the text keeps the whole text, as an n-gram of a shorter text can only be
+    the text itself.
     """
-    if min_len < 1:
-        raise UserError(f"min_len must be >= 1, got {min_len}", "n-sampling", "use 1 or more")
-    if len(words) <= min_len:
+    min_len, max_len = check_span(span)
+    if len(words) <= min_len:  # every length would keep it whole
         return list(words)
-    length = rng.randint(min_len, len(words))
+    length = rng.randint(min_len, max_len)
+    if length >= len(words):
+        return list(words)
     start = rng.randint(0, len(words) - length)
     return list(words[start : start + length])
 
@@ -60,23 +88,39 @@ class PosSwapper:
     tags dictionary words without context anyway, and its HMM tagger for out-of-dictionary
     words costs ~10x more than all the rest, so words outside jieba's dictionary keep their
     place. A word alone in its tag is never swapped either.
+
+    With `sampling="frequency"` the new word is drawn by `counts` (how often each word occurs
+    with its tag in the training texts), so swaps keep the training texts' unigram
+    distribution within the tag; with "uniform", each distinct word is equally likely. Either
+    way the word itself is left out of the draw, so `p` is the rate of actual changes.
     """
 
-    def __init__(self, word_tags: dict[str, str]) -> None:
+    def __init__(
+        self,
+        word_tags: dict[str, str],
+        counts: dict[str, int] | None = None,
+        sampling: SwapSampling = "frequency",
+    ) -> None:
         members: dict[str, list[str]] = defaultdict(list)
         for word in sorted(word_tags):
             members[word_tags[word]].append(word)
         self.word_tags = dict(word_tags)
-        # Swappable word -> (the words sharing its tag, its own index there).
-        self._group_of = {
-            word: (group, index)
-            for group in members.values()
-            if len(group) > 1
-            for index, word in enumerate(group)
-        }
+        # Words missing from `counts` weigh 1, as under uniform sampling.
+        weight = {word: (counts or {}).get(word, 1) if sampling == "frequency" else 1 for word in word_tags}
+        # Swappable word -> (the words sharing its tag, their running weight totals, the
+        # total before the word's own slot, its own weight).
+        self._group_of: dict[str, tuple[list[str], list[int], int, int]] = {}
+        for group in members.values():
+            if len(group) < 2:
+                continue
+            totals = list(itertools.accumulate(weight[word] for word in group))
+            for word, total in zip(group, totals):
+                self._group_of[word] = (group, totals, total - weight[word], weight[word])
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], tokenizer: WordTokenizer) -> PosSwapper:
+    def from_texts(
+        cls, texts: Iterable[str], tokenizer: WordTokenizer, sampling: SwapSampling = "frequency"
+    ) -> PosSwapper:
         """Tags the words `tokenizer` splits `texts` into (the words augmentation changes)."""
         word_lists = [tokenizer.split(text) for text in texts]
         tag = _tag_chinese if tokenizer.language == "zh" else _tag_english
@@ -85,7 +129,9 @@ class PosSwapper:
             if word != UNK_TOKEN:
                 counts[word][word_tag] += 1
         # Most frequent tag; ties go to the alphabetically first, for reproducibility.
-        return cls({word: min(tags, key=lambda t: (-tags[t], t)) for word, tags in counts.items()})
+        word_tags = {word: min(tags, key=lambda t: (-tags[t], t)) for word, tags in counts.items()}
+        # A word's weight is its count with that tag: the (word, tag) frequency.
+        return cls(word_tags, {word: counts[word][word_tag] for word, word_tag in word_tags.items()}, sampling)
 
     def swap(self, words: Sequence[str], p: float, rng: random.Random) -> list[str]:
         """Each swappable word becomes another word of its tag with probability `p`."""
@@ -93,22 +139,33 @@ class PosSwapper:
         for word in words:
             found = self._group_of.get(word)
             if found is not None and rng.random() < p:
-                group, own_index = found
-                # Uniform over the other members: skip the word's own slot.
-                index = rng.randrange(len(group) - 1)
-                word = group[index + (index >= own_index)]
+                group, totals, before_own, own_weight = found
+                # A point in the others' total weight, then past the word's own slot.
+                point = rng.randrange(totals[-1] - own_weight)
+                if point >= before_own:
+                    point += own_weight
+                word = group[bisect_right(totals, point)]
             swapped.append(word)
         return swapped
 
 
 def _tag_chinese(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
-    """(word, jieba tag) once per distinct word found whole in jieba's dictionary."""
+    """(word, jieba tag) per occurrence of a word found whole in jieba's dictionary.
+
+    Each distinct word is looked up once; occurrences are yielded so that counts are corpus
+    frequencies, as for English.
+    """
     import jieba.posseg
 
+    tags: dict[str, str] = {}
     for word in sorted({word for words in word_lists for word in words}):
         pieces = jieba.posseg.lcut(word, HMM=False)
         if len(pieces) == 1:
-            yield word, pieces[0].flag
+            tags[word] = pieces[0].flag
+    for words in word_lists:
+        for word in words:
+            if word in tags:
+                yield word, tags[word]
 
 
 # spaCy's small English pipeline under its own name (spaCy's download) or under the PyPI
@@ -165,6 +222,8 @@ class Augmenter:
         multiplier: int = 10,
         seed: int = 0,
         unk_token: str = "[UNK]",
+        n_sampling_span: Sequence[int] = N_SAMPLING_SPAN,
+        pos_swap_sampling: SwapSampling = "frequency",
     ) -> None:
         where = "stages.data_distill.augment"
         for name, value in (("unk", unk), ("pos_swap", pos_swap), ("n_sampling", n_sampling)):
@@ -178,6 +237,12 @@ class Augmenter:
             )
         if multiplier < 1:
             raise UserError(f"multiplier must be >= 1, got {multiplier}", where, "e.g. 10")
+        if pos_swap_sampling not in ("frequency", "uniform"):
+            raise UserError(
+                f"pos_swap_sampling must be frequency or uniform, got {pos_swap_sampling!r}", where
+            )
+        self.n_sampling_span = check_span(n_sampling_span)
+        self.pos_swap_sampling = pos_swap_sampling
         self.language = language
         self.unk, self.pos_swap, self.n_sampling = unk, pos_swap, n_sampling
         self.multiplier = multiplier
@@ -189,7 +254,7 @@ class Augmenter:
     def fit(self, train_texts: Sequence[str]) -> Augmenter:
         """Learns the part-of-speech vocabulary for POS swap (nothing to learn without it)."""
         if self.pos_swap > 0:
-            self.swapper = PosSwapper.from_texts(train_texts, self.tokenizer)
+            self.swapper = PosSwapper.from_texts(train_texts, self.tokenizer, self.pos_swap_sampling)
         return self
 
     def augment(self, train_texts: Sequence[str], exclude: Iterable[str] = ()) -> list[str]:
@@ -215,5 +280,5 @@ class Augmenter:
             kept = 1.0 - self.unk
             words = self.swapper.swap(words, self.pos_swap / kept if kept > 0 else 0.0, rng)
         if rng.random() < self.n_sampling:
-            words = n_sample(words, rng)
+            words = n_sample(words, rng, self.n_sampling_span)
         return words

@@ -38,12 +38,16 @@ from distill.export.runtime import (
     InputEncoder,
     OnnxPredictor,
     input_encoder,
+    non_finite_rows,
     read_manifest,
 )
 from distill.models.shallow import ShallowConfig
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
+PARITY_BATCH_SIZE = 8  # rows of the mixed, short and long parity batches
+# Why an export can disagree with torch; the fix its ParityError suggests.
+_GRAPH_FIX = "try another [export] opset, or check the model for data-dependent control flow"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,25 @@ class ExportedModel:
 
 class ParityError(UserError):
     """The ONNX graph does not compute what the torch model computes."""
+
+
+@dataclass(frozen=True)
+class ParityBatch:
+    """Real texts (and second segments) run through torch and onnxruntime as one batch."""
+
+    name: str  # mixed | short | long | single: what the batch exercises, for error messages
+    texts: list[str]
+    pairs: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Parity:
+    """The largest |logit difference| over every parity batch, which batch had it, and coverage."""
+
+    max_abs_diff: float
+    worst_batch: str
+    batches: int
+    rows: int
 
 
 class _LogitsOnly(nn.Module):
@@ -90,13 +113,15 @@ def export_transformer(
     name: str,
     labels: Sequence[str],
     texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
 ) -> ExportedModel:
     """Exports a BERT-style classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
-    `labels` are the label names in logit order; `texts` are real examples for the parity check,
-    which raises `ParityError` (and removes the export) above `parity_tolerance`.
+    `labels` are the label names in logit order; `texts` (and `pairs`, the second segments of a
+    text-pair task) are real examples for the parity check, which raises `ParityError` (and
+    removes the export) above `parity_tolerance` or on NaN/inf logits.
     """
     _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
@@ -112,7 +137,9 @@ def export_transformer(
         "tokenizer_file": tokenizer_file,
     }
     side_file = ("tokenizer", tokenizer_file)
-    return _export_checked(model, manifest, out_dir, texts, side_file, opset, parity_tolerance)
+    return _export_checked(
+        model, manifest, out_dir, texts, pairs, side_file, opset, parity_tolerance
+    )
 
 
 def export_shallow(
@@ -138,26 +165,83 @@ def export_shallow(
         "language": config.language,
     }
     side_file = ("vocab", vocab_file)
-    return _export_checked(model, manifest, out_dir, texts, side_file, opset, parity_tolerance)
+    return _export_checked(
+        model, manifest, out_dir, texts, None, side_file, opset, parity_tolerance
+    )
 
 
-def check_parity(model: nn.Module, manifest_path: str | Path, texts: Sequence[str]) -> float:
-    """Max abs logit difference between torch and onnxruntime on one batch of `texts`."""
-    texts = _require_texts(texts)
-    predictor = OnnxPredictor(manifest_path, batch_size=len(texts))
-    inputs = predictor.encode(texts)
+def parity_batches(
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    batch_size: int = PARITY_BATCH_SIZE,
+) -> list[ParityBatch]:
+    """Batches of real `texts` (and `pairs`) that exercise what the one traced batch cannot.
+
+    A graph can be right at the traced batch and sequence length and wrong at others, or only
+    where rows are padded: so parity runs on texts spread over all lengths (padding), the
+    shortest and the longest texts (other sequence lengths), and the longest alone (batch size
+    1). Length is characters of text and pair, the order OnnxPredictor batches by; a batch with
+    the same rows as an earlier one is left out, as happens when there are few texts.
+    """
+    texts = _require_texts(texts, pairs)
+    lengths = [
+        len(text) + (0 if pairs is None else len(pairs[row])) for row, text in enumerate(texts)
+    ]
+    order = np.argsort(lengths, kind="stable")
+    spread = np.linspace(0, len(order) - 1, min(batch_size, len(order))).round().astype(int)
+    ends = max(1, min(batch_size, len(order) // 2))  # keeps short and long apart with few texts
+    chosen = {
+        "mixed": order[spread],
+        "short": order[:ends],
+        "long": order[-ends:],
+        "single": order[-1:],
+    }
+    batches: list[ParityBatch] = []
+    seen: set[frozenset[int]] = set()
+    for name, rows in chosen.items():
+        if frozenset(rows) not in seen:
+            seen.add(frozenset(rows))
+            batch_pairs = None if pairs is None else [pairs[row] for row in rows]
+            batches.append(ParityBatch(name, [texts[row] for row in rows], batch_pairs))
+    return batches
+
+
+def check_parity(
+    model: nn.Module,
+    manifest_path: str | Path,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+) -> Parity:
+    """Torch against onnxruntime logits on each of the `parity_batches` of `texts` and `pairs`.
+
+    NaN or inf logits on either side raise `ParityError` (NaN would compare within any
+    tolerance), naming the likely culprit: the weights for torch, the graph for ONNX.
+    """
+    batches = parity_batches(texts, pairs)
+    predictor = OnnxPredictor(manifest_path)
+    onnx_path = str(Path(manifest_path).with_name(predictor.manifest["model_file"]))
     device = _device_of(model)
-    with _eval_mode(model), torch.no_grad():
-        tensors = {key: torch.from_numpy(value).to(device) for key, value in inputs.items()}
-        expected = _LogitsOnly(model)(**tensors).float().cpu().numpy()  # (texts, num_labels)
-    outputs, labels = expected.shape[-1], len(predictor.labels)
-    if outputs != labels:
-        raise UserError(
-            f"the model has {outputs} outputs but {labels} labels were given",
-            str(manifest_path),
-            "pass one label name per model output, in id order",
-        )
-    return float(np.abs(predictor.run(inputs) - expected).max())
+    weights_fix = _non_finite_weights_fix(model)
+    differences: dict[str, float] = {}
+    for batch in batches:
+        inputs = predictor.encode(batch.texts, batch.pairs)
+        with _eval_mode(model), torch.no_grad():
+            tensors = {key: torch.from_numpy(value).to(device) for key, value in inputs.items()}
+            expected = _LogitsOnly(model)(**tensors).float().cpu().numpy()  # (rows, num_labels)
+        outputs, labels = expected.shape[-1], len(predictor.labels)
+        if outputs != labels:
+            raise UserError(
+                f"the model has {outputs} outputs but {labels} labels were given",
+                str(manifest_path),
+                "pass one label name per model output, in id order",
+            )
+        _require_finite(expected, "torch", batch, onnx_path, weights_fix)
+        actual = predictor.run(inputs)  # (rows, num_labels)
+        _require_finite(actual, "ONNX", batch, onnx_path, _GRAPH_FIX)
+        differences[batch.name] = float(np.abs(actual - expected).max())
+    worst = max(differences, key=differences.__getitem__)
+    rows = sum(len(batch.texts) for batch in batches)
+    return Parity(differences[worst], worst, len(batches), rows)
 
 
 def quantize_int8(onnx_path: str | Path) -> ExportedModel:
@@ -181,8 +265,9 @@ def quantize_int8(onnx_path: str | Path) -> ExportedModel:
     sizes = dict(manifest["file_sizes"])
     sizes["model_before_quantization"] = sizes["model"]
     sizes["model"] = int8_path.stat().st_size
+    # int8 logits are meant to differ: the export stage compares int8 by accuracy, not parity.
     int8_manifest = {
-        key: value for key, value in manifest.items() if key != "parity_max_abs_diff"
+        key: value for key, value in manifest.items() if not key.startswith("parity_")
     } | {"model_file": int8_path.name, "quantization": "int8", "file_sizes": sizes}
     return ExportedModel(int8_path, _write_manifest(int8_manifest, int8_path))
 
@@ -192,36 +277,78 @@ def _export_checked(
     manifest: dict[str, Any],
     out_dir: Path,
     texts: Sequence[str],
+    pairs: Sequence[str] | None,
     side_file: tuple[str, str],
     opset: int,
     parity_tolerance: float,
 ) -> ExportedModel:
     """Builds the graph from `texts`, writes the manifest, and keeps both only if parity holds."""
-    texts = _require_texts(texts)
+    texts = _require_texts(texts, pairs)
     onnx_path = out_dir / manifest["model_file"]
-    example = _example_inputs(input_encoder(manifest, out_dir), texts)
-    _export_graph(model, example, onnx_path, opset)
-    # The exporter keeps its native opset when it cannot convert to the one asked for.
-    manifest["opset"] = _default_domain_opset(onnx_path)
     role, file_name = side_file
-    manifest["file_sizes"] = {
-        "model": onnx_path.stat().st_size,
-        role: (out_dir / file_name).stat().st_size,
-    }
-    manifest_path = _write_manifest(manifest, onnx_path)
-    difference = check_parity(model, manifest_path, texts)
-    if difference > parity_tolerance:
-        for written in (onnx_path, manifest_path, out_dir / file_name):
-            written.unlink()
-        raise ParityError(
-            f"ONNX logits differ from torch by {difference:.2e} (tolerance {parity_tolerance:.0e});"
-            " export removed",
-            str(onnx_path),
-            "try another [export] opset, or check the model for data-dependent control flow",
-        )
-    manifest["parity_max_abs_diff"] = difference
+    manifest_path = onnx_path.with_suffix(".json")
+    with _removed_on_failure([onnx_path, manifest_path, out_dir / file_name]):
+        example = _example_inputs(input_encoder(manifest, out_dir), texts, pairs)
+        _export_graph(model, example, onnx_path, opset)
+        # The exporter keeps its native opset when it cannot convert to the one asked for.
+        manifest["opset"] = _default_domain_opset(onnx_path)
+        manifest["file_sizes"] = {
+            "model": onnx_path.stat().st_size,
+            role: (out_dir / file_name).stat().st_size,
+        }
+        _write_manifest(manifest, onnx_path)
+        parity = check_parity(model, manifest_path, texts, pairs)
+        if not parity.max_abs_diff <= parity_tolerance:  # written so that NaN fails as well
+            raise ParityError(
+                f"ONNX logits differ from torch by {parity.max_abs_diff:.2e} (tolerance"
+                f" {parity_tolerance:.0e}) on the {parity.worst_batch} parity batch",
+                str(onnx_path),
+                _GRAPH_FIX,
+            )
+    manifest["parity_max_abs_diff"] = parity.max_abs_diff
+    manifest["parity_batches"] = parity.batches
+    manifest["parity_rows"] = parity.rows
     _write_manifest(manifest, onnx_path)
     return ExportedModel(onnx_path, manifest_path)
+
+
+@contextmanager
+def _removed_on_failure(paths: Sequence[Path]) -> Iterator[None]:
+    """Deletes `paths` when the block raises, so that a model failing its checks is never served."""
+    try:
+        yield
+    except BaseException as error:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if isinstance(error, ParityError):
+            raise ParityError(f"{error.what}; export removed", error.where, error.fix) from None
+        raise
+
+
+def _require_finite(
+    logits: np.ndarray, side: str, batch: ParityBatch, where: str, fix: str
+) -> None:
+    """Raises ParityError when `side`'s logits of `batch` hold NaN or inf."""
+    bad = non_finite_rows(logits)
+    if bad:
+        raise ParityError(
+            f"{side} logits are NaN or inf on {bad} of {len(batch.texts)} rows of the"
+            f" {batch.name} parity batch",
+            where,
+            fix,
+        )
+
+
+def _non_finite_weights_fix(model: nn.Module) -> str:
+    """The fix for NaN/inf torch logits: names the first NaN/inf parameter (what a diverged
+    training run leaves behind), else says the model overflows."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            return (
+                f"parameter {name} holds NaN or inf: retrain (e.g. with a lower learning rate)"
+                " or export an earlier checkpoint"
+            )
+    return "the model overflows on these texts: check its weights and its training run"
 
 
 def _export_graph(
@@ -263,13 +390,20 @@ def _quiet_converters() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _example_inputs(encode: InputEncoder, texts: list[str]) -> dict[str, np.ndarray]:
-    """The inputs the graph is traced on, at least two texts by two positions.
+def _example_inputs(
+    encode: InputEncoder, texts: list[str], pairs: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    """The inputs the graph is traced on: the first texts, at least two by two positions.
 
+    One batch is enough to trace (the parity check covers other batches and lengths).
     torch.export turns a dimension it sees as 1 into a constant; added positions are padding
     (0 in every input, and masked).
     """
-    inputs = encode(texts if len(texts) > 1 else texts * 2, None)
+    texts = texts[:PARITY_BATCH_SIZE]
+    pairs = None if pairs is None else list(pairs)[:PARITY_BATCH_SIZE]
+    if len(texts) == 1:
+        texts, pairs = texts * 2, None if pairs is None else pairs * 2
+    inputs = encode(texts, pairs)
     missing = max(0, 2 - next(iter(inputs.values())).shape[1])
     return {key: np.pad(value, ((0, 0), (0, missing))) for key, value in inputs.items()}
 
@@ -320,11 +454,18 @@ def _check_tolerance(parity_tolerance: float) -> None:
         )
 
 
-def _require_texts(texts: Sequence[str]) -> list[str]:
+def _require_texts(texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[str]:
+    """`texts` as a list, refusing none at all or a second segment count that does not match."""
     texts = list(texts)
     if not texts:
         raise UserError(
             "no example texts for the ONNX parity check", "export", "pass a few real task texts"
+        )
+    if pairs is not None and len(pairs) != len(texts):
+        raise UserError(
+            f"got {len(texts)} parity texts but {len(pairs)} pairs",
+            "export",
+            "give one second segment per text",
         )
     return texts
 

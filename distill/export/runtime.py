@@ -98,6 +98,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def non_finite_rows(logits: np.ndarray) -> int:
+    """How many rows of (batch, num_labels) logits hold NaN or inf.
+
+    Such logits must be refused by name: NaN compares false with any tolerance and argmax
+    still picks a label, so both a parity check and an accuracy would pass them silently.
+    """
+    return int((~np.isfinite(logits)).any(axis=-1).sum())
+
+
 class OnnxPredictor:
     """Predicts labels for raw texts with an exported student on the CPU.
 

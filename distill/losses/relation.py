@@ -4,7 +4,8 @@ A relation is softmax(A·Bᵀ/√d_r) over R relation heads, where A and B are a
 query, key or value projections. Splitting into R heads of size d_r = width/R (R dividing
 both widths) lets a narrow student mimic a wide teacher without a learned projection.
 `("qq", "kk", "vv")` is MiniLMv2; `("qk", "vv")` is MiniLM (attention distribution +
-value relation).
+value relation), which needs R = the models' attention heads (`distill.stages.relations`).
+As in both papers, the loss over several relation types is the SUM of their KLs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def relation_logits(a: Tensor, b: Tensor, num_heads: int) -> Tensor:
     """Scaled dot products between every pair of positions, per relation head.
 
     a, b: (batch, seq, width) projections of one layer -> (batch, num_heads, seq, seq)
-    holding A_h·B_hᵀ/√d_r with d_r = width / num_heads.
+    holding A_h·B_hᵀ/√d_r with d_r = width / num_heads. Always float32, even under autocast:
+    a bf16 logit near 10 is off by up to 0.03, which the softmax turns into a ~3% error in
+    every probability, swamping the small KLs being minimised.
     """
     if a.shape != b.shape:
         raise ValueError(
@@ -44,10 +47,11 @@ def relation_logits(a: Tensor, b: Tensor, num_heads: int) -> Tensor:
     batch, seq, width = a.shape
     _check_heads(num_heads, {"input": width})
     head_size = width // num_heads
-    # (batch, heads, seq, head_size)
-    a_heads = a.reshape(batch, seq, num_heads, head_size).transpose(1, 2)
-    b_heads = b.reshape(batch, seq, num_heads, head_size).transpose(1, 2)
-    return a_heads @ b_heads.transpose(-1, -2) / math.sqrt(head_size)  # (batch, heads, seq, seq)
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        # (batch, heads, seq, head_size)
+        a_heads = a.float().reshape(batch, seq, num_heads, head_size).transpose(1, 2)
+        b_heads = b.float().reshape(batch, seq, num_heads, head_size).transpose(1, 2)
+        return a_heads @ b_heads.transpose(-1, -2) / math.sqrt(head_size)  # (batch, heads, seq, seq)
 
 
 def relation_kl(
@@ -63,7 +67,9 @@ def relation_kl(
     teacher_a, teacher_b: (batch, seq, teacher_width); student_a, student_b:
     (batch, seq, student_width); attention_mask: (batch, seq), 0 on padding.
     Padded keys get no probability; padded query rows are left out. The per-row KL is
-    averaged over relation heads and over every real query position in the batch.
+    averaged over relation heads and over every real query position in the batch. All in
+    float32, whatever the inputs' dtype: the logits come from `relation_logits`, and autocast
+    lowers only matmul-like ops, not the softmax and KL that follow.
     """
     _check_heads(num_heads, {"teacher": teacher_a.shape[-1], "student": student_a.shape[-1]})
     if teacher_a.shape[:2] != student_a.shape[:2] or attention_mask.shape != teacher_a.shape[:2]:
@@ -91,10 +97,13 @@ def relation_loss(
     relations: Sequence[str],
     num_heads: int,
 ) -> Tensor:
-    """Mean of the listed relation KLs between one teacher layer and one student layer.
+    """Sum of the listed relation KLs between one teacher layer and one student layer.
 
     A relation name is two letters of q/k/v: "qq" relates queries to queries, "qk" queries
     to keys (the attention distribution). Layer indices may be negative (-1 = last).
+    Summed, not averaged, as in MiniLM (attention + value KL) and MiniLMv2 (qq + kk + vv): the
+    loss and its gradients grow with len(relations), and `relation_weight` and `max_grad_norm`
+    act on that sum.
     """
     pairs = parse_relations(relations)
     terms = [
@@ -108,7 +117,7 @@ def relation_loss(
         )
         for first, second in pairs
     ]
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum()
 
 
 def attention_kl(
@@ -147,8 +156,7 @@ def _layer(features: Features, field: str, index: int, side: str) -> Tensor:
 
 
 def _masked_log_softmax(logits: Tensor, key_mask: Tensor) -> Tensor:
-    """Log-softmax over keys in float32, padded keys pushed to the lowest finite value."""
-    logits = logits.float()
+    """Log-softmax over keys, padded keys pushed to the lowest finite value."""
     return torch.log_softmax(logits.masked_fill(~key_mask, torch.finfo(logits.dtype).min), dim=-1)
 
 

@@ -253,7 +253,7 @@ def _over_seeds_line(name: str, seeds: dict) -> str:
     if "vs_gold_twin" in seeds:
         pooled = seeds["vs_gold_twin"]["pooled"]
         line += (
-            f"; vs its gold-only twin {100 * pooled['diff']:+.2f} points (pooled bootstrap interval "
+            f"; vs its gold-only twin {100 * pooled['diff']:+.2f} points ({pooled['interval']}: "
             f"{100 * pooled['low']:+.2f} to {100 * pooled['high']:+.2f}); {_verdict(pooled['significant'])}"
         )
     return line

@@ -10,6 +10,8 @@ import math
 import re
 from typing import Any
 
+from distill.report.stats import EXAMPLE_BOOTSTRAP, HIERARCHICAL_BOOTSTRAP
+
 _NUMBER = {"type": "number"}
 _NON_NEGATIVE = {"type": "number", "minimum": 0}
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
@@ -48,8 +50,14 @@ _OVER_SEEDS = {
             "properties": {
                 "pooled": {
                     "type": "object",
-                    "required": ["diff", "low", "high", "significant"],
-                    "properties": {"diff": _NUMBER, "low": _NUMBER, "high": _NUMBER, "significant": {"type": "boolean"}},
+                    "required": ["diff", "low", "high", "interval", "significant"],
+                    "properties": {
+                        "diff": _NUMBER,
+                        "low": _NUMBER,
+                        "high": _NUMBER,
+                        "interval": {"enum": [EXAMPLE_BOOTSTRAP, HIERARCHICAL_BOOTSTRAP], "description": "how low and high were drawn"},
+                        "significant": {"type": "boolean"},
+                    },
                 },
                 "per_seed": {"type": "array", "items": _PAIRED_TEST},
             },
@@ -101,11 +109,24 @@ _STUDENT = {
     },
 }
 
+_PROVENANCE = {
+    "type": "object",
+    "description": "The code and the resolved recipe that made the figures (distill.provenance); git fields are null outside a checkout.",
+    "required": ["package_version", "git_commit", "git_dirty", "code_tree", "recipe"],
+    "properties": {
+        "package_version": {"type": "string", "minLength": 1},
+        "git_commit": {"type": ["string", "null"]},
+        "git_dirty": {"type": ["boolean", "null"]},
+        "code_tree": {"type": ["string", "null"]},
+        "recipe": {"type": "object"},
+    },
+}
+
 REPORT_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "distill report.json",
     "type": "object",
-    "required": ["dataset", "test_size", "hardware", "teacher", "students"],
+    "required": ["dataset", "test_size", "hardware", "teacher", "students", "provenance"],
     "properties": {
         "dataset": {"type": "string", "minLength": 1},
         "test_size": {"type": "integer", "minimum": 1},
@@ -128,6 +149,7 @@ REPORT_SCHEMA: dict = {
         "threads": {"type": "integer", "minimum": 1},
         "created": {"type": "string"},
         "notes": {"type": "string"},
+        "provenance": _PROVENANCE,
     },
 }
 

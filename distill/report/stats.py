@@ -11,6 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+# How an interval was drawn, as reports state it: over test examples only (one seed, and every
+# per-seed comparison), or over seeds and examples (a comparison pooled over several seeds).
+EXAMPLE_BOOTSTRAP = "paired bootstrap over examples"
+HIERARCHICAL_BOOTSTRAP = "hierarchical bootstrap over seeds and examples"
+
 
 def paired_bootstrap(
     correct_a: Sequence[bool],
@@ -28,6 +33,11 @@ def paired_bootstrap(
     return _bootstrap_mean(a.astype(float) - b.astype(float), resamples, seed, confidence)
 
 
+def pooled_interval(runs: int) -> str:
+    """How `pooled_paired_bootstrap` draws its interval for `runs` seeds, for reports to state."""
+    return EXAMPLE_BOOTSTRAP if runs == 1 else HIERARCHICAL_BOOTSTRAP
+
+
 def pooled_paired_bootstrap(
     correct_a_runs: Sequence[Sequence[bool]],
     correct_b_runs: Sequence[Sequence[bool]],
@@ -37,18 +47,42 @@ def pooled_paired_bootstrap(
 ) -> tuple[float, float, float]:
     """Mean accuracy difference over paired runs (one a and one b per seed), with a bootstrap interval.
 
-    Run s of a is paired with run s of b (same seed), all on the same test examples. The
-    per-example difference is averaged over the runs first, so seed-to-seed variation is in
-    every value the bootstrap then resamples over test examples. With one run this is
-    `paired_bootstrap`. Returns (mean difference, low, high).
+    Run s of a is paired with run s of b (same seed), all on the same test examples. With one
+    run this is `paired_bootstrap`. With several the seeds are a sample too, so the interval
+    comes from `_hierarchical_bootstrap` (`pooled_interval` names which). Returns (mean
+    difference, low, high).
     """
     if len(correct_a_runs) != len(correct_b_runs) or not len(correct_a_runs):
         raise ValueError(f"need as many runs of a as of b, at least one, got {len(correct_a_runs)} and {len(correct_b_runs)}")
     pairs = [_paired_arrays(a, b) for a, b in zip(correct_a_runs, correct_b_runs)]
     if len({a.size for a, _ in pairs}) != 1:
         raise ValueError("every run must be scored on the same test examples")
-    per_example_diff = np.mean([a.astype(float) - b.astype(float) for a, b in pairs], axis=0)  # (examples,)
-    return _bootstrap_mean(per_example_diff, resamples, seed, confidence)
+    differences = np.stack([a.astype(float) - b.astype(float) for a, b in pairs])  # (seeds, examples)
+    if len(pairs) == 1:
+        return _bootstrap_mean(differences[0], resamples, seed, confidence)
+    return _hierarchical_bootstrap(differences, resamples, seed, confidence)
+
+
+def _hierarchical_bootstrap(
+    differences: np.ndarray, resamples: int, seed: int, confidence: float
+) -> tuple[float, float, float]:
+    """Mean of a (seeds, examples) difference matrix, with a percentile interval over seeds and examples.
+
+    Resampling examples alone treats the seeds as fixed, so a gain that one lucky seed made
+    looks certain. Each replicate draws seeds with replacement, then example indices with
+    replacement; the test set is the same for every seed (and both models), so one draw of
+    indices serves all drawn seeds. The statistic is the mean over drawn seeds and examples.
+    """
+    seeds, examples = differences.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))
+    example_draws = rng.integers(0, examples, size=(resamples, examples))
+    # per replicate and example, the mean over the drawn seeds: (resamples, examples)
+    seed_means = sum(differences[seed_draws[:, slot]] for slot in range(seeds)) / seeds
+    replicates = np.take_along_axis(seed_means, example_draws, axis=1).mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(replicates, [alpha, 1 - alpha])
+    return float(differences.mean()), float(low), float(high)
 
 
 def _bootstrap_mean(values: np.ndarray, resamples: int, seed: int, confidence: float) -> tuple[float, float, float]:

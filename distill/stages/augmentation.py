@@ -86,6 +86,8 @@ def augmented_texts(run: Any) -> list[str]:
         n_sampling=settings.n_sampling,
         multiplier=settings.multiplier,
         seed=run.recipe.run.seed,
+        n_sampling_span=settings.n_sampling_span,
+        pos_swap_sampling=settings.pos_swap_sampling,
     )
     texts = augmenter.fit(train).augment(train, exclude=[e.text for e in data.dev + data.test])
     made = len(train) * settings.multiplier

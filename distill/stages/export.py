@@ -1,9 +1,10 @@
-"""`export`: every model of a run to ONNX (+ int8), parity-checked on real test texts.
+"""`export`: every model of a run to ONNX (+ int8), parity-checked on real dev and test texts.
 
 The teacher, the final transformer student and each shallow student become `onnx/NAME.onnx`
 with a manifest (and `NAME.int8.onnx` when quantizing). `onnx/summary.json` records, per
-model, where its files are, their sizes, the torch/ONNX parity and what int8 costs in test
-accuracy, so the report and tools read one file instead of re-deriving it.
+model, where its files are, their sizes, the torch/ONNX parity (and how many batches and rows
+it covered) and what int8 costs in test accuracy, so the report and tools read one file
+instead of re-deriving it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from distill.data.datasets import Example
-from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, read_manifest
+from distill.errors import UserError
+from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, non_finite_rows, read_manifest
 from distill.models.shallow import SHALLOW_KINDS
 from distill.pipeline import STAGES, STUDENT_STAGES, Run, publish
 
 SUMMARY_FILE = "summary.json"
-PARITY_TEXTS = 32  # one batch of real test texts for the torch/ONNX parity check
 BYTES_PER_MB = 1024 * 1024
 
 
@@ -81,9 +82,23 @@ def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], lis
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:
-    """Predicted label names, one per example, from raw texts (tokenisation included)."""
+    """Predicted label names, one per example, from raw texts (tokenisation included).
+
+    NaN or inf logits are refused: argmax would still pick a label, and an int8 model (which
+    no parity check covers) would get an accuracy it does not have.
+    """
     texts, pairs = model_inputs(predictor.kind, examples)
     logits = predictor.predict_logits(texts, pairs)  # (examples, num_labels)
+    bad = non_finite_rows(logits)
+    if bad:
+        int8 = predictor.manifest.get("quantization") == "int8"
+        raise UserError(
+            f"ONNX logits are NaN or inf on {bad} of {len(examples)} texts",
+            str(predictor.manifest_path),
+            "export without int8 (`distill export RUN_DIR --quantize none`)"
+            if int8
+            else "check the model's weights for NaN or inf, then retrain or re-export",
+        )
     return [predictor.labels[index] for index in logits.argmax(axis=-1)]
 
 
@@ -94,12 +109,13 @@ def accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> float:
 def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
     """Export every model of the run into `out_dir` and write its summary.json."""
     settings = run.recipe.export
-    test = run.data().test
-    parity_texts = [example.text for example in test[:PARITY_TEXTS]]
+    data = run.data()
+    test = data.test
+    parity_examples = data.dev + test  # the parity check picks its batches by length among them
     threads = run.recipe.run.threads
     entries = []
     for model in run_models(run):
-        params, exported = _export(run, model, out_dir, parity_texts)
+        params, exported = _export(run, model, out_dir, parity_examples)
         manifest = read_manifest(exported.manifest_path)
         entry: dict[str, Any] = {
             "name": model.name,
@@ -111,6 +127,8 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
             "params": params,
             "size_bytes": exported.onnx_path.stat().st_size,
             "parity_max_abs_diff": manifest["parity_max_abs_diff"],
+            "parity_batches": manifest["parity_batches"],
+            "parity_rows": manifest["parity_rows"],
             "parity_tolerance": settings.parity_tolerance,
             "test_accuracy": _onnx_accuracy(exported.manifest_path, test, threads),
             "onnx_int8": None,
@@ -128,26 +146,32 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
     return summary
 
 
-def _export(run: Run, model: RunModel, out_dir: Path, texts: list[str]) -> tuple[int, Any]:
-    """(parameter count, ExportedModel) of one model; torch is imported only here."""
+def _export(
+    run: Run, model: RunModel, out_dir: Path, parity_examples: list[Example]
+) -> tuple[int, Any]:
+    """(parameter count, ExportedModel) of one model; torch is imported only here.
+
+    Parity runs on `parity_examples` as the model reads them: a transformer gets text pairs
+    as two segments, a word-level student their joined text.
+    """
     from distill.export.onnx import export_shallow, export_transformer
     from distill.models.shallow import count_parameters, load_shallow
     from distill.models.teacher import label_names, load_classifier
     from distill.stages.common import text_encoder
 
     settings = run.recipe.export
+    checks = {"opset": settings.opset, "parity_tolerance": settings.parity_tolerance}
+    texts, pairs = model_inputs(model.kind, parity_examples)
     if model.kind == TRANSFORMER_KIND:
         network = load_classifier(model.directory)
         encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
         exported = export_transformer(
-            network, encoder, out_dir, model.name, labels, texts, settings.opset, settings.parity_tolerance
+            network, encoder, out_dir, model.name, labels, texts, pairs, **checks
         )
     else:
         network, config, vocab = load_shallow(model.directory)
-        exported = export_shallow(
-            network, config, vocab, out_dir, model.name, texts, settings.opset, settings.parity_tolerance
-        )
+        exported = export_shallow(network, config, vocab, out_dir, model.name, texts, **checks)
     return count_parameters(network), exported
 
 
@@ -183,7 +207,8 @@ def _relative_to_run(run: Run, directory: Path) -> str:
 def _log_entry(run: Run, entry: dict[str, Any]) -> None:
     line = (
         f"[export] {entry['name']}: {entry['size_bytes'] / BYTES_PER_MB:.1f} MB,"
-        f" parity {entry['parity_max_abs_diff']:.1e}, test accuracy {entry['test_accuracy']:.4f}"
+        f" parity {entry['parity_max_abs_diff']:.1e} ({entry['parity_rows']} rows in"
+        f" {entry['parity_batches']} batches), test accuracy {entry['test_accuracy']:.4f}"
     )
     if entry["onnx_int8"]:
         line += (
@@ -194,11 +219,14 @@ def _log_entry(run: Run, entry: dict[str, Any]) -> None:
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """Flat stage metrics: how many models, the worst parity, int8 accuracy change per model."""
+    """Flat stage metrics: how many models, the worst parity and the least parity coverage any
+    model had (batches, rows), int8 accuracy change per model."""
     models = summary["models"]
     metrics: dict[str, Any] = {
         "models": len(models),
         "max_parity_diff": max(entry["parity_max_abs_diff"] for entry in models),
+        "min_parity_batches": min(entry["parity_batches"] for entry in models),
+        "min_parity_rows": min(entry["parity_rows"] for entry in models),
     }
     for entry in models:
         if entry["int8_accuracy_delta"] is not None:

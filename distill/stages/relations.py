@@ -3,26 +3,68 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from distill.errors import UserError
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
 PREFERRED_RELATION_HEADS = 48  # MiniLMv2's choice for 768-wide teachers
+MINILM_RELATION = "qk"  # the attention distribution, transferred per real attention head
 
 
-def relation_heads(requested: int | None, teacher_width: int, student_width: int, where: str) -> int:
-    """Number of relation heads R; it must divide both widths.
+class AttentionShape(NamedTuple):
+    """What the relation-head choice needs to know about one model's self-attention."""
 
-    Without a request: 48 when it divides both widths (MiniLMv2), else the largest
-    divisor of both widths that is at most 48.
+    width: int  # hidden size
+    heads: int  # attention heads
+
+    @classmethod
+    def of(cls, config: PretrainedConfig) -> AttentionShape:
+        return cls(config.hidden_size, config.num_attention_heads)
+
+
+def relation_heads(
+    requested: int | None, relations: Sequence[str], teacher: AttentionShape, student: AttentionShape, section: str
+) -> int:
+    """Number of relation heads R for one stage; `section` ("[stages.general]") locates errors.
+
+    With "qk" among the relations (MiniLM), R is the models' own attention-head count, so "qk"
+    is the KL between their real attention maps; that needs the same count in both models.
+    Otherwise (MiniLMv2: qq, kk, vv) R must divide both widths; without a request it is 48 when
+    that divides both widths, else the largest divisor of both widths that is at most 48.
     """
+    if MINILM_RELATION in relations:
+        return _attention_heads(requested, teacher, student, section)
+    common = math.gcd(teacher.width, student.width)
     if requested is not None:
-        if teacher_width % requested or student_width % requested:
+        if common % requested:
             raise UserError(
-                f"relation_heads = {requested} must divide both the teacher width ({teacher_width}) "
-                f"and the student width ({student_width})",
-                where,
-                f"use a divisor of {math.gcd(teacher_width, student_width)}",
+                f"relation_heads = {requested} must divide both the teacher width ({teacher.width}) "
+                f"and the student width ({student.width})",
+                f"{section} relation_heads",
+                f"use a divisor of {common}",
             )
         return requested
-    common = math.gcd(teacher_width, student_width)
     return max(d for d in range(1, min(common, PREFERRED_RELATION_HEADS) + 1) if common % d == 0)
+
+
+def _attention_heads(requested: int | None, teacher: AttentionShape, student: AttentionShape, section: str) -> int:
+    """MiniLM's R: the attention-head count that teacher and student must share."""
+    if teacher.heads != student.heads:
+        raise UserError(
+            f'relations include "qk" (MiniLM attention transfer), which pairs attention heads one to one, '
+            f"but the teacher has {teacher.heads} heads and the student {student.heads}",
+            f"{section} relations",
+            f'set [student] heads = {teacher.heads}, or use relations = ["qq", "kk", "vv"] (MiniLMv2, any head counts)',
+        )
+    if requested is not None and requested != teacher.heads:
+        raise UserError(
+            f'relation_heads = {requested} but relations include "qk" (MiniLM), which is computed per '
+            f"attention head and both models have {teacher.heads}",
+            f"{section} relation_heads",
+            f"remove relation_heads (or set it to {teacher.heads})",
+        )
+    return teacher.heads

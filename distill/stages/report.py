@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distill import distributed
+from distill import distributed, provenance
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
@@ -70,14 +70,9 @@ class TimingSettings:
 
 
 def timing_settings(run: Run) -> TimingSettings:
-    """`[report]` timing keys; threads from `[report] threads`, else `[run] threads`, else all cores."""
+    """`[report]` timing keys (the recipe model checks batch_sizes); threads from `[report] threads`,
+    else `[run] threads`, else all cores."""
     section = run.recipe.report
-    if 1 not in section.batch_sizes or any(size < 1 for size in section.batch_sizes):
-        raise UserError(
-            f"batch_sizes = {section.batch_sizes} must be positive and include 1",
-            f"{run.recipe.source or 'recipe'}: [report]",
-            "speed-up is defined at batch size 1; e.g. batch_sizes = [1, 32]",
-        )
     threads = section.threads or run.recipe.run.threads or os.cpu_count() or 1
     return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats)
 
@@ -173,6 +168,7 @@ def build_report(run: Run) -> dict[str, Any]:
         "threads": timing.threads,
         "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance.record(run.recipe),
     }
     notes = text_source_notes(run)
     if notes:

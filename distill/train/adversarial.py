@@ -3,6 +3,10 @@
 Perturbing the embedding matrix along its gradient and training on the perturbed input as
 well makes a fine-tuned classifier smoother around its training points; both methods put
 the exact original weights back before the optimiser step.
+
+The attack follows the gradient of the current micro-batch alone, read by a hook during its
+backward pass: under gradient accumulation `weight.grad` also holds the earlier
+micro-batches' gradients, which would point the attack elsewhere.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from distill.errors import UserError
@@ -19,7 +24,8 @@ Backward = Callable[[torch.Tensor], None]
 
 
 def find_word_embeddings(model: nn.Module, param_name: str = "word_embeddings") -> nn.Parameter:
-    """The word-embedding matrix: `get_input_embeddings()` when the model has it, else by name."""
+    """The trainable word-embedding matrix: `get_input_embeddings()` when the model has it, else by name."""
+    weight: nn.Parameter | None = None
     get_input_embeddings = getattr(model, "get_input_embeddings", None)
     if callable(get_input_embeddings):
         try:
@@ -27,21 +33,48 @@ def find_word_embeddings(model: nn.Module, param_name: str = "word_embeddings") 
         except NotImplementedError:
             embeddings = None
         if isinstance(getattr(embeddings, "weight", None), nn.Parameter):
-            return embeddings.weight
-    matches = [p for name, p in model.named_parameters() if param_name in name]
-    if len(matches) != 1:
+            weight = embeddings.weight
+    if weight is None:
+        matches = [p for name, p in model.named_parameters() if param_name in name]
+        if len(matches) != 1:
+            raise UserError(
+                f"found {len(matches)} parameters named like {param_name!r}, need exactly one",
+                f"{type(model).__name__} (adversarial training)",
+                "pass param_name matching only the word-embedding weight, or set adversarial = \"none\"",
+            )
+        weight = matches[0]
+    if not weight.requires_grad:  # no gradient, so no attack direction
         raise UserError(
-            f"found {len(matches)} parameters named like {param_name!r}, need exactly one",
+            "the word embeddings are frozen",
             f"{type(model).__name__} (adversarial training)",
-            "pass param_name matching only the word-embedding weight, or set adversarial = \"none\"",
+            "train the word embeddings, or set adversarial = \"none\"",
         )
-    return matches[0]
+    return weight
 
 
-def _unit_step(grad: torch.Tensor | None) -> torch.Tensor | None:
-    """g/‖g‖, or None when there is no usable direction (no grad, zero or non-finite norm)."""
-    if grad is None:
-        return None
+def _own_gradient(weight: nn.Parameter, backward: Backward, loss: torch.Tensor) -> torch.Tensor:
+    """Run `backward(loss)` and return the gradient this pass alone sends to `weight`.
+
+    A hook sees it before autograd adds it to `weight.grad` (which, under gradient
+    accumulation, also holds the earlier micro-batches'). Under torch.distributed it is
+    summed over the ranks, whose shares make up the micro-batch: every rank then takes the
+    same attack step, or all skip it, as the collectives of the next backward require.
+    """
+    captured: list[torch.Tensor] = []
+    handle = weight.register_hook(captured.append)
+    try:
+        backward(loss)
+    finally:
+        handle.remove()
+    # A copy: autograd may have made the captured tensor `weight.grad` itself.
+    grad = captured[0].clone() if captured else torch.zeros_like(weight)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(grad)
+    return grad
+
+
+def _unit_step(grad: torch.Tensor) -> torch.Tensor | None:
+    """g/‖g‖, or None when there is no usable direction (zero or non-finite norm)."""
     norm = torch.linalg.vector_norm(grad.float())
     if norm == 0 or not torch.isfinite(norm):
         return None
@@ -59,9 +92,9 @@ class FGM:
         self._backup: torch.Tensor | None = None
 
     @torch.no_grad()
-    def attack(self) -> bool:
-        """Add eps·g/‖g‖ to the embeddings; False (nothing changed) when the gradient is unusable."""
-        direction = _unit_step(self.weight.grad)
+    def attack(self, grad: torch.Tensor) -> bool:
+        """Add eps·g/‖g‖ to the embeddings; False (nothing changed) when `grad` is unusable."""
+        direction = _unit_step(grad)
         if direction is None:
             return False
         self._backup = self.weight.detach().clone()
@@ -75,12 +108,14 @@ class FGM:
             self.weight.copy_(self._backup)
             self._backup = None
 
-    def adversarial_backward(self, loss_closure: LossClosure, backward: Backward) -> float | None:
-        """After the clean backward: attack, forward+backward on the perturbed model, restore.
+    def adversarial_backward(
+        self, loss: torch.Tensor, loss_closure: LossClosure, backward: Backward
+    ) -> float | None:
+        """Backward of the clean `loss`; then attack, forward+backward on the perturbed model, restore.
 
         Returns the adversarial loss, or None when the attack was skipped.
         """
-        if not self.attack():
+        if not self.attack(_own_gradient(self.weight, backward, loss)):
             return None
         try:
             loss = loss_closure()
@@ -94,8 +129,8 @@ class PGD:
     """Projected Gradient Descent: `steps` steps of size alpha, kept inside the eps-ball.
 
     Intermediate steps need gradients only to steer the attack, so the accumulated
-    gradients of `grad_params` (default: the model's) are backed up first and the last
-    step's gradient is added on top of them.
+    gradients of `grad_params` (default: the model's) are backed up after the clean
+    backward and restored before the last step, whose gradient is added on top of them.
     """
 
     def __init__(
@@ -122,13 +157,13 @@ class PGD:
         self._grad_backup: list[torch.Tensor | None] = []
 
     @torch.no_grad()
-    def attack(self, first: bool) -> None:
+    def attack(self, grad: torch.Tensor, first: bool) -> None:
         """One step of alpha·g/‖g‖, then project the total perturbation onto the eps-ball."""
         if first:
             self._backup = self.weight.detach().clone()
         if self._backup is None:
             raise RuntimeError("PGD.attack(first=False) called before a first attack")
-        direction = _unit_step(self.weight.grad)
+        direction = _unit_step(grad)
         if direction is None:
             return
         self.weight.add_(direction, alpha=self.alpha)
@@ -152,24 +187,23 @@ class PGD:
             param.grad = grad
         self._grad_backup = []
 
-    def _zero_grad(self) -> None:
-        for param in self._grad_params:
-            param.grad = None
-
-    def adversarial_backward(self, loss_closure: LossClosure, backward: Backward) -> float:
-        """After the clean backward: K attack steps; only the last one's gradient is kept."""
+    def adversarial_backward(
+        self, loss: torch.Tensor, loss_closure: LossClosure, backward: Backward
+    ) -> float:
+        """Backward of the clean `loss`, then K attack steps; only the last one's gradient is kept."""
+        grad = _own_gradient(self.weight, backward, loss)
         self.backup_grad()
         try:
             for step in range(self.steps):
-                self.attack(first=step == 0)
+                self.attack(grad, first=step == 0)
+                adversarial_loss = loss_closure()
                 if step < self.steps - 1:
-                    self._zero_grad()
+                    grad = _own_gradient(self.weight, backward, adversarial_loss)
                 else:
                     self.restore_grad()
-                loss = loss_closure()
-                backward(loss)
+                    backward(adversarial_loss)
         finally:
             if self._grad_backup:  # interrupted before the last step: keep the clean gradients
                 self.restore_grad()
             self.restore()
-        return loss.item()
+        return adversarial_loss.item()

@@ -12,10 +12,13 @@ from distill.errors import UserError
 
 
 class EMA:
-    """shadow = decay·shadow + (1−decay)·param, updated after every optimiser step.
+    """shadow = d·shadow + (1−d)·param after every optimiser step, d = min(decay, (1+t)/(10+t)).
 
-    Only floating-point parameters are tracked; buffers (e.g. batch-norm statistics) stay
-    as the model has them.
+    t is the update's number (1, 2, ...). The warm-up, as in TensorFlow's
+    ExponentialMovingAverage with num_updates, keeps early shadows from holding mostly the
+    initial weights (a random head included): with decay 0.999 alone, 0.999^900 = 41% of
+    them would still be there after 900 steps. Only floating-point parameters are tracked;
+    buffers (e.g. batch-norm statistics) stay as the model has them.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -26,6 +29,7 @@ class EMA:
                 "use e.g. 0.999, or leave ema unset to turn it off",
             )
         self.decay = decay
+        self.num_updates = 0  # part of the state: the warm-up must resume where it was
         self._params = {
             name: param for name, param in model.named_parameters() if param.is_floating_point()
         }
@@ -34,9 +38,11 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         """Move the shadow weights towards the model's current weights."""
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         for name, param in self._params.items():
             # lerp_: shadow + (1-decay)·(param - shadow) = decay·shadow + (1-decay)·param
-            self.shadow[name].lerp_(param.detach(), 1.0 - self.decay)
+            self.shadow[name].lerp_(param.detach(), 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -58,7 +64,7 @@ class EMA:
                     param.copy_(backup[name])
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -69,7 +75,14 @@ class EMA:
                 "checkpoint",
                 "resume with the model the checkpoint was written for, or start fresh",
             )
+        if "num_updates" not in state:
+            raise UserError(
+                "the EMA state has no update count (written before the EMA warm-up)",
+                "checkpoint",
+                "delete the checkpoint to start the stage fresh",
+            )
         self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
         for name, tensor in state["shadow"].items():
             self.shadow[name].copy_(tensor)
 

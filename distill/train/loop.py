@@ -63,7 +63,7 @@ class TrainConfig:
     adv_eps: float = 1.0
     adv_alpha: float = 0.3
     adv_steps: int = 3
-    ema: float | None = None  # decay, e.g. 0.999
+    ema: float | None = None  # decay, e.g. 0.999, after a warm-up (see EMA)
     early_stop_patience: int | None = None  # evaluations without improvement
     eval_every: int | None = None  # steps; None = once per epoch
     checkpoint_every: int = 200  # steps; also at each epoch end
@@ -421,14 +421,16 @@ class _Trainer:
 
     def _forward_backward(self, batch: Any, num_micro: int) -> None:
         loss, logs = self._compute_loss(batch)
-        self._backward(loss, num_micro)
         self._record(logs)
-        if self.adversary is not None:
-            adversarial_loss = self.adversary.adversarial_backward(
-                lambda: self._compute_loss(batch)[0], lambda loss: self._backward(loss, num_micro)
-            )
-            if adversarial_loss is not None:
-                self._record({"adversarial_loss": adversarial_loss})
+        if self.adversary is None:
+            self._backward(loss, num_micro)
+            return
+        # The adversary runs the clean backward too: it reads this micro-batch's own gradient.
+        adversarial_loss = self.adversary.adversarial_backward(
+            loss, lambda: self._compute_loss(batch)[0], lambda loss: self._backward(loss, num_micro)
+        )
+        if adversarial_loss is not None:
+            self._record({"adversarial_loss": adversarial_loss})
 
     def _compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, logs with the loss value); a non-finite loss stops training at once."""

@@ -1,0 +1,59 @@
+"""Which code and which recipe made a result, so every recorded figure names its commit.
+
+Done markers, report.json and the bench and ablation files carry `record(recipe)`. Git is
+asked once per process, with a short timeout; outside a git checkout (an installed wheel)
+the git fields are None and nothing fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import distill
+from distill.recipe import Recipe
+
+GIT_TIMEOUT_S = 5.0
+PACKAGE_DIR = Path(distill.__file__).resolve().parent
+
+
+def _git(*args: str) -> str | None:
+    """A git command's stripped output in the package's checkout, or None when git cannot answer."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+@cache
+def _code() -> tuple[tuple[str, Any], ...]:
+    """Package version and git state; frozen so the cached value cannot be changed by a caller."""
+    top = _git("rev-parse", "--show-toplevel")
+    # Only the checkout the package lives in at its top level counts: an installed copy under a
+    # virtualenv inside some other repository must not report that repository's commit.
+    in_checkout = top is not None and Path(top).resolve() == PACKAGE_DIR.parent
+    # dirty means the package itself differs from its commit (uncommitted docs or tests do not count)
+    status = _git("status", "--porcelain", "--", PACKAGE_DIR.name) if in_checkout else None
+    return (
+        ("package_version", distill.__version__),
+        ("git_commit", _git("rev-parse", "HEAD") if in_checkout else None),
+        ("git_dirty", None if status is None else status != ""),
+        ("code_tree", _git("rev-parse", f"HEAD:{PACKAGE_DIR.name}") if in_checkout else None),
+    )
+
+
+def code() -> dict[str, Any]:
+    """{package_version, git_commit, git_dirty, code_tree}: code_tree is git's tree id of the
+    committed `distill` package, equal across commits that change only docs, tests or tools."""
+    return dict(_code())
+
+
+def record(recipe: Recipe) -> dict[str, Any]:
+    """The code and the fully resolved recipe (overrides applied), as the run's recipe.toml holds it."""
+    return {**code(), "recipe": tomllib.loads(recipe.to_toml())}

@@ -1,0 +1,60 @@
+"""distill.provenance: git state once per process, and never a failed run when git cannot answer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+import distill
+from distill import provenance
+
+NO_GIT = {"package_version": distill.__version__, "git_commit": None, "git_dirty": None, "code_tree": None}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test asks git anew; later tests get the real checkout's answer again."""
+    provenance._code.cache_clear()
+    yield
+    provenance._code.cache_clear()
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError("git"), subprocess.TimeoutExpired("git", 5.0)])
+def test_git_missing_or_hanging_gives_none_not_an_error(monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(subprocess, "run", fail)
+    assert provenance.code() == NO_GIT
+
+
+def test_outside_a_checkout_the_git_fields_are_none(monkeypatch, tmp_path):
+    (tmp_path / "distill").mkdir()
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", tmp_path / "distill")
+    assert provenance.code() == NO_GIT
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_an_installed_copy_inside_another_repository_does_not_report_that_repository(monkeypatch, tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    package = tmp_path / ".venv" / "site-packages" / "distill"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    assert provenance.code() == NO_GIT
+
+
+def test_git_is_asked_once_per_process_and_callers_get_their_own_copy(monkeypatch):
+    calls = []
+    real_run = subprocess.run
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counted)
+    first = provenance.code()
+    first["git_commit"] = "changed by a caller"
+    asked = len(calls)
+    assert provenance.code()["git_commit"] != "changed by a caller" and len(calls) == asked
