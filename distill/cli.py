@@ -51,6 +51,27 @@ def run(recipe: Path, stages: str | None, resume: bool, out_dir: Path | None, ov
 
 
 @cli.command()
+@click.argument("data_file", type=click.Path(path_type=Path))
+@click.option("--teacher", help="The teacher (builtin:NAME or a model directory; default builtin:minilm-l6); its tokenizer measures the texts.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Recipe to write (default: DATA_FILE's name with .toml, here).")
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe.")
+def init(data_file: Path, teacher: str | None, out: Path | None, force: bool) -> None:
+    """Write a commented starter recipe for a CSV/TSV/JSONL file, then validate it."""
+    from distill.recipe import load_recipe
+    from distill.starter import starter_recipe
+    from distill.validate import check_recipe
+
+    out = out or Path(data_file.name).with_suffix(".toml")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists", "--out", "pass --force to overwrite it, or --out another path")
+    out.write_text(starter_recipe(data_file, teacher, out), encoding="utf-8")
+    click.echo(f"wrote {out}")
+    for line in check_recipe(load_recipe(out)):
+        click.echo(f"ok: {line}")
+    click.echo(f"next: read the comments in {out}, then `distill run {out}`")
+
+
+@cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
@@ -139,6 +160,16 @@ def report(run_dir: Path) -> None:
     click.echo(report_run(Run.from_dir(run_dir)))
 
 
+def _model_manifest(model: Path) -> Path:
+    """The manifest to load: `model` itself, or the one a run or export folder names (said on stderr)."""
+    from distill.export.runtime import find_manifest
+
+    manifest = find_manifest(model)
+    if manifest != model:
+        click.echo(f"model: {manifest}", err=True)
+    return manifest
+
+
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
@@ -146,7 +177,8 @@ def report(run_dir: Path) -> None:
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int) -> None:
-    """Classify texts with an exported model (a manifest or a folder with one); JSON lines out."""
+    """Classify texts with an exported model (a manifest, an export folder with one, or a run
+    directory: its report's recommended model); JSON lines out."""
     from distill.export.runtime import OnnxPredictor
 
     inputs = list(texts)
@@ -159,7 +191,7 @@ def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, thr
             raise UserError("text file is not UTF-8", str(text_file), "re-save it as UTF-8") from None
     if not inputs:
         raise UserError("no texts to classify", None, "pass --text TEXT (repeatable) or --file FILE")
-    predictor = OnnxPredictor(model_dir, threads=threads, batch_size=batch_size)
+    predictor = OnnxPredictor(_model_manifest(model_dir), threads=threads, batch_size=batch_size)
     for text, prediction in zip(inputs, predictor.predict(inputs)):
         click.echo(json.dumps({"text": text, **prediction}, ensure_ascii=False))
 
@@ -172,10 +204,11 @@ def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, thr
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Most texts in one request.")
 @click.option("--max-text-chars", type=int, default=2000, show_default=True, help="Longest text accepted.")
 def serve(model_dir: Path, host: str, port: int, threads: int | None, max_batch: int, max_text_chars: int) -> None:
-    """Serve an exported model as HTTP JSON: POST /predict, GET /health, GET /metadata."""
+    """Serve an exported model (a manifest, or a run directory: its recommended model) as HTTP JSON:
+    POST /predict, GET /health, GET /metadata."""
     from distill.export.serve import serve as serve_model
 
-    serve_model(model_dir, host, port, threads=threads, max_batch=max_batch, max_text_chars=max_text_chars)
+    serve_model(_model_manifest(model_dir), host, port, threads=threads, max_batch=max_batch, max_text_chars=max_text_chars)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
+MAX_LENGTH_LIMIT = 4096  # the longest [task] max_length a recipe may ask for
 STAGE_ORDER = (
     "prepare",
     "pretrain",
@@ -79,7 +80,7 @@ class TaskSection(Section):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    max_length: int = Field(default=128, ge=8, le=4096)
+    max_length: int = Field(default=128, ge=8, le=MAX_LENGTH_LIMIT)
     truncation: Literal["head", "tail", "head+tail"] = "head"
     head_tokens: int | None = Field(default=None, ge=1)  # head+tail: tokens kept from the start
     split: list[float] = [0.8, 0.1, 0.1]
@@ -117,6 +118,7 @@ class StudentSection(Section):
     heads: int | None = Field(default=None, ge=1)
     intermediate: int | None = Field(default=None, ge=8)
     init: str = "teacher-layers"  # teacher-layers | random | path to a general student
+    architecture: str | None = None  # model_type of the student; None = the teacher's (random init when it differs)
     layer_map: list[int] | None = None  # zero-based teacher layers, one per student layer
     prune_vocab: bool = False
     seed: int | None = None  # student init and distillation training; None = [run] seed (split and teacher keep it)
@@ -148,7 +150,7 @@ class TrainSettings(Section):
 
 
 class RelationSettings(Section):
-    """MiniLM-family relation keys (DESIGN.md §5); the relation loss is the SUM of one KL per relation."""
+    """MiniLM-family relation keys; the relation loss is the SUM of one KL per relation."""
 
     relations: list[Literal["qq", "kk", "vv", "qk"]] = ["qq", "kk", "vv"]
     # None: with "qk" (MiniLM) the models' attention heads, which must match; else 48 when it divides both widths
@@ -263,6 +265,10 @@ class ReportSection(Section):
     repeats: int = Field(default=50, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None = the run's thread count
     seeds: list[int] = []  # student seeds to repeat the students with (distill.seeds); [] = this run's alone
+    # The recommended model: the fastest at batch size 1 within this accuracy (a fraction, 0.01 = one
+    # point) of the best student, or with a budget the most accurate within that bs1 p50 latency.
+    recommend_tolerance: float = Field(default=0.01, ge=0, le=1)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
 
     @field_validator("batch_sizes")
     @classmethod

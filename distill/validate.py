@@ -9,23 +9,71 @@ from distill.recipe import BUILTIN_PREFIX, AugmentSettings, Recipe
 from distill.stages.relations import AttentionShape, relation_heads
 
 
-def _check_teacher(recipe: Recipe) -> tuple[str, AttentionShape]:
-    """The teacher's config and tokenizer load offline; returns (description, attention shape)."""
-    from transformers import AutoConfig, AutoTokenizer
+def _check_teacher(recipe: Recipe) -> tuple[list[str], AttentionShape]:
+    """The teacher's config and tokenizer load offline and its architecture is known.
 
-    from distill.models.teacher import resolve_model_path
+    Returns what the run will do with it (architecture, token types, positions, student family,
+    vocabulary pruning) and its attention shape.
+    """
+    from transformers import AutoTokenizer
+
+    from distill.models.architectures import architecture
+    from distill.models.pruning import unprunable
+    from distill.models.teacher import model_config, resolve_model_path
 
     path = resolve_model_path(recipe.teacher.model)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-        AutoTokenizer.from_pretrained(path, local_files_only=True)
+        config = model_config(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(
             f"teacher at {path} does not load: {str(exc).splitlines()[0]}",
             "[teacher] model",
             "point it at a Hugging Face model directory with config.json and tokenizer files",
         ) from None
-    return f"teacher {recipe.teacher.model} ({config.model_type}, {config.num_hidden_layers} layers, width {config.hidden_size})", AttentionShape.of(config)
+    spec = architecture(config)
+    shape = spec.shape(config)
+    positions = spec.usable_positions(config)
+    if recipe.task.max_length > positions:
+        raise UserError(
+            f"[task] max_length = {recipe.task.max_length} but the {spec.model_type} teacher has positions for {positions} tokens",
+            "[task] max_length",
+            f"set max_length <= {positions}",
+        )
+    lines = [
+        f"teacher {recipe.teacher.model} ({spec.model_type}, {shape.layers} layers, width {shape.hidden}, "
+        f"{shape.heads} heads, {spec.attention_layers(config)} attention layers for relations, "
+        f"token types {'yes' if spec.uses_token_types(config) else 'no'}, up to {positions} positions)",
+        _student_line(recipe, spec.model_type),
+    ]
+    if recipe.student.prune_vocab:
+        reason = unprunable(tokenizer)
+        lines.append(
+            "vocabulary pruning: WordPiece, prunable"
+            if reason is None
+            else f"vocabulary pruning: not supported ({reason}); the full vocabulary is kept"
+        )
+    return lines, AttentionShape(shape.hidden, shape.heads)
+
+
+def _student_line(recipe: Recipe, teacher_family: str) -> str:
+    """Which architecture the transformer student will have, and how it starts."""
+    from distill.models.architectures import SUPPORTED
+    from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS
+
+    family = recipe.student.architecture or teacher_family
+    if recipe.student.architecture is not None and family not in SUPPORTED:
+        raise UserError(
+            f"unknown student architecture {family!r}",
+            "[student] architecture",
+            f"use one of {', '.join(SUPPORTED)}, or leave it out for the teacher's",
+        )
+    init = recipe.student.init
+    if init not in (INIT_TEACHER_LAYERS, INIT_RANDOM):
+        return f"student: the general student in {init} (its tokenizer must be the teacher's)"
+    if family != teacher_family and init == INIT_TEACHER_LAYERS:
+        init = "random (teacher layers fit only a student of the teacher's architecture)"
+    return f"student: {family}, {recipe.student.layers} layers, init {init}, the teacher's tokenizer"
 
 
 def _check_relation_heads(recipe: Recipe, teacher: AttentionShape) -> list[str]:
@@ -95,7 +143,7 @@ def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
         teacher = AttentionShape(pretrain.hidden, pretrain.heads)
     else:
         description, teacher = _check_teacher(recipe)
-        lines.append(description)
+        lines += description
     lines += _check_relation_heads(recipe, teacher)
     lines += _check_corpora(recipe)
     lines += _check_pos_swap(recipe, augment)

@@ -193,9 +193,10 @@ def test_validate_accepts_a_good_recipe(tmp_path, distill_main):
 
 def test_validate_checks_minilm_attention_heads(tmp_path, distill_main):
     write_rows(tmp_path / "data.csv", tiny_rows())
-    teacher = tiny_teacher_dir(tmp_path / "teacher")  # width 32, 4 attention heads
+    teacher = tiny_teacher_dir(tmp_path / "teacher")  # width 32, 4 attention heads, 64 positions
+    task = GOOD_TASK + "max_length = 64\n"
     recipe = tmp_path / "qk.toml"
-    recipe.write_text(GOOD_TASK + f'[teacher]\nmodel = "{teacher}"\n[stages.task_adaptive]\nrelations = ["qk", "vv"]\n')
+    recipe.write_text(task + f'[teacher]\nmodel = "{teacher}"\n[stages.task_adaptive]\nrelations = ["qk", "vv"]\n')
     code, out, err = distill_main("validate", recipe)
     assert code == 0, err
     assert "ok: task_adaptive: 4 relation heads (qk, vv) for widths 32 and 32" in out
@@ -207,7 +208,7 @@ def test_validate_checks_minilm_attention_heads(tmp_path, distill_main):
     assert code == 2 and "relation_heads = 8" in error_line(err) and "remove relation_heads" in error_line(err)
     # TSD computes relations only with relation_weight > 0, and only then needs matching heads.
     tsd = f'[teacher]\nmodel = "{teacher}"\n[student]\nheads = 2\n[stages.task_specific]\nrelations = ["qk", "vv"]\n'
-    recipe.write_text(GOOD_TASK + tsd)
+    recipe.write_text(task + tsd)
     code, out, err = distill_main("validate", recipe)
     assert code == 0 and "task_specific:" not in out, err
     code, out, err = distill_main("validate", recipe, "--set", "stages.task_specific.relation_weight=0.5")

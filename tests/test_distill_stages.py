@@ -323,7 +323,7 @@ def test_pruned_student_gives_the_unpruned_logits_on_the_training_texts(prepared
     unpruned = make_student(teacher, "teacher-layers", 2, labels=LABELS).eval()
     examples = data.train
     texts_T = task_dataset(pair.teacher_encoder, examples)
-    texts_S = task_dataset(text_encoder(run.recipe, work), examples)
+    texts_S = task_dataset(text_encoder(run.recipe, work, pair.student.config), examples)
     batch_T = texts_T.collate([texts_T[i] for i in range(len(texts_T))])
     batch_S = texts_S.collate([texts_S[i] for i in range(len(texts_S))])
     assert torch.equal(pair.student_inputs(batch_T["inputs"])["input_ids"], batch_S["inputs"]["input_ids"])

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from distill.errors import UserError
-from distill.models.features import FeatureExtractor, find_attention_projections
+from distill.models.features import FeatureExtractor
 
 BATCH, SEQ, WIDTH, LAYERS, CLASSES = 2, 6, 32, 2, 3
 SHARED = dict(vocab_size=100, num_hidden_layers=LAYERS, num_attention_heads=4, num_labels=CLASSES)
@@ -144,40 +144,10 @@ def test_close_removes_hooks_and_refuses_more_extraction():
         extractor.extract(**inputs())
 
 
-class Block(nn.Module):
-    """A layer named like generic decoder-style models: self_attn.q_proj/k_proj/v_proj."""
-
-    def __init__(self, with_key: bool = True) -> None:
-        super().__init__()
-        self.self_attn = nn.Module()
-        self.self_attn.q_proj = nn.Linear(4, 4)
-        if with_key:
-            self.self_attn.k_proj = nn.Linear(4, 4)
-        self.self_attn.v_proj = nn.Linear(4, 4)
-
-
-def test_finds_generic_q_proj_names_in_layer_order():
-    model = nn.Module()
-    model.layers = nn.ModuleList([Block() for _ in range(3)])
-    found = find_attention_projections(model)
-    assert len(found) == 3
-    for layer, block in zip(found, model.layers):
-        assert layer["queries"] is block.self_attn.q_proj
-        assert layer["keys"] is block.self_attn.k_proj
-        assert layer["values"] is block.self_attn.v_proj
-
-
-def test_model_without_projections_is_a_user_error():
+def test_model_of_no_known_architecture_is_a_user_error():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(UserError, match="no query/key/value projections found in Sequential"):
+    with pytest.raises(UserError, match="not a supported encoder architecture"):
         FeatureExtractor(model)
-
-
-def test_layer_missing_a_projection_is_a_user_error():
-    model = nn.Module()
-    model.layers = nn.ModuleList([Block(), Block(with_key=False)])
-    with pytest.raises(UserError, match="attention layer 1 .* lacks keys"):
-        find_attention_projections(model)
 
 
 def test_works_through_distributed_data_parallel(tmp_path):

@@ -284,12 +284,21 @@ def test_enabled_stages_follow_the_pipeline_order_and_prepare_always_runs():
     assert only_prepare.enabled_stages() == ["prepare"]
 
 
-def test_the_readme_recipe_reference_parses():
-    """The recipe reference in the README uses only real keys and valid values."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
-    recipe = parse_recipe(tomllib.loads(block), "README.md")
+def _toml_block(document: str) -> dict:
+    path = Path(__file__).resolve().parent.parent / document
+    return tomllib.loads(re.search(r"```toml\n(.*?)```", path.read_text(encoding="utf-8"), re.S).group(1))
+
+
+def test_the_recipe_reference_parses():
+    """The recipe reference in docs/recipes.md uses only real keys and valid values."""
+    recipe = parse_recipe(_toml_block("docs/recipes.md"), "docs/recipes.md")
     assert recipe.stages.task_specific.baseline_twin is False and recipe.stages.data_distill.labels == "soft"
+
+
+def test_the_readme_minimal_recipe_parses():
+    """The README's quickstart recipe is complete as printed: it parses with its own keys."""
+    recipe = parse_recipe(_toml_block("README.md"), "README.md")
+    assert recipe.task.text_column == "review" and recipe.stages.data_distill.students == ["bow", "cnn"]
 
 
 # --------------------------------------------------------------------------- overrides

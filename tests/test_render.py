@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
+from distill.report.recommend import recommend
 from distill.report.render import render_html, render_markdown, render_terminal, write_report
 from distill.report.schema import validate_report
 from distill.report.stats import HIERARCHICAL_BOOTSTRAP
@@ -151,7 +153,7 @@ def test_notes_are_shown_in_markdown_and_html(report, tmp_path):
     report["notes"] = "general read no corpus given: the task's 40 training texts, labels unused"
     validate_report(report)
     assert f"Notes: {report['notes']}" in render_markdown(report)
-    assert "Notes: general read no corpus given: the task&#x27;s 40 training texts" in render_html(report, "r.png")
+    assert "Notes: general read no corpus given: the task&#x27;s 40 training texts" in render_html(report, b"png")
 
 
 def test_terminal_table_is_aligned_with_one_line_per_model(report):
@@ -161,11 +163,63 @@ def test_terminal_table_is_aligned_with_one_line_per_model(report):
     assert len({line.index("0.") for line in lines[2:6]}) == 1  # the accuracy column lines up
 
 
-def test_html_escapes_text_and_links_the_chart(report):
-    page = render_html(report, "report.png")
+def test_html_escapes_text_and_embeds_the_chart(report):
+    page = render_html(report, b"\x89PNG fake")
     assert "builtin:tweets &lt;demo&gt;" in page and "<demo>" not in page
-    assert '<img src="report.png"' in page
+    assert '<img src="data:image/png;base64,iVBORyBmYWtl"' in page
     assert page.count("<tr><td>") == 4
+
+
+def test_html_is_self_contained_and_fits_a_phone(report, tmp_path):
+    page = write_report(report, tmp_path)["html"].read_text(encoding="utf-8")
+    assert re.findall(r'(?:src|href)="([^"]*)"', page) == [page.split('src="')[1].split('"')[0]]  # the one image
+    assert page.split('src="')[1].startswith("data:image/png;base64,iVBORw0KGgo")  # the PNG itself
+    assert "url(" not in page and "<link" not in page and "<script" not in page
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert '<div class="scroll"><table>' in page and ".scroll{overflow-x:auto}" in page
+
+
+def _deployable(report: dict) -> dict:
+    """The fixture's figures with int8 files: student 0.80 at 2.0 ms, its int8 0.79 at 1.5 ms, cnn 0.74 at 2.0 ms."""
+    report["students"][0]["onnx_int8"] = "onnx/student.int8.onnx"
+    return report
+
+
+def test_recommended_is_the_fastest_within_the_tolerance_of_the_best(report):
+    report = _deployable(report)
+    within_a_point = recommend(report, tolerance=0.01)
+    assert within_a_point["name"] == "student int8" and within_a_point["manifest"] == "onnx/student.int8.json"
+    assert within_a_point["why"] == (
+        "the fastest model at batch size 1 (1.5 ms median) whose accuracy (0.7900) is within 0.01 of the best, "
+        "student (0.8000)"
+    )
+    assert recommend(report, tolerance=0.005)["name"] == "student"  # int8 lost a point; cnn as fast but far worse
+    report["students"][1]["latency_ms"] = _latency(0.5)
+    assert recommend(report, tolerance=0.06)["name"] == "cnn"  # 0.74 is within 6 points, and fastest
+
+
+def test_with_a_budget_the_most_accurate_model_within_it_is_recommended(report):
+    report = _deployable(report)
+    assert recommend(report, tolerance=0.0, budget_ms=3.0)["name"] == "student"
+    assert recommend(report, tolerance=0.0, budget_ms=1.6)["name"] == "student int8"
+    over = recommend(report, tolerance=0.0, budget_ms=1.0)
+    assert over["name"] == "student int8" and over["why"].startswith("no model meets the latency budget of 1 ms")
+
+
+def test_a_teacher_only_report_recommends_the_teacher(report):
+    report["students"] = []
+    report["teacher"]["onnx"] = "onnx/teacher.onnx"
+    assert recommend(report, tolerance=0.01)["manifest"] == "onnx/teacher.json"
+
+
+def test_recommended_validates_and_every_view_names_it(report):
+    report["recommended"] = recommend(_deployable(report), tolerance=0.01)
+    validate_report(report)
+    line = "Recommended for deployment: student int8 (onnx/student.int8.json), the fastest model"
+    assert line in render_markdown(report) and line in render_terminal(report) and line in render_html(report, b"")
+    del report["recommended"]["manifest"]
+    with pytest.raises(ValueError, match=r"report\.recommended: missing required key 'manifest'"):
+        validate_report(report)
 
 
 def test_write_report_writes_all_four_files_and_json_round_trips(report, tmp_path):

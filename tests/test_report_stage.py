@@ -25,6 +25,7 @@ from distill.errors import UserError
 from distill.models.teacher import label_names, load_classifier
 from distill.pipeline import Run
 from distill.recipe import load_recipe
+from distill.report.recommend import recommend
 from distill.report.schema import validate_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +112,17 @@ def test_pipeline_publishes_every_view_at_the_run_root(reported):
     assert done["metrics"]["teacher_accuracy"] == report["teacher"]["accuracy"]
     assert done["metrics"]["bow_speedup"] == report["students"][1]["speedup"]
     assert not list(run.dir.glob(".*.partial"))
+
+
+def test_report_recommends_a_student_that_predict_on_the_run_directory_loads(reported, distill_main):
+    _, run, report = reported
+    recommended = report["recommended"]
+    assert recommended == recommend(report, tolerance=0.01)  # the recipe's default tolerance, no budget
+    assert recommended["name"] in {name for s in report["students"] for name in (s["name"], f"{s['name']} int8")}
+    assert recommended["name"] in (run.dir / "report.md").read_text(encoding="utf-8")
+    code, out, err = distill_main("predict", run.dir, "--text", "a good film")
+    assert code == 0, err
+    assert err == f"model: {run.dir / recommended['manifest']}\n" and json.loads(out)["text"] == "a good film"
 
 
 def test_cli_eval_prints_torch_accuracy_per_model(reported):

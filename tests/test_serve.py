@@ -1,3 +1,5 @@
+import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,8 +32,8 @@ MAX_BATCH = 4
 MAX_CHARS = 50
 
 
-@pytest.fixture(scope="module")
-def manifest_path(tmp_path_factory):
+def export_bow(out_dir, name: str, seed: int = 0):
+    """A random BOW student exported as out_dir/NAME.onnx + NAME.json; returns the manifest path."""
     splitter = WordTokenizer("en")
     vocab = WordVocab.build(splitter.split(text) for text in TEXTS)
     config = ShallowConfig(
@@ -43,11 +45,14 @@ def manifest_path(tmp_path_factory):
         max_len=16,
         id2label=dict(enumerate(LABELS)),
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_shallow(config).eval()
-    return export_shallow(
-        model, config, vocab, tmp_path_factory.mktemp("onnx"), "bow", TEXTS
-    ).manifest_path
+    return export_shallow(model, config, vocab, out_dir, name, TEXTS).manifest_path
+
+
+@pytest.fixture(scope="module")
+def manifest_path(tmp_path_factory):
+    return export_bow(tmp_path_factory.mktemp("onnx"), "bow")
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +170,47 @@ def test_serve_module_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with two exported models in onnx/, its report recommending the second."""
+    run = tmp_path_factory.mktemp("run")
+    export_bow(run / "onnx", "bow", seed=0)
+    export_bow(run / "onnx", "fast", seed=1)
+    recommended = {"name": "fast", "manifest": "onnx/fast.json", "why": "the fastest"}
+    (run / "report.json").write_text(json.dumps({"recommended": recommended}), encoding="utf-8")
+    return run
+
+
+def test_predict_on_a_run_directory_uses_the_recommended_model(run_dir, distill_main):
+    code, out, err = distill_main("predict", run_dir, "--text", "a good film", "--text", "bad plot")
+    assert code == 0, err
+    assert err == f"model: {run_dir / 'onnx' / 'fast.json'}\n"
+    expected = OnnxPredictor(run_dir / "onnx" / "fast.json").predict(["a good film", "bad plot"])
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"text": text, **prediction} for text, prediction in zip(["a good film", "bad plot"], expected)
+    ]
+    code, out, err = distill_main("predict", run_dir / "onnx" / "bow.json", "--text", "a good film")
+    assert code == 0 and err == ""  # a manifest still picks any model
+
+
+def test_serve_on_a_run_directory_serves_the_recommended_model(run_dir, distill_main, monkeypatch):
+    served = []
+    monkeypatch.setattr("distill.export.serve.serve", lambda model, *args, **kwargs: served.append(model))
+    code, _, err = distill_main("serve", run_dir)
+    assert code == 0, err
+    assert served == [run_dir / "onnx" / "fast.json"]
+
+
+def test_an_export_folder_with_several_models_points_to_the_run_directory(run_dir, distill_main):
+    code, _, err = distill_main("predict", run_dir / "onnx", "--text", "a")
+    assert code == 2
+    assert "several exported models found (bow.json, fast.json)" in err and "the run directory" in err
+
+
+def test_a_report_without_a_recommendation_is_one_error_line(run_dir, tmp_path, distill_main):
+    shutil.copytree(run_dir / "onnx", tmp_path / "onnx")
+    (tmp_path / "report.json").write_text("{}", encoding="utf-8")
+    code, _, err = distill_main("predict", tmp_path, "--text", "a")
+    assert code == 2 and err.startswith("error: the report recommends no model") and err.count("\n") == 1

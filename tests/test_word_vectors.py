@@ -82,8 +82,8 @@ def test_word_vectors_follow_word_order_and_match_one_text_at_a_time(encoder):
     np.testing.assert_allclose(together, np.stack(alone), atol=1e-5)
 
 
-def test_a_teacher_without_a_linear_head_is_refused():
-    with pytest.raises(UserError, match="no linear `classifier`"):
+def test_a_model_of_no_known_architecture_is_refused():
+    with pytest.raises(UserError, match="not a supported encoder architecture"):
         ClassifierInput(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 

@@ -1,7 +1,7 @@
 """Benchmark recipes end to end: wall time per stage, peak memory, and the report's figures.
 
-    python tools/bench.py recipes/tiny.toml [more.toml ...] [--out bench.json] [--readme README.md]
-    python tools/bench.py --with results/bench-tiny.json --with results/bench-tweets.json --readme README.md
+    python tools/bench.py recipes/tiny.toml [more.toml ...] [--out bench.json] [--readme docs/results.md]
+    python tools/bench.py --with results/bench-tiny.json --with results/bench-tweets.json --readme docs/results.md
 
 Each recipe runs as `distill run RECIPE` in its own child process, so the peak resident memory
 read from that child's rusage belongs to that run alone. Stage times come from the run's

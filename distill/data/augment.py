@@ -28,12 +28,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from tqdm import tqdm
-
 from distill.data.words import UNK_TOKEN, Language, WordTokenizer
 from distill.errors import UserError
+from distill.progress import Progress
 
-# Inputs with at least this many texts get a progress bar (on a terminal).
+# Inputs with at least this many texts show progress (a bar, or periodic lines off a terminal).
 _PROGRESS_MIN_TEXTS = 1000
 
 # How POS swap draws the new word among the others of its tag: by its count in the training
@@ -200,9 +199,12 @@ def _tag_english(word_lists: list[list[str]]) -> Iterator[tuple[str, str]]:
     from spacy.tokens import Doc
 
     docs = (Doc(nlp.vocab, words=words) for words in word_lists)
-    for doc in nlp.pipe(docs, batch_size=256):
-        for token in doc:
-            yield token.text, token.tag_
+    shown = len(word_lists) >= _PROGRESS_MIN_TEXTS
+    with Progress("POS tags", len(word_lists), unit="text", enabled=shown) as progress:
+        for doc in nlp.pipe(docs, batch_size=256):
+            progress.update()
+            for token in doc:
+                yield token.text, token.tag_
 
 
 class Augmenter:
@@ -263,12 +265,14 @@ class Augmenter:
             raise RuntimeError("call Augmenter.fit(train_texts) before augment() when pos_swap > 0")
         rng = random.Random(self.seed)
         originals, candidates = set(), []
-        quiet = True if len(train_texts) < _PROGRESS_MIN_TEXTS else None
-        for text in tqdm(train_texts, desc="augment", unit="text", disable=quiet):
-            words = self.tokenizer.split(text)
-            originals.add(self.tokenizer.join(words))
-            for _ in range(self.multiplier):
-                candidates.append(self.tokenizer.join(self._perturb(words, rng)))
+        shown = len(train_texts) >= _PROGRESS_MIN_TEXTS
+        with Progress("augment", len(train_texts), unit="text", enabled=shown) as progress:
+            for text in train_texts:
+                words = self.tokenizer.split(text)
+                originals.add(self.tokenizer.join(words))
+                for _ in range(self.multiplier):
+                    candidates.append(self.tokenizer.join(self._perturb(words, rng)))
+                progress.update()
         blocked = originals | {self.tokenizer.join(self.tokenizer.split(text)) for text in exclude}
         return [text for text in dict.fromkeys(candidates) if text and text not in blocked]
 

@@ -128,7 +128,7 @@ def _rows_from_text(text: str, fmt: str, path: Path) -> list[tuple[int, dict]]:
         raise UserError(f"malformed {fmt.upper()} on line {reader.line_num}: {exc}", str(path), "fix the quoting") from None
 
 
-def _shown(name: str) -> str:
+def shown_column(name: str) -> str:
     """A column name as written, escaped when it holds a line break or another control character."""
     return name if name.isprintable() else repr(name)[1:-1]
 
@@ -138,22 +138,31 @@ def _column_names(rows: list[tuple[int, dict]]) -> list[str]:
     return [name for name in rows[0][1] if name is not None] if rows else []
 
 
-def read_examples(path: Path, task: TaskSection) -> list[Example]:
-    """Read one data file into examples, checking columns and values."""
+def read_rows(path: Path, declared_format: str | None = None) -> tuple[str, list[tuple[int, dict]], list[str]]:
+    """(format, (line number, row) pairs, column names) of a CSV/TSV/JSON-lines data file with rows."""
     if not path.is_file():
         raise UserError(f"data file not found: {path}", "[task] dataset", "check the path (relative paths start at the recipe's folder)")
-    fmt = guess_format(path, task.format)
-    rows = _rows_from_text(_decode(path.read_bytes(), path), fmt, path)
+    fmt = guess_format(path, declared_format)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the data file: {exc.strerror or exc}", str(path), "check its permissions") from None
+    rows = _rows_from_text(_decode(raw, path), fmt, path)
     if not rows:
         raise UserError("data file has no rows", str(path), "give a file with a header and at least one row")
-    columns = _column_names(rows)
+    return fmt, rows, _column_names(rows)
+
+
+def read_examples(path: Path, task: TaskSection) -> list[Example]:
+    """Read one data file into examples, checking columns and values."""
+    fmt, rows, columns = read_rows(path, task.format)
     wanted = [("text_column", task.text_column), ("label_column", task.label_column)]
     if task.text_pair_column:
         wanted.append(("text_pair_column", task.text_pair_column))
     for key, column in wanted:
         if fmt != "jsonl" and column not in columns:
             raise UserError(
-                f"column '{_shown(column)}' not found (columns: {', '.join(map(_shown, columns))})",
+                f"column '{shown_column(column)}' not found (columns: {', '.join(map(shown_column, columns))})",
                 str(path),
                 f"set [task] {key} to one of the columns",
             )
@@ -161,7 +170,7 @@ def read_examples(path: Path, task: TaskSection) -> list[Example]:
     for number, row in rows:
         missing = [column for _, column in wanted if column not in row or row[column] is None]
         if missing:
-            raise UserError(f"line {number} has no '{_shown(missing[0])}' field", str(path), "give every row text and label")
+            raise UserError(f"line {number} has no '{shown_column(missing[0])}' field", str(path), "give every row text and label")
         pair = str(row[task.text_pair_column]) if task.text_pair_column else None
         examples.append(Example(text=str(row[task.text_column]), label=str(row[task.label_column]).strip(), text_pair=pair))
     return examples

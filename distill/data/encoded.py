@@ -39,7 +39,7 @@ class EncodedDataset(Dataset):
     ) -> None:
         self.pad_id = encoder.pad_id
         self.ids: list[list[int]] = []
-        self.types: list[list[int]] = []
+        self.types: list[list[int]] | None = [] if encoder.token_types else None  # only for models that read them
         has_pairs = pairs is not None and any(p is not None for p in pairs)
         for start in range(0, len(texts), ENCODE_CHUNK):
             chunk = list(texts[start : start + ENCODE_CHUNK])
@@ -48,27 +48,30 @@ class EncodedDataset(Dataset):
             lengths = encoded["attention_mask"].sum(axis=1)
             for row, length in enumerate(lengths):
                 self.ids.append(encoded["input_ids"][row, :length].tolist())
-                self.types.append(encoded["token_type_ids"][row, :length].tolist())
+                if self.types is not None:
+                    self.types.append(encoded["token_type_ids"][row, :length].tolist())
         self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[int, list[int], list[int], int]:
-        return index, self.ids[index], self.types[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[int, list[int], list[int] | None, int]:
+        types = None if self.types is None else self.types[index]
+        return index, self.ids[index], types, self.labels[index]
 
     def length(self, index: int) -> int:
         return len(self.ids[index])
 
-    def collate(self, items: list[tuple[int, list[int], list[int], int]]) -> dict:
+    def collate(self, items: list[tuple[int, list[int], list[int] | None, int]]) -> dict:
         indices, ids, types, labels = zip(*items)
-        input_ids = _pad(ids, self.pad_id)  # (batch, longest)
+        inputs = {
+            "input_ids": _pad(ids, self.pad_id),  # (batch, longest)
+            "attention_mask": _pad([[1] * len(row) for row in ids], 0),
+        }
+        if self.types is not None:
+            inputs["token_type_ids"] = _pad(types, 0)
         return {
-            "inputs": {
-                "input_ids": input_ids,
-                "attention_mask": _pad([[1] * len(row) for row in ids], 0),
-                "token_type_ids": _pad(types, 0),
-            },
+            "inputs": inputs,
             "labels": torch.tensor(labels, dtype=torch.long),
             "index": torch.tensor(indices, dtype=torch.long),
         }

@@ -51,6 +51,7 @@ class MaskingCollator:
         language: str = "en",
         max_length: int = 128,
         seed: int = 0,
+        token_types: bool = True,
     ) -> None:
         if not 0.0 < mask_prob < 1.0:
             raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}", "mask_prob",
@@ -72,6 +73,7 @@ class MaskingCollator:
         self.whole_word = whole_word
         self.language = language
         self.max_length = max_length
+        self.token_types = token_types  # only models with token type embeddings read them
         self.generator = torch.Generator().manual_seed(seed)
 
         vocab = tokenizer.get_vocab()
@@ -83,7 +85,7 @@ class MaskingCollator:
         self._is_continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Return input_ids, attention_mask, token_type_ids and labels, each (batch, seq)."""
+        """Return input_ids, attention_mask, token_type_ids (with `token_types`) and labels, each (batch, seq)."""
         if isinstance(texts, str) or len(texts) == 0:
             raise ValueError("MaskingCollator takes a non-empty list of texts")
         texts = list(texts)
@@ -113,12 +115,14 @@ class MaskingCollator:
         to_random = selected & (choice >= MASK_SHARE) & (choice < MASK_SHARE + RANDOM_SHARE)
         input_ids = torch.where(to_mask, self.tokenizer.mask_token_id, original_ids)
         input_ids = torch.where(to_random, random_ids, input_ids)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": encoding["attention_mask"],
-            "token_type_ids": encoding["token_type_ids"],
             "labels": torch.where(selected, original_ids, IGNORE_INDEX),
         }
+        if self.token_types:
+            batch["token_type_ids"] = encoding["token_type_ids"]
+        return batch
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The random state, so a resumed run draws the masks it would have drawn."""

@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,7 @@ def export_transformer(
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
 ) -> ExportedModel:
-    """Exports a BERT-style classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
+    """Exports a transformer classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
     `labels` are the label names in logit order; `texts` (and `pairs`, the second segments of a
     text-pair task) are real examples for the parity check, which raises `ParityError` (and
@@ -126,9 +125,9 @@ def export_transformer(
     _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
     tokenizer_file = f"{name}.tokenizer.json"
-    encoder.tokenizer.save(str(out_dir / tokenizer_file))
+    encoder.save(out_dir, tokenizer_file)
     input_names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in signature(model.forward).parameters:
+    if encoder.token_types:  # the encoder was made for this model: types only if it reads them
         input_names.append("token_type_ids")
     manifest = {
         **_manifest_head(name, TRANSFORMER_KIND, labels, input_names, encoder.max_length),
@@ -354,23 +353,35 @@ def _non_finite_weights_fix(model: nn.Module) -> str:
 def _export_graph(
     model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Path, opset: int
 ) -> None:
-    """One ONNX graph with dynamic batch and sequence axes and a single `logits` output."""
+    """One ONNX graph with dynamic batch and sequence axes and a single `logits` output.
+
+    An architecture the exporter cannot trace is a UserError naming the model class and the
+    exporter's own first line, so a run says which model did not export and why.
+    """
     device = _device_of(model)
     example = tuple(torch.from_numpy(value).to(device) for value in inputs.values())
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with _eval_mode(model), torch.no_grad(), _quiet_converters():
-        torch.onnx.export(
-            _LogitsOnly(model).eval(),
-            example,
-            str(onnx_path),
-            input_names=list(inputs),
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
-            verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                _LogitsOnly(model).eval(),
+                example,
+                str(onnx_path),
+                input_names=list(inputs),
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many types; all mean "no graph"
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(
+                f"{type(model).__name__} could not be exported to ONNX (torch {torch.__version__}): {reason}",
+                str(onnx_path),
+                "disable [export] for this run, or try another [export] opset",
+            ) from error
 
 
 @contextmanager

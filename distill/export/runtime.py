@@ -25,6 +25,7 @@ MANIFEST_VERSION = 1
 TRANSFORMER_KIND = "transformer"
 SHALLOW_KINDS = ("bow", "cnn", "bigru")
 OUTPUT_NAME = "logits"
+REPORT_FILE = "report.json"  # in a run directory; names the model to deploy under `recommended`
 
 _COMMON_KEYS = ("format", "version", "name", "kind", "model_file", "labels", "inputs", "max_length")
 _KIND_KEYS = {
@@ -37,14 +38,19 @@ InputEncoder = Callable[[Sequence[str], Sequence[str] | None], dict[str, np.ndar
 
 
 def find_manifest(manifest_or_dir: str | Path) -> Path:
-    """The manifest itself, or the one manifest (`X.json` with `X.onnx` beside it) of a folder."""
+    """The manifest itself, the model a run's report recommends (a run directory), or the one
+    manifest (`X.json` with `X.onnx` beside it) of a folder."""
     path = Path(manifest_or_dir)
     if path.is_file():
         return path
     if not path.is_dir():
         raise UserError(
-            "no exported model here", str(path), "give an export folder or its NAME.json manifest"
+            "no exported model here",
+            str(path),
+            "give a run directory, an export folder or a NAME.json manifest",
         )
+    if (path / REPORT_FILE).is_file():
+        return _recommended_manifest(path)
     manifests = sorted(p for p in path.glob("*.json") if p.with_suffix(".onnx").is_file())
     if len(manifests) == 1:
         return manifests[0]
@@ -56,8 +62,35 @@ def find_manifest(manifest_or_dir: str | Path) -> Path:
         )
     names = ", ".join(p.name for p in manifests)
     raise UserError(
-        f"several exported models found ({names})", str(path), "give the path of one manifest"
+        f"several exported models found ({names})",
+        str(path),
+        "give the path of one manifest, or the run directory for the model its report recommends",
     )
+
+
+def _recommended_manifest(run_dir: Path) -> Path:
+    """The manifest named by `recommended` in the run's report.json."""
+    report_path = run_dir / REPORT_FILE
+    try:
+        recommended = json.loads(report_path.read_text(encoding="utf-8")).get("recommended")
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise UserError(
+            f"cannot read the report ({error})", str(report_path), "rerun `distill report RUN_DIR`"
+        ) from None
+    if not isinstance(recommended, dict) or not isinstance(recommended.get("manifest"), str):
+        raise UserError(
+            "the report recommends no model",
+            str(report_path),
+            "rerun `distill report RUN_DIR` with this version of distill, or give a manifest (onnx/NAME.json)",
+        )
+    manifest = run_dir / recommended["manifest"]
+    if not manifest.is_file():
+        raise UserError(
+            f"the recommended model's manifest {recommended['manifest']} is missing",
+            str(run_dir),
+            "rerun `distill export RUN_DIR` and `distill report RUN_DIR`",
+        )
+    return manifest
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -219,10 +252,14 @@ def input_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
 
 def _transformer_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
     tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer_file"]))
-    encoder = TextEncoder(
-        tokenizer, manifest["max_length"], manifest["truncation"], manifest["head_tokens"]
-    )
     input_names = manifest["inputs"]
+    encoder = TextEncoder(
+        tokenizer,
+        manifest["max_length"],
+        manifest["truncation"],
+        manifest["head_tokens"],
+        token_types="token_type_ids" in input_names,
+    )
 
     def encode(texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, np.ndarray]:
         batch = encoder.encode(texts, pairs)

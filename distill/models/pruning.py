@@ -89,16 +89,31 @@ def prune_vocabulary(
     return pruned_model, pruned_tokenizer, stats
 
 
+def unprunable(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why pruning cannot keep this tokenizer's splits (its kind), or None for WordPiece.
+
+    Only WordPiece's greedy longest match is provably unchanged by dropping unused pieces. BPE applies
+    merges through intermediate pieces the texts never show, and Unigram picks the most likely split
+    over the whole vocabulary, so removing pieces can change the splits of the kept texts themselves.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return f"{type(tokenizer).__name__} has no tokenizers backend"
+    if not isinstance(backend.model, WordPiece):
+        return f"{type(backend.model).__name__} tokenizer; only WordPiece can be pruned"
+    return None
+
+
 def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
     """A copy of the WordPiece backend without truncation or padding, so every piece of every text counts."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not isinstance(backend.model, WordPiece):
+    reason = unprunable(tokenizer)
+    if reason is not None:
         raise UserError(
-            f"vocabulary pruning needs a WordPiece tokenizer, got {type(tokenizer).__name__}",
+            f"vocabulary pruning is not supported here: {reason}",
             "[student] prune_vocab",
             "set prune_vocab = false for BPE or SentencePiece teachers",
         )
-    plain = Tokenizer.from_str(backend.to_str())
+    plain = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     plain.no_truncation()
     plain.no_padding()
     return plain

@@ -1,11 +1,11 @@
 """Teacher models: resolve a model spec, add a classification head with a pooling choice, load and measure.
 
 Every classifier built here is a standard Hugging Face directory once saved: ``cls`` pooling uses the
-architecture's own ``AutoModelForSequenceClassification``; ``mean`` / ``last4`` pooling use
-:class:`PooledBertForSequenceClassification`, a BERT whose module names are BERT's own
-(``bert.encoder.layer.N.attention.self.query``) so forward hooks, layer-wise decay and ONNX export work
-unchanged. Call :func:`register_pooled_bert` (``build_classifier`` / ``load_classifier`` do) before loading
-a ``mean`` / ``last4`` directory with the Auto classes.
+architecture's own ``AutoModelForSequenceClassification`` (its head as the family defines it);
+``mean`` / ``last4`` pooling use :class:`PooledBertForSequenceClassification`, a BERT whose module names
+are BERT's own (``bert.encoder.layer.N.attention.self.query``) so forward hooks, layer-wise decay and
+ONNX export work unchanged. Call :func:`register_pooled_bert` (``build_classifier`` / ``load_classifier``
+do) before loading a ``mean`` / ``last4`` directory with the Auto classes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -29,10 +28,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from distill.errors import UserError
+from distill.models.architectures import POOLED_BERT, architecture
 
 POOLINGS = ("cls", "mean", "last4")
-POOLED_MODEL_TYPE = "distill-pooled-bert"
-BERT_FAMILY = ("bert", POOLED_MODEL_TYPE)
+POOLED_MODEL_TYPE = POOLED_BERT
+BERT_FAMILY = ("bert", POOLED_MODEL_TYPE)  # what mean / last4 pooling (a BERT of distill's own) can hold
 LAST_LAYERS_POOLED = 4
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 BYTES_PER_MB = 1024 * 1024
@@ -212,13 +212,14 @@ def _classifier_config(
         )
     settings = {**_encoder_settings(encoder_config), **label_maps(labels)}
     if dropout is not None:
-        if not hasattr(encoder_config, "classifier_dropout"):
+        dropout_key = architecture(encoder_config).head_dropout
+        if dropout_key is None:
             raise UserError(
                 f"head dropout is not configurable for model_type {family!r}",
                 "[teacher] dropout",
                 "remove [teacher] dropout to keep the architecture's default",
             )
-        settings["classifier_dropout"] = dropout
+        settings[dropout_key] = dropout
     if pooling != "cls":
         return PooledBertConfig(**settings, pooling=pooling)
     if family in BERT_FAMILY:
@@ -233,7 +234,8 @@ def build_classifier(
 
     The encoder is loaded on its own and copied strictly into the classifier, so a directory that
     already holds a classifier never leaks its old head, and a checkpoint missing encoder weights fails
-    instead of training from silently random layers.
+    instead of training from silently random layers. Only the base model's pooler (which encoder
+    checkpoints carry or not, whatever the classifier uses) may be missing or left over.
     """
     register_pooled_bert()
     path = resolve_model_path(str(model_path))
@@ -241,25 +243,24 @@ def build_classifier(
     config = _classifier_config(encoder_config, labels, pooling, dropout)
     model = AutoModelForSequenceClassification.from_config(config)
     base = model.base_model
-    if isinstance(base, BertModel):
-        encoder, info = BertModel.from_pretrained(
-            path,
-            config=BertConfig(**_encoder_settings(encoder_config)),
-            add_pooling_layer=base.pooler is not None,
-            local_files_only=True,
-            output_loading_info=True,
-        )
-    else:
-        encoder, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
-    missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
+    encoder, info = type(base).from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
+    pooler = architecture(config).pooler
+    loaded = base.load_state_dict(encoder.state_dict(), strict=False)
+    missing = [*info["missing_keys"], *loaded.missing_keys, *loaded.unexpected_keys]
+    missing = [key for key in missing if pooler is None or not key.startswith(f"{pooler}.")]
     if missing:
         raise UserError(
             f"the teacher checkpoint lacks encoder weights {missing[:3]}",
             str(path),
             "point [teacher] model to a complete pretrained encoder",
         )
-    base.load_state_dict(encoder.state_dict())
     return model
+
+
+def model_config(model_dir: str | Path) -> PreTrainedConfig:
+    """The config of a saved model (teacher, student or encoder), read offline."""
+    register_pooled_bert()
+    return AutoConfig.from_pretrained(resolve_model_path(str(model_dir), where="model directory"), local_files_only=True)
 
 
 def load_classifier(model_dir: str | Path) -> PreTrainedModel:

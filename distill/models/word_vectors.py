@@ -23,28 +23,23 @@ from distill.data.encoded import EncodedDataset
 from distill.data.tokenize import TextEncoder
 from distill.data.words import UNK_ID, UNK_MARKER, WordVocab
 from distill.errors import UserError
+from distill.models.architectures import architecture
 from distill.report.evaluate import predict_logits
 
 WORD_BATCH = 256  # one-word texts per teacher forward pass
 
 
 class ClassifierInput(nn.Module):
-    """A sequence classifier that returns what its `classifier` layer reads: (batch, hidden).
+    """A sequence classifier that returns what its head's last linear reads: (batch, hidden).
 
-    That is the pooled vector, whatever the pooling ([CLS] through BERT's pooler, mean of
-    tokens, mean of the last layers' [CLS]); a forward pre-hook reads it, so no pooling code
-    is repeated here.
+    That is the pooled vector, whatever the pooling ([CLS] through BERT's pooler or RoBERTa's
+    dense layer, mean of tokens, mean of the last layers' [CLS]); a forward pre-hook reads it,
+    so no pooling code is repeated here. `architectures` names that linear per family.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        head = getattr(model, "classifier", None)
-        if not isinstance(head, nn.Linear):
-            raise UserError(
-                f"the teacher ({type(model).__name__}) has no linear `classifier` head to read",
-                "[stages.data_distill] embeddings",
-                'use embeddings = "random" for this teacher',
-            )
+        head = model.get_submodule(architecture(model).logits_layer)
         self.model = model
         self.head = head
         self.train(model.training)  # a new module says "training"; callers restore this mode

@@ -6,6 +6,7 @@ is computed once by the report stage and read from the dict here, so all four vi
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -34,6 +35,8 @@ def render_markdown(report: dict) -> str:
     """A Markdown page: headline, one table row per model, paired tests, baseline, hardware."""
     headers, rows = _table(report)
     lines = [f"# distill report: {report['dataset']}", "", _headline(report), ""]
+    if "recommended" in report:
+        lines += [f"**{_recommended_line(report['recommended'])}**", ""]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join("---" for _ in headers) + "|")
     lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
@@ -57,7 +60,10 @@ def render_terminal(report: dict) -> str:
     widths = [max(len(line[column]) for line in table) for column in range(len(keep))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text + ["", _headline(report)]) + "\n"
+    text += ["", _headline(report)]
+    if "recommended" in report:
+        text.append(_recommended_line(report["recommended"]))
+    return "\n".join(text) + "\n"
 
 
 def render_chart(report: dict, png_path: str | Path) -> None:
@@ -118,28 +124,37 @@ def _plot_sizes(axes, models: list, colors: list[str]) -> None:
     axes.margins(y=0.12)
 
 
-def render_html(report: dict, png_name: str) -> str:
-    """A self-contained page (inline style, no scripts) showing the table, chart and hardware."""
+def render_html(report: dict, chart_png: bytes) -> str:
+    """A self-contained page (inline style, the chart as a data URI, no scripts) that reads on a
+    phone as on a laptop: the wide table scrolls sideways instead of squeezing the page."""
     headers, rows = _table(report)
     escape = html.escape
     head_cells = "".join(f"<th>{escape(name)}</th>" for name in headers)
     body_rows = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     significance = "".join(f"<li>{escape(line)}</li>" for line in _significance_lines(report))
     title = escape(f"distill report: {report['dataset']}")
+    chart = base64.b64encode(chart_png).decode("ascii")
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{title}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
-        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:80em;line-height:1.4}"
+        ".scroll{overflow-x:auto}table{border-collapse:collapse;white-space:nowrap}"
+        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
         "th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}"
-        "img{max-width:100%}.note{color:#555}</style>",
+        "img{max-width:100%;height:auto}.note{color:#555}"
+        "@media (max-width:40em){body{margin:1em auto;padding:0 .5em;font-size:15px}h1{font-size:1.4em}}</style>",
         "</head><body>",
         f"<h1>{title}</h1>",
         f"<p><strong>{escape(_headline(report))}</strong></p>",
-        f"<table><thead><tr>{head_cells}</tr></thead><tbody>\n{body_rows}\n</tbody></table>",
+    ]
+    if "recommended" in report:
+        parts.append(f"<p><strong>{escape(_recommended_line(report['recommended']))}</strong></p>")
+    parts += [
+        f'<div class="scroll"><table><thead><tr>{head_cells}</tr></thead><tbody>\n{body_rows}\n</tbody></table></div>',
         f'<p class="note">{escape(_LEGEND)}</p>',
-        f'<img src="{escape(png_name)}" alt="accuracy versus latency and model size">',
+        f'<img src="data:image/png;base64,{chart}" alt="accuracy versus latency and model size">',
     ]
     if significance:
         parts.append(f"<h2>Paired tests</h2><ul>{significance}</ul>")
@@ -159,7 +174,7 @@ def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     paths["md"].write_text(render_markdown(report), encoding="utf-8")
     render_chart(report, paths["png"])
-    paths["html"].write_text(render_html(report, paths["png"].name), encoding="utf-8")
+    paths["html"].write_text(render_html(report, paths["png"].read_bytes()), encoding="utf-8")
     return paths
 
 
@@ -222,6 +237,13 @@ def _headline(report: dict) -> str:
         f"teacher's accuracy, runs {best['speedup']:.1f}× faster at batch size 1 and takes "
         f"{best['size_mb']:.1f} MB against the teacher's {report['teacher']['size_mb']:.1f} MB "
         f"({report['test_size']} test texts)."
+    )
+
+
+def _recommended_line(recommended: dict) -> str:
+    return (
+        f"Recommended for deployment: {recommended['name']} ({recommended['manifest']}), {recommended['why']}; "
+        "`distill predict RUN_DIR` and `distill serve RUN_DIR` load it."
     )
 
 

@@ -146,6 +146,16 @@ REPORT_SCHEMA: dict = {
             "required": ["name", "accuracy", "macro_f1"],
             "properties": {"name": {"type": "string"}, "accuracy": _FRACTION, "macro_f1": _FRACTION},
         },
+        "recommended": {
+            "type": "object",
+            "description": "The model to deploy (distill.report.recommend); `distill predict RUN_DIR` loads it.",
+            "required": ["name", "manifest", "why"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "manifest": {"type": "string", "minLength": 1, "description": "relative to the run directory"},
+                "why": {"type": "string", "minLength": 1},
+            },
+        },
         "threads": {"type": "integer", "minimum": 1},
         "created": {"type": "string"},
         "notes": {"type": "string"},

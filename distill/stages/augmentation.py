@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from distill import distributed
@@ -30,6 +29,7 @@ from distill.data.datasets import PreparedData
 from distill.data.encoded import EncodedDataset
 from distill.errors import UserError
 from distill.models.teacher import label_names, load_classifier, register_pooled_bert
+from distill.progress import Progress
 from distill.recipe import AugmentSettings
 from distill.report.evaluate import predict_logits
 from distill.stages.common import text_encoder
@@ -195,10 +195,9 @@ def _label_with_cache(run: Any, texts: list[str], chunk_size: int) -> Labelling:
         started = time.perf_counter()
         model = load_classifier(teacher_dir).to(run.device)
         encoder = text_encoder(run.recipe, teacher_dir)
-        quiet = None if distributed.is_main() else True  # None: a bar on a terminal only
         cached = len(texts) - len(missing)
-        bar = tqdm(total=len(texts), initial=cached, desc="teacher labels", unit="text", disable=quiet)
         pending = list(missing.items())
+        bar = Progress("teacher labels", len(texts), unit="text", initial=cached, enabled=distributed.is_main())
         with bar:
             for start in range(0, len(pending), chunk_size):
                 chunk_keys, chunk = zip(*pending[start : start + chunk_size])

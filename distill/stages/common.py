@@ -32,9 +32,23 @@ def student_seed(recipe: Recipe) -> int:
     return recipe.student.seed if recipe.student.seed is not None else recipe.run.seed
 
 
-def text_encoder(recipe: Recipe, model_dir: Path) -> TextEncoder:
+def text_encoder(recipe: Recipe, model_dir: Path, config: Any = None) -> TextEncoder:
+    """The encoder of the tokenizer in `model_dir`, with token type ids only if the model reads them.
+
+    `config` is the model's config when `model_dir` holds no config.json yet (a student being built).
+    """
+    from distill.models.architectures import architecture
+    from distill.models.teacher import model_config
+
+    config = config if config is not None else model_config(model_dir)
     task = recipe.task
-    return TextEncoder.from_pretrained_dir(model_dir, task.max_length, task.truncation, task.resolved_head_tokens())
+    return TextEncoder.from_pretrained_dir(
+        model_dir,
+        task.max_length,
+        task.truncation,
+        task.resolved_head_tokens(),
+        token_types=architecture(config).uses_token_types(config),
+    )
 
 
 def task_dataset(encoder: TextEncoder, examples: list, label2id: dict[str, int] | None = None) -> EncodedDataset:

@@ -1,4 +1,4 @@
-"""`data_distill`: word-level students taught by the teacher through augmented text (DESIGN.md §5).
+"""`data_distill`: word-level students taught by the teacher through augmented text.
 
 ERNIE's data distillation: the fine-tuned teacher labels many augmented versions of the
 training texts, and a tiny BOW/CNN/BiGRU student learns from those labels together with the

@@ -10,6 +10,7 @@ the looked-up ids equal what the student's own tokenizer produces.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ from distill.data.encoded import EncodedDataset
 from distill.data.tokenize import TextEncoder
 from distill.errors import UserError
 from distill.losses import combine, parse_relations, relation_loss
+from distill.models.architectures import architecture
 from distill.models.features import FeatureExtractor, Features
-from distill.models.pruning import prune_vocabulary
+from distill.models.pruning import prune_vocabulary, unprunable
 from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS, make_student
 from distill.models.teacher import label_names, load_classifier, load_tokenizer, resolve_model_path
 from distill.recipe import GeneralStage, Recipe, RelationSettings, TaskAdaptiveStage
@@ -60,13 +62,18 @@ class TeacherStudent:
     student_encoder: TextEncoder
     token_map: Tensor | None  # (teacher vocab,) teacher id -> student id; None when the vocabularies agree
     started_from: str
-    pruning: dict[str, float] = field(default_factory=dict)
+    pruning: dict[str, float | str] = field(default_factory=dict)
 
     def student_inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The student's model inputs for a batch encoded with the teacher's tokenizer."""
-        if self.token_map is None:
-            return inputs
-        return {**inputs, "input_ids": self.token_map[inputs["input_ids"]]}
+        """The student's model inputs for a batch encoded with the teacher's tokenizer.
+
+        Token type ids reach the student only when it reads them (a DistilBERT student of a BERT
+        teacher does not); the ids are looked up in the student's vocabulary when it was pruned.
+        """
+        inputs = {key: value for key, value in inputs.items() if key != "token_type_ids" or self.student_encoder.token_types}
+        if self.token_map is not None:
+            inputs["input_ids"] = self.token_map[inputs["input_ids"]]
+        return inputs
 
 
 def frozen_teacher(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
@@ -87,16 +94,40 @@ def fine_tuned_teacher(run: Any, labels: list[str]) -> tuple[PreTrainedModel, Pa
     return frozen_teacher(teacher, run.device), teacher_dir
 
 
+def _tokenization(encoder: TextEncoder) -> dict[str, Any]:
+    """What decides how a tokenizer splits text, vocabulary aside (a pruned copy keeps all of it)."""
+    spec = json.loads(encoder.tokenizer.to_str())
+    return {key: spec[key] for key in ("normalizer", "pre_tokenizer")} | {"model": spec["model"]["type"]}
+
+
+def check_same_tokenizer(teacher_encoder: TextEncoder, student_encoder: TextEncoder) -> None:
+    """Teacher and student must split text alike: relation and logit losses pair them position by position.
+
+    The student may hold fewer pieces (a pruned vocabulary) but no piece and no splitting rule of its own.
+    """
+    vocab_T = teacher_encoder.tokenizer.get_vocab()
+    foreign = [token for token in student_encoder.tokenizer.get_vocab() if token not in vocab_T]
+    if foreign or _tokenization(teacher_encoder) != _tokenization(student_encoder):
+        found = f"{len(foreign)} pieces the teacher lacks (e.g. {foreign[:3]})" if foreign else "other splitting rules"
+        raise UserError(
+            f"the student's tokenizer is not the teacher's ({found}): token-level distillation compares "
+            "teacher and student token by token and needs one tokenizer",
+            "[student] init",
+            "build the student from this teacher (init = \"teacher-layers\" or \"random\", any [student] "
+            "architecture) or use a general student distilled from it",
+        )
+
+
 def token_map(teacher_encoder: TextEncoder, student_encoder: TextEncoder, device: torch.device) -> Tensor | None:
-    """Teacher token id -> student token id, the student's [UNK] for pieces it lacks; None if the vocabularies agree."""
+    """Teacher token id -> student token id, the student's unknown piece for pieces it lacks; None if the vocabularies agree."""
     vocab_T = teacher_encoder.tokenizer.get_vocab()
     vocab_S = student_encoder.tokenizer.get_vocab()
     if vocab_T == vocab_S:
         return None
-    unk_S = vocab_S.get("[UNK]")
+    unk_S = student_encoder.unk_id
     if unk_S is None:
         raise UserError(
-            "the student's tokenizer differs from the teacher's and has no [UNK] token",
+            "the student's tokenizer differs from the teacher's and has no unknown token",
             "[student]",
             "give the student the teacher's tokenizer (prune_vocab = false)",
         )
@@ -117,8 +148,12 @@ def training_segments(data: PreparedData) -> list[str]:
 
 def _new_student(
     run: Any, teacher: PreTrainedModel, teacher_dir: Path, work: Path, data: PreparedData, stage_texts: Sequence[str]
-) -> tuple[PreTrainedModel, dict[str, float]]:
-    """A student built from `[student]`, vocabulary-pruned when asked; its tokenizer is written into `work`."""
+) -> tuple[PreTrainedModel, dict[str, float | str]]:
+    """A student built from `[student]`, vocabulary-pruned when asked and the tokenizer allows it.
+
+    Its tokenizer is written into `work`; a pruning skipped for the tokenizer's kind is logged and
+    recorded as `vocab_pruning_skipped` in the stage metrics.
+    """
     section = run.recipe.student
     seed_everything(student_seed(run.recipe))  # a random init is the same on every (re)run
     student = make_student(
@@ -130,12 +165,19 @@ def _new_student(
         section.intermediate,
         section.layer_map,
         data.labels,
+        section.architecture,
     )
     builds_from_teacher = section.init in (INIT_TEACHER_LAYERS, INIT_RANDOM)
     tokenizer_dir = teacher_dir if builds_from_teacher else resolve_model_path(section.init, "[student] init")
-    if not section.prune_vocab:
+    unsupported = unprunable(load_tokenizer(tokenizer_dir)) if section.prune_vocab else None
+    if unsupported is not None:
+        run.logger.warning(
+            f"[{run.current_stage}] vocabulary pruning is not supported for this tokenizer ({unsupported}): "
+            "kept the full vocabulary"
+        )
+    if not section.prune_vocab or unsupported is not None:
         copy_tokenizer(tokenizer_dir, work)
-        return student, {}
+        return student, {} if unsupported is None else {"vocab_pruning_skipped": unsupported}
     texts = list(dict.fromkeys([*training_segments(data), *stage_texts]))
     student, tokenizer, stats = prune_vocabulary(student, load_tokenizer(tokenizer_dir), texts)
     tokenizer.save_pretrained(work)
@@ -177,7 +219,8 @@ def teacher_and_student(
         started_from = f"new student (init {run.recipe.student.init})"
     run.logger.info(f"[{run.current_stage}] student: {started_from}, teacher: {teacher_dir.name}")
     teacher_encoder = text_encoder(run.recipe, teacher_dir)
-    student_encoder = text_encoder(run.recipe, work)
+    student_encoder = text_encoder(run.recipe, work, student.config)
+    check_same_tokenizer(teacher_encoder, student_encoder)
     return TeacherStudent(
         teacher=teacher,
         student=student,
@@ -190,7 +233,7 @@ def teacher_and_student(
 
 
 def _checked_layer(index: int, model: PreTrainedModel, side: str, where: str) -> int:
-    layers = model.config.num_hidden_layers
+    layers = architecture(model.config).attention_layers(model.config)
     if not -layers <= index < layers:
         raise UserError(
             f"{side}_layer = {index} is out of range for the {side}'s {layers} layers",

@@ -1,4 +1,4 @@
-"""`finetune`: train the teacher on the task with the known tricks (DESIGN.md §5 FT)."""
+"""`finetune`: train the teacher on the task with the known tricks (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`general` (GD) and `general_enhanced` (GED): relation distillation on general text (DESIGN.md §5).
+"""`general` (GD) and `general_enhanced` (GED): relation distillation on general text.
 
 GD teaches the student with the pretrained, not fine-tuned, teacher encoder (the MiniLM recipe);
 GED uses the fine-tuned teacher instead (TinyBERT's task-aware general distillation, ERNIE-Tiny's

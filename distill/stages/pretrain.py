@@ -1,4 +1,4 @@
-"""`pretrain`: in-domain masked-LM pretraining of the teacher, or of a new BERT (DESIGN.md §5).
+"""`pretrain`: in-domain masked-LM pretraining of the teacher, or of a new BERT.
 
 The encoder saved in `mlm/` is what `finetune` then starts from. Masks are drawn afresh for
 every batch (dynamic masking), from a generator seeded by the run's seed and the batch's
@@ -24,6 +24,7 @@ from distill.data.corpus import read_corpus
 from distill.data.datasets import Example
 from distill.data.mlm import IGNORE_INDEX, MaskingCollator, build_char_vocab, make_char_tokenizer
 from distill.errors import UserError
+from distill.models.architectures import architecture
 from distill.models.mlm import load_for_mlm, new_mlm_model, save_encoder
 from distill.models.teacher import load_tokenizer, resolve_model_path
 from distill.recipe import PretrainStage, Recipe
@@ -153,7 +154,7 @@ def run(run: Any, work: Path) -> dict[str, Any]:
     model, tokenizer = mlm_model_and_tokenizer(recipe, texts, work)
 
     collator = MaskingCollator(tokenizer, section.mask_prob, section.whole_word, recipe.task.language,
-                               recipe.task.max_length, seed)
+                               recipe.task.max_length, seed, architecture(model).uses_token_types(model.config))
     evaluate = held_out_evaluator(collator, held_out, section.batch_size, run.device)
     initial = evaluate(model.to(run.device))
     last_logged: dict[str, float] = {}

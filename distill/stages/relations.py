@@ -23,7 +23,10 @@ class AttentionShape(NamedTuple):
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> AttentionShape:
-        return cls(config.hidden_size, config.num_attention_heads)
+        from distill.models.architectures import shape_of  # imports torch: only once a model is at hand
+
+        shape = shape_of(config)
+        return cls(shape.hidden, shape.heads)
 
 
 def relation_heads(

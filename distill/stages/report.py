@@ -21,11 +21,12 @@ from distill import distributed, provenance
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
-from distill.pipeline import STAGES, Run
+from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
 from distill.report.bench import hardware_info, measure_latency
 from distill.report.evaluate import classification_metrics
+from distill.report.recommend import recommend
 from distill.report.render import render_terminal, write_report
 from distill.report.stats import agreement, paired_comparison
 from distill.seeds import (
@@ -121,7 +122,7 @@ def paired_test(model: Measured, other: Sequence[str], examples: Sequence[Exampl
 
 
 def build_report(run: Run) -> dict[str, Any]:
-    """Measure every exported model of the run and assemble report.json (DESIGN.md §6)."""
+    """Measure every exported model of the run and assemble report.json."""
     onnx_dir = run.require("onnx", "export")
     summary = _read_summary(onnx_dir / SUMMARY_FILE)
     data = run.data()
@@ -170,7 +171,11 @@ def build_report(run: Run) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance.record(run.recipe),
     }
-    notes = text_source_notes(run)
+    section = run.recipe.report
+    recommended = recommend(report, section.recommend_tolerance, section.latency_budget_ms)
+    if recommended is not None:
+        report["recommended"] = recommended
+    notes = "; ".join(note for note in (text_source_notes(run), pruning_note(run)) if note)
     if notes:
         report["notes"] = notes
     return report
@@ -235,6 +240,17 @@ def text_source_notes(run: Run) -> str:
             if source:
                 notes.append(f"{stage} read {source}")
     return "; ".join(notes)
+
+
+def pruning_note(run: Run) -> str:
+    """Vocabulary pruning asked for but skipped for the tokenizer's kind (the student keeps every piece)."""
+    for stage in STUDENT_STAGES:
+        metrics = run.dir / STAGES[stage].output / "metrics.json"
+        if run.recipe.stage_enabled(stage) and metrics.is_file():
+            skipped = json.loads(metrics.read_text(encoding="utf-8")).get("vocab_pruning_skipped")
+            if skipped:
+                return f"vocabulary pruning skipped ({skipped}): the student keeps the full vocabulary"
+    return ""
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`task_adaptive` (TAD) and `task_specific` (TSD): distillation on the task's own data (DESIGN.md §5).
+"""`task_adaptive` (TAD) and `task_specific` (TSD): distillation on the task's own data.
 
 TAD transfers the fine-tuned teacher's self-attention relations on the task's texts (and the
 augmenter's), with no labels. TSD then trains the classifier: soft labels from the teacher at a

@@ -3,7 +3,8 @@
 A stage supplies the model, the data and a loss function; this loop owns the rest:
 optimiser and schedule, gradient accumulation and clipping, mixed precision on CUDA,
 adversarial steps, EMA, evaluation with early stopping and best-state keeping, atomic
-checkpoints with an exact resume, logging, a progress bar and torch.distributed.
+checkpoints with an exact resume, logging, progress (a bar, or a line every 30 s off a
+terminal) and torch.distributed.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 from transformers import set_seed
 
 from distill.errors import TrainingError, UserError
+from distill.progress import Progress
 from distill.train.adversarial import FGM, PGD
 from distill.train.checkpoint import (
     capture_rng_state,
@@ -342,22 +343,14 @@ class _Trainer:
         self._resume()
         for module in (self.model, *self.extra_modules):
             module.train()
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.progress.global_step,
-            desc=self.desc,
-            disable=None if self.is_main else True,
-            dynamic_ncols=True,
-        )
-        try:
-            while self.progress.global_step < self.total_steps and not self.progress.stopped_early:
-                self._train_epoch(bar)
-        except KeyboardInterrupt:
-            if self.between_updates:
-                self._save_checkpoint(rng=self.step_start_rng)
-            raise
-        finally:
-            bar.close()
+        with Progress(self.desc, self.total_steps, initial=self.progress.global_step, enabled=self.is_main) as bar:
+            try:
+                while self.progress.global_step < self.total_steps and not self.progress.stopped_early:
+                    self._train_epoch(bar)
+            except KeyboardInterrupt:
+                if self.between_updates:
+                    self._save_checkpoint(rng=self.step_start_rng)
+                raise
         self._leave_best_weights()
         progress = self.progress
         return TrainResult(
@@ -384,7 +377,7 @@ class _Trainer:
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
-    def _train_epoch(self, bar: tqdm) -> None:
+    def _train_epoch(self, bar: Progress) -> None:
         progress = self.progress
         epoch = progress.epoch
         batches = iter(self._epoch_loader(epoch, progress.batches_done))
@@ -396,9 +389,11 @@ class _Trainer:
             num_micro = min(self.cfg.grad_accum, self.batches_per_epoch - progress.batches_done)
             self._train_step(itertools.islice(batches, num_micro), num_micro)
             epoch_ended = progress.epoch != epoch
-            bar.update(1)
-            bar.set_postfix(loss=f"{self.window['loss'][-1]:.4f}", refresh=False)
+            losses = self.window["loss"]  # since the last metrics record: steadier than one batch's
+            bar.update(1, loss=sum(losses) / len(losses))
             self._after_step(epoch_ended)
+            if progress.best_value is not None:
+                bar.set(**{f"best_dev_{self.metric}": progress.best_value})
 
     def _train_step(self, micro_batches: Iterator[Any], num_micro: int) -> None:
         """One optimiser step over `num_micro` micro-batches."""

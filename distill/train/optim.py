@@ -7,7 +7,6 @@ their pretrained values while the top layers and the new head adapt at the full 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from distill.errors import UserError
+from distill.models.architectures import LAYER_INDEX
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
@@ -33,8 +33,6 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
 )
 
-# `bert.encoder.layer.3.`, `distilbert.transformer.layer.3.`, `model.layers.3.`
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:encoder\.layer|transformer\.layer|layers)\.(\d+)\.")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -59,7 +57,7 @@ def _named_trainable(model: nn.Module) -> Iterable[tuple[str, nn.Module, nn.Para
 
 def layer_index(name: str) -> int | None:
     """The encoder layer a parameter belongs to, from its name; None outside the layer stack."""
-    match = _LAYER_INDEX.search(name)
+    match = LAYER_INDEX.search(name)
     return int(match.group(1)) if match else None
 
 
