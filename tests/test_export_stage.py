@@ -249,6 +249,8 @@ def test_cli_serve_passes_its_options_to_the_server(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("distill.export.serve.serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     options = ["--port", "9001", "--threads", "2", "--max-batch", "5", "--max-text-chars", "50"]
-    result = CliRunner().invoke(cli, ["serve", str(tmp_path), *options])
+    manifest = tmp_path / "model.json"  # serve resolves the model before it starts; the server is faked
+    manifest.write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["serve", str(manifest), *options])
     assert result.exit_code == 0, result.output
-    assert calls == [((tmp_path, "127.0.0.1", 9001), {"threads": 2, "max_batch": 5, "max_text_chars": 50})]
+    assert calls == [((manifest, "127.0.0.1", 9001), {"threads": 2, "max_batch": 5, "max_text_chars": 50})]
