@@ -21,7 +21,6 @@ from transformers import (
 
 from distill.errors import UserError
 from distill.models.teacher import (
-    PooledBertForSequenceClassification,
     build_classifier,
     count_parameters,
     load_classifier,

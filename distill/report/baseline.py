@@ -6,7 +6,6 @@ the report should say so.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import tomllib

@@ -31,7 +31,7 @@ from distill.models.features import FeatureExtractor, Features
 from distill.models.pruning import prune_vocabulary, unprunable
 from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS, make_student
 from distill.models.teacher import label_names, load_classifier, load_tokenizer, resolve_model_path
-from distill.recipe import GeneralStage, Recipe, RelationSettings, TaskAdaptiveStage
+from distill.recipe import GeneralStage, RelationSettings, TaskAdaptiveStage
 from distill.stages.common import copy_tokenizer, student_seed, text_encoder, train_config, write_metrics
 from distill.stages.relations import AttentionShape, relation_heads
 from distill.train.loop import move_to_device, seed_everything, train
