@@ -9,7 +9,6 @@ behind: the training loop finds its step checkpoints there and continues.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Any
 from distill import distributed, provenance
 from distill.errors import TrainingError, UserError
 from distill.recipe import STAGE_ORDER, Recipe
+from distill.storage import digest, replace_directory, write_json_atomic
 
 LOGGER_NAME = "distill"
 CHECKPOINTS = ".train"  # inside a stage's work dir; removed when the stage is published
@@ -124,11 +124,7 @@ def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
     if "task" in spec.sections:
         payload["data_files"] = _file_fingerprints(recipe)
     text = json.dumps({"upstream": upstream, "config": payload}, sort_keys=True)
-    return _digest(text)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(text)
 
 
 def stage_hashes(recipe: Recipe) -> dict[str, str]:
@@ -148,26 +144,13 @@ def stage_hashes(recipe: Recipe) -> dict[str, str]:
         else:
             read = json.dumps({stage: hashes[stage] for stage in spec.reads if stage in hashes}, sort_keys=True)
             hashes[name] = config_hash(recipe, spec, read)
-            chain = _digest(chain + hashes[name])
+            chain = digest(chain + hashes[name])
     return hashes
 
 
 def publish(work_dir: Path, target: Path) -> None:
     """Atomically replace `target` with the finished `work_dir`."""
-    if target.exists():
-        stale = target.with_name(f".{target.name}.stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(target, stale)
-        os.replace(work_dir, target)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(work_dir, target)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    replace_directory(work_dir, target, target.with_name(f".{target.name}.stale"))
 
 
 class Run:

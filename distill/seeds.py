@@ -33,7 +33,7 @@ from distill.report.stats import (
     pooled_paired_bootstrap,
     significant,
 )
-from distill.stages.export import RunModel
+from distill.stages.run_models import TWIN_DIR, RunModel, torch_predictions
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
 SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
@@ -107,8 +107,6 @@ def run_repeat(base: Run, recipe: Recipe) -> tuple[Run, dict[str, Any]]:
 
 def trained_students(run: Run) -> list[RunModel]:
     """The students a run trained: the transformer student (and its gold-only twin), word-level ones."""
-    from distill.stages.task import TWIN_DIR
-
     models = []
     if (run.dir / "student" / "metrics.json").is_file():
         models.append(RunModel("student", TRANSFORMER_KIND, "student", run.dir / "student"))
@@ -130,8 +128,6 @@ class SeedRun:
 
 def seed_run(run: Run, model: RunModel, seed: int, teacher_predictions: list[str]) -> SeedRun:
     """A trained model's test metrics (from its metrics.json) and torch predictions on the test split."""
-    from distill.stages.report import torch_predictions
-
     test = json.loads((model.directory / "metrics.json").read_text(encoding="utf-8"))["test"]
     predictions = torch_predictions(run, model, run.data().test)
     figures = {

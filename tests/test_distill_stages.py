@@ -480,8 +480,8 @@ def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
 
 def test_report_seeds_repeat_the_students_and_pool_the_twin_comparison(make_run, teacher_dir):
     from distill.export.runtime import TRANSFORMER_KIND
-    from distill.stages.export import RunModel
-    from distill.stages.report import seed_summaries, torch_predictions
+    from distill.stages.report import seed_summaries
+    from distill.stages.run_models import RunModel, torch_predictions
 
     run = make_run(stage_table("task_specific", baseline_twin=True))  # [run] seed 7
     run.execute()

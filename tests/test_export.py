@@ -24,7 +24,8 @@ from distill.export.onnx import (
     quantize_int8,
 )
 from distill.export.runtime import OnnxPredictor, find_manifest, read_manifest, softmax
-from distill.models.shallow import ShallowConfig, build_shallow, count_parameters
+from distill.models.shallow import ShallowConfig, build_shallow
+from distill.models.size import count_parameters
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = (

@@ -11,11 +11,11 @@ from torch.nn import functional as F
 
 from distill.data.words import WordVocab
 from distill.errors import UserError
+from distill.models.size import count_parameters
 from distill.models.shallow import (
     SHALLOW_KINDS,
     ShallowConfig,
     build_shallow,
-    count_parameters,
     load_shallow,
     masked_max_over_time,
     reverse_within_length,

@@ -20,9 +20,9 @@ from transformers import (
 )
 
 from distill.errors import UserError
+from distill.models.size import count_parameters
 from distill.models.teacher import (
     build_classifier,
-    count_parameters,
     load_classifier,
     load_tokenizer,
     model_size_mb,

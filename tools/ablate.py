@@ -36,8 +36,7 @@ from distill.recipe import Recipe, load_recipe
 from distill.report.sections import update_section
 from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
-from distill.stages.export import RunModel
-from distill.stages.report import torch_predictions
+from distill.stages.run_models import RunModel, torch_predictions
 
 MINILM_V2 = ["qq", "kk", "vv"]
 MINILM = ["qk", "vv"]

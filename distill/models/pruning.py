@@ -29,7 +29,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from distill.errors import UserError
-from distill.models.teacher import BYTES_PER_MB
+from distill.models.size import BYTES_PER_MB, parameter_bytes
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -81,7 +81,7 @@ def prune_vocabulary(
     stats = VocabPruneStats(
         tokens_before=rows_before,
         tokens_after=len(kept),
-        embedding_mb_saved=(_parameter_bytes(model) - _parameter_bytes(pruned_model)) / BYTES_PER_MB,
+        embedding_mb_saved=(parameter_bytes(model) - parameter_bytes(pruned_model)) / BYTES_PER_MB,
     )
     if out_dir is not None:
         pruned_model.save_pretrained(out_dir)
@@ -196,7 +196,3 @@ def _pruned_model(model: PreTrainedModel, kept: list[int], new_id: dict[int, int
         setattr(pruned.config, name, new_id[value])
     pruned.config.vocab_size = len(kept)
     return pruned
-
-
-def _parameter_bytes(model: nn.Module) -> int:
-    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())

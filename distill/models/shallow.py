@@ -207,10 +207,6 @@ def build_shallow(config: ShallowConfig) -> nn.Module:
     return _MODEL_CLASSES[config.kind](config)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
 def save_shallow(
     model: nn.Module, config: ShallowConfig, vocab: WordVocab, out_dir: str | Path
 ) -> None:

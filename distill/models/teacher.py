@@ -29,13 +29,13 @@ from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from distill.errors import UserError
 from distill.models.architectures import POOLED_BERT, architecture
+from distill.models.size import BYTES_PER_MB
 
 POOLINGS = ("cls", "mean", "last4")
 POOLED_MODEL_TYPE = POOLED_BERT
 BERT_FAMILY = ("bert", POOLED_MODEL_TYPE)  # what mean / last4 pooling (a BERT of distill's own) can hold
 LAST_LAYERS_POOLED = 4
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-BYTES_PER_MB = 1024 * 1024
 
 
 def _builtin_minilm_l6() -> Path:
@@ -287,11 +287,6 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
             str(path),
             "the directory needs tokenizer.json or vocab.txt with tokenizer_config.json",
         ) from error
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def model_size_mb(model_dir: str | Path) -> float:

@@ -39,9 +39,11 @@ from distill.data.encoded import WordDataset
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.losses import combine, hard_label_loss, soft_label_loss
-from distill.models.shallow import ShallowConfig, build_shallow, count_parameters, save_shallow
+from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
+from distill.models.size import count_parameters
 from distill.models.teacher import load_classifier
 from distill.models.word_vectors import teacher_embeddings
+from distill.pipeline import Run
 from distill.stages.augmentation import augmented_texts, teacher_logits
 from distill.stages.common import (
     dev_evaluator,
@@ -108,7 +110,7 @@ def _require_single_texts(data: PreparedData) -> None:
         )
 
 
-def run(run: Any, work: Path) -> dict[str, Any]:
+def run(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.data_distill
     data = run.data()
@@ -159,7 +161,7 @@ def run(run: Any, work: Path) -> dict[str, Any]:
     return headline
 
 
-def _initial_embeddings(run: Any, vocab: WordVocab) -> Tensor | None:
+def _initial_embeddings(run: Run, vocab: WordVocab) -> Tensor | None:
     """The teacher's word vectors for `vocab` (len(vocab), embed_dim), or None for random ones."""
     section = run.recipe.stages.data_distill
     if section.embeddings == "random":
@@ -175,7 +177,7 @@ def _initial_embeddings(run: Any, vocab: WordVocab) -> Tensor | None:
 
 
 def _train_student(
-    run: Any,
+    run: Run,
     config: ShallowConfig,
     vocab: WordVocab,
     embeddings: Tensor | None,

@@ -31,6 +31,7 @@ from distill.models.features import FeatureExtractor, Features
 from distill.models.pruning import prune_vocabulary, unprunable
 from distill.models.student import INIT_RANDOM, INIT_TEACHER_LAYERS, make_student
 from distill.models.teacher import label_names, load_classifier, load_tokenizer, resolve_model_path
+from distill.pipeline import Run
 from distill.recipe import GeneralStage, RelationSettings, TaskAdaptiveStage
 from distill.stages.common import copy_tokenizer, student_seed, text_encoder, train_config, write_metrics
 from distill.stages.relations import AttentionShape, relation_heads
@@ -81,7 +82,7 @@ def frozen_teacher(model: PreTrainedModel, device: torch.device) -> PreTrainedMo
     return model.eval().requires_grad_(False).to(device)
 
 
-def fine_tuned_teacher(run: Any, labels: list[str]) -> tuple[PreTrainedModel, Path]:
+def fine_tuned_teacher(run: Run, labels: list[str]) -> tuple[PreTrainedModel, Path]:
     """The run's fine-tuned teacher, frozen; its logit columns must be the task's labels, in order."""
     teacher_dir = run.teacher_dir()
     teacher = load_classifier(teacher_dir)
@@ -147,7 +148,7 @@ def training_segments(data: PreparedData) -> list[str]:
 
 
 def _new_student(
-    run: Any, teacher: PreTrainedModel, teacher_dir: Path, work: Path, data: PreparedData, stage_texts: Sequence[str]
+    run: Run, teacher: PreTrainedModel, teacher_dir: Path, work: Path, data: PreparedData, stage_texts: Sequence[str]
 ) -> tuple[PreTrainedModel, dict[str, float | str]]:
     """A student built from `[student]`, vocabulary-pruned when asked and the tokenizer allows it.
 
@@ -194,7 +195,7 @@ def _new_student(
 
 
 def teacher_and_student(
-    run: Any,
+    run: Run,
     work: Path,
     teacher: PreTrainedModel,
     teacher_dir: Path,
@@ -320,7 +321,7 @@ def save_student(model: PreTrainedModel, directory: Path, metrics: dict[str, Any
 
 
 def relation_stage(
-    run: Any,
+    run: Run,
     work: Path,
     section: GeneralStage | TaskAdaptiveStage,
     data: PreparedData,

@@ -13,7 +13,6 @@ import json
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,63 +21,11 @@ import numpy as np
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, non_finite_rows, read_manifest
-from distill.models.shallow import SHALLOW_KINDS
-from distill.pipeline import STAGES, STUDENT_STAGES, Run, publish
+from distill.models.size import BYTES_PER_MB
+from distill.pipeline import Run, publish
+from distill.stages.run_models import RunModel, model_inputs, run_models
 
 SUMMARY_FILE = "summary.json"
-BYTES_PER_MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RunModel:
-    """One model of a run: `name` is its file stem in onnx/ and its name in the report."""
-
-    name: str
-    kind: str  # transformer | bow | cnn | bigru
-    role: str  # teacher | student
-    directory: Path
-
-
-def final_transformer_student(run: Run) -> Path | None:
-    """`student/` when task-specific distillation ran, else the newest student with a trained head.
-
-    Relation-only stages (GD, GED, TAD) leave the classification head untrained; a stage that
-    trains the head records its test metrics in `metrics.json` beside the weights, as the
-    teacher's fine-tuning does.
-    """
-    for stage in reversed(STUDENT_STAGES):
-        directory = run.dir / STAGES[stage].output
-        if stage == "task_specific" and directory.is_dir():
-            return directory
-        if (directory / "metrics.json").is_file():
-            metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-            if "test" in metrics:
-                return directory
-    return None
-
-
-def run_models(run: Run) -> list[RunModel]:
-    """The teacher, the final transformer student and every shallow student, in report order."""
-    models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.teacher_dir())]
-    student = final_transformer_student(run)
-    if student is not None:
-        models.append(RunModel(student.name, TRANSFORMER_KIND, "student", student))
-    for kind in SHALLOW_KINDS:
-        directory = run.dir / "shallow" / kind
-        if directory.is_dir():
-            models.append(RunModel(kind, kind, "student", directory))
-    return models
-
-
-def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
-    """Texts (and second segments) as a model of `kind` reads them.
-
-    Transformers take a text pair as two segments; word-level students read one text, so a
-    pair is joined to its text (as the TF-IDF baseline does).
-    """
-    if kind == TRANSFORMER_KIND and any(example.text_pair is not None for example in examples):
-        return [e.text for e in examples], [e.text_pair or "" for e in examples]
-    return [example.joined for example in examples], None
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:
@@ -155,7 +102,8 @@ def _export(
     as two segments, a word-level student their joined text.
     """
     from distill.export.onnx import export_shallow, export_transformer
-    from distill.models.shallow import count_parameters, load_shallow
+    from distill.models.shallow import load_shallow
+    from distill.models.size import count_parameters
     from distill.models.teacher import label_names, load_classifier
     from distill.stages.common import text_encoder
 

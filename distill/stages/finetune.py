@@ -9,6 +9,7 @@ import torch
 
 from distill.losses import hard_label_loss
 from distill.models.teacher import build_classifier, resolve_model_path
+from distill.pipeline import Run
 from distill.stages.common import (
     copy_tokenizer,
     dev_evaluator,
@@ -21,14 +22,14 @@ from distill.stages.common import (
 from distill.train.loop import train
 
 
-def teacher_source(run: Any) -> Path:
+def teacher_source(run: Run) -> Path:
     """The further-pretrained encoder when the pretrain stage ran, else the recipe's teacher."""
     if run.recipe.stage_enabled("pretrain"):
         return run.require("mlm", "pretrain")
     return resolve_model_path(run.recipe.teacher.model)
 
 
-def run(run: Any, work: Path) -> dict[str, Any]:
+def run(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.finetune
     data = run.data()

@@ -13,6 +13,7 @@ from typing import Any
 from distill.data.corpus import read_corpus
 from distill.data.datasets import PreparedData
 from distill.models.teacher import build_classifier
+from distill.pipeline import Run
 from distill.recipe import GeneralStage
 from distill.stages.distillation import StageTexts, fine_tuned_teacher, frozen_teacher, relation_stage
 from distill.stages.finetune import teacher_source
@@ -34,7 +35,7 @@ def general_texts(section: GeneralStage, language: str, data: PreparedData) -> S
     )
 
 
-def run_general(run: Any, work: Path) -> dict[str, Any]:
+def run_general(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.general
     data = run.data()
@@ -44,7 +45,7 @@ def run_general(run: Any, work: Path) -> dict[str, Any]:
     return relation_stage(run, work, section, data, teacher, source, general_texts(section, recipe.task.language, data))
 
 
-def run_general_enhanced(run: Any, work: Path) -> dict[str, Any]:
+def run_general_enhanced(run: Run, work: Path) -> dict[str, Any]:
     section = run.recipe.stages.general_enhanced
     data = run.data()
     teacher, teacher_dir = fine_tuned_teacher(run, data.labels)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.datasets import SPLITS, TaskData, load_task, write_split
+from distill.pipeline import Run
 
 
 def summary_table(data: TaskData) -> str:
@@ -23,7 +24,7 @@ def summary_table(data: TaskData) -> str:
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
-def run(run: Any, work: Path) -> dict[str, Any]:
+def run(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     data = load_task(recipe.task, recipe.run.seed)
     for name in SPLITS:

@@ -27,6 +27,7 @@ from distill.errors import UserError
 from distill.models.architectures import architecture
 from distill.models.mlm import load_for_mlm, new_mlm_model, save_encoder
 from distill.models.teacher import load_tokenizer, resolve_model_path
+from distill.pipeline import Run
 from distill.recipe import PretrainStage, Recipe
 from distill.stages.common import train_config, write_metrics
 from distill.train.loop import move_to_device, seed_everything, train
@@ -145,7 +146,7 @@ def mlm_model_and_tokenizer(
     return model, tokenizer
 
 
-def run(run: Any, work: Path) -> dict[str, Any]:
+def run(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.pretrain
     seed = recipe.run.seed

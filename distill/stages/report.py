@@ -21,6 +21,7 @@ from distill import distributed, provenance
 from distill.data.datasets import Example
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
+from distill.models.size import BYTES_PER_MB
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
@@ -41,14 +42,8 @@ from distill.seeds import (
     versus,
 )
 from distill.stages.common import student_seed
-from distill.stages.export import (
-    BYTES_PER_MB,
-    SUMMARY_FILE,
-    RunModel,
-    model_inputs,
-    onnx_predictions,
-    run_models,
-)
+from distill.stages.export import SUMMARY_FILE, onnx_predictions
+from distill.stages.run_models import TWIN_DIR, RunModel, model_inputs, run_models, torch_predictions
 
 
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
@@ -271,8 +266,6 @@ def _files(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _gold_twin_predictions(run: Run, entry: dict[str, Any], test: list[Example]) -> list[str] | None:
     """Test predictions of the transformer student's gold-only twin (torch), when one was trained."""
-    from distill.stages.task import TWIN_DIR
-
     twin_dir = run.dir / entry["source"] / TWIN_DIR
     if entry["kind"] != TRANSFORMER_KIND or not twin_dir.is_dir():
         return None
@@ -319,28 +312,6 @@ def report_run(run: Run) -> str:
 
 
 # ----------------------------------------------------------------------------- distill eval
-
-
-def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> list[str]:
-    """Predicted label names from the saved torch model (the reference the ONNX export must match)."""
-    from distill.data.encoded import WordDataset
-    from distill.data.words import WordTokenizer
-    from distill.models.shallow import load_shallow
-    from distill.models.teacher import label_names, load_classifier
-    from distill.report.evaluate import predict_logits
-    from distill.stages.common import task_dataset, text_encoder
-
-    if model.kind == TRANSFORMER_KIND:
-        network = load_classifier(model.directory)
-        dataset = task_dataset(text_encoder(run.recipe, model.directory), examples)
-        labels = label_names(network.config)
-    else:
-        network, config, vocab = load_shallow(model.directory)
-        texts, _ = model_inputs(model.kind, examples)
-        dataset = WordDataset(WordTokenizer(config.language), vocab, texts, max_len=config.max_len)
-        labels = [config.id2label[index] for index in range(config.num_labels)]
-    logits = predict_logits(network, dataset)  # (examples, num_labels)
-    return [labels[index] for index in logits.argmax(dim=-1).tolist()]
 
 
 def evaluate_run(run: Run) -> str:

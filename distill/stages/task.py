@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from distill.data.encoded import EncodedDataset
 from distill.errors import UserError
 from distill.losses import combine, hard_label_loss, soft_label_loss
+from distill.pipeline import Run
 from distill.recipe import TaskSpecificStage
 from distill.report.evaluate import predict_logits
 from distill.stages.augmentation import augmented_texts
@@ -35,12 +36,11 @@ from distill.stages.distillation import (
     save_student,
     teacher_and_student,
 )
+from distill.stages.run_models import TWIN_DIR
 from distill.train.loop import LossFn, TrainResult, train
 
-TWIN_DIR = "twin"
 
-
-def run_task_adaptive(run: Any, work: Path) -> dict[str, Any]:
+def run_task_adaptive(run: Run, work: Path) -> dict[str, Any]:
     section = run.recipe.stages.task_adaptive
     data = run.data()
     texts = [e.text for e in data.train]
@@ -133,14 +133,14 @@ def _epochs_run(result: TrainResult, rows: int, section: TaskSpecificStage) -> f
 
 
 def _classifier_metrics(
-    run: Any, model: nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], result: TrainResult
+    run: Run, model: nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], result: TrainResult
 ) -> dict:
     metrics = split_metrics(model, datasets, labels, run.device)
     metrics.update(best_step=result.best_step, steps=result.global_steps, seconds=round(result.seconds, 2))
     return metrics
 
 
-def run_task_specific(run: Any, work: Path) -> dict[str, Any]:
+def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.task_specific
     weights = _loss_weights(section)

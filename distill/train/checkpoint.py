@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from distill.errors import UserError
+from distill.storage import replace_directory
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -36,11 +37,7 @@ def save_checkpoint(directory: Path, files: dict[str, Any]) -> None:
     temporary.mkdir(parents=True)
     for name, payload in files.items():
         torch.save(payload, temporary / f"{name}.pt")
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(directory, previous)
-    os.replace(temporary, directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    replace_directory(temporary, directory, previous)
 
 
 def load_checkpoint(directory: Path, map_location: torch.device | str) -> dict[str, Any] | None:

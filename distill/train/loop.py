@@ -215,13 +215,28 @@ class _Trainer:
         self.log_fn = log
         self.train_data = train_data
         self.checkpoint_dir = checkpoint_path(work_dir)
+        seed_everything(cfg.seed)
+        self._place_model(model, extra_modules, device)
+        self._plan_batches(train_data)
+        self._build_optimisation()
+        self.progress = _Progress()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.last_checkpoint_step: int | None = None
+        self.step_start_rng: dict[str, Any] | None = None
+        self.between_updates = False  # True while only gradients (not weights) have changed
+        self.window: dict[str, list[float]] = {}
+
+    # ----------------------------------------------------------------- set-up
+
+    def _place_model(
+        self, model: nn.Module, extra_modules: Iterable[nn.Module], device: str | torch.device | None
+    ) -> None:
+        """Move the model to its device and, under torchrun, wrap it for gradient synchronisation."""
         self.device = _training_device(model, device)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
-        seed_everything(cfg.seed)
-
         self.model = model.to(self.device)
         self.extra_modules = [module.to(self.device) for module in extra_modules]
         # loss_fn must call the DDP wrapper so gradients are synchronised across ranks.
@@ -236,6 +251,9 @@ class _Trainer:
             else self.model
         )
 
+    def _plan_batches(self, train_data: Dataset) -> None:
+        """The sampler, each process's share of the global batch, and the number of steps."""
+        cfg = self.cfg
         self.num_samples = self._num_samples(train_data)
         # Also used on a single process: its order is a function of (seed, epoch) only.
         self.sampler = DistributedSampler(
@@ -254,6 +272,9 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or math.ceil(round(cfg.epochs * self.steps_per_epoch, 6))
 
+    def _build_optimisation(self) -> None:
+        """Optimizer, schedule, mixed precision, EMA and the adversary: what a step uses."""
+        cfg = self.cfg
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay, self.extra_modules
         )
@@ -269,15 +290,6 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema is not None else None
         self.adversary = self._build_adversary()
-
-        self.progress = _Progress()
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.last_checkpoint_step: int | None = None
-        self.step_start_rng: dict[str, Any] | None = None
-        self.between_updates = False  # True while only gradients (not weights) have changed
-        self.window: dict[str, list[float]] = {}
-
-    # ----------------------------------------------------------------- set-up
 
     def _num_samples(self, train_data: Dataset) -> int:
         try:
