@@ -16,7 +16,17 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from distill.errors import UserError
 
@@ -200,6 +210,22 @@ class TaskSpecificStage(TrainSettings, RelationSettings):
     lr: float = Field(default=5e-5, gt=0)
 
 
+class NlpaugSettings(Section):
+    """One nlpaug character augmenter and the copies it makes (rates mapped as in distill/data/noise.py)."""
+
+    augmenter: Literal["keyboard", "ocr", "random_char"]
+    rate: float = Field(gt=0, le=1)  # share of a text's words changed (nlpaug's aug_word_p; a count, ceil(rate * words))
+    char_rate: float = Field(default=0.1, gt=0, le=1)  # share of a changed word's characters (aug_char_p; ceil too)
+    action: Literal["insert", "substitute", "swap", "delete"] = "substitute"  # random_char's edit
+    copies: int = Field(default=1, ge=1)  # of each training text's `multiplier` copies
+
+    @model_validator(mode="after")
+    def _action(self) -> NlpaugSettings:
+        if self.augmenter != "random_char" and self.action != "substitute":
+            raise ValueError(f"action = {self.action!r} is random_char's; {self.augmenter} only substitutes")
+        return self
+
+
 class AugmentSettings(Section):
     unk: float = Field(default=0.1, ge=0, le=1)
     pos_swap: float = Field(default=0.1, ge=0, le=1)
@@ -209,6 +235,8 @@ class AugmentSettings(Section):
     # the new word's draw within its tag: by training-text frequency (Tang et al. 2019) or uniform
     pos_swap_sampling: Literal["frequency", "uniform"] = "frequency"
     multiplier: int = Field(default=10, ge=1)
+    # character noise: each entry makes its own `copies` of the multiplier, from the original text
+    nlpaug: list[NlpaugSettings] = []
 
     @field_validator("n_sampling_span")
     @classmethod
@@ -223,6 +251,24 @@ class AugmentSettings(Section):
         if self.unk + self.pos_swap > 1:
             raise ValueError(f"unk + pos_swap = {self.unk + self.pos_swap} exceeds 1")
         return self
+
+    @field_validator("nlpaug")
+    @classmethod
+    def _copies_fit(cls, entries: list[NlpaugSettings], info: ValidationInfo) -> list[NlpaugSettings]:
+        multiplier = info.data.get("multiplier")  # absent when it failed its own check
+        total = sum(entry.copies for entry in entries)
+        if multiplier is not None and total > multiplier:
+            raise ValueError(f"copies add up to {total}, more than multiplier = {multiplier}; each entry takes its own copies")
+        return entries
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_nlpaug(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without entries the settings dump as before nlpaug existed, so the augmentation cache
+        # keys and stage config hashes of earlier runs stay valid.
+        data = handler(self)
+        if not self.nlpaug:
+            data.pop("nlpaug", None)
+        return data
 
 
 class DataDistillStage(TrainSettings):
@@ -356,16 +402,26 @@ def _members(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    """The table type of a list-of-tables field (`nlpaug = [{...}]`), else None."""
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
 def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
     """The user's dotted key path of an error location, and the model owning its last key.
 
     pydantic inserts the member's type name after a union field (`dataset.DataFiles.tst`);
-    those tags are not keys the user wrote, so they are dropped here.
+    those tags are not keys the user wrote, so they are dropped here. An index into a list of
+    tables stays in the path (`nlpaug.0.rate`) and leads to the table's model.
     """
     parts: list[str] = []
     model: Any = Recipe
     owner: type[BaseModel] | None = Recipe
     union_tag_next = False
+    item_model: type[BaseModel] | None = None
     for part in loc:
         if union_tag_next:
             union_tag_next = False
@@ -373,6 +429,10 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
             model = members[0] if members and issubclass(members[0], BaseModel) else None
             continue
         parts.append(str(part))
+        if item_model is not None and isinstance(part, int):
+            model, item_model = item_model, None
+            continue
+        item_model = None
         owner = model if isinstance(model, type) and issubclass(model, BaseModel) else None
         if owner is not None and isinstance(part, str) and part in owner.model_fields:
             field_annotation = owner.model_fields[part].annotation
@@ -383,6 +443,7 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
             else:
                 member = members[0]
                 model = member if isinstance(member, type) and issubclass(member, BaseModel) else None
+                item_model = _list_item_model(member)
         else:
             model = None
     return parts, owner
@@ -401,6 +462,8 @@ def _describe(error: dict[str, Any], where: str) -> UserError:
         return UserError(f"unknown key '{key}'", where, hint)
     value = error.get("input")
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":  # name the table the key is missing from, as the user wrote it
+        key, message = ".".join(parts[:-1]), f"key '{parts[-1]}' is required"
     return UserError(f"bad value for '{key}' = {value!r}: {message}", where, "fix the value in the recipe")
 
 

@@ -126,6 +126,20 @@ def _check_pos_swap(recipe: Recipe, augment: bool) -> list[str]:
     return [f"English POS tags from spaCy's {english_pipeline_module()}"]
 
 
+def _check_nlpaug(recipe: Recipe, augment: bool) -> list[str]:
+    """nlpaug's character augmenters fit English tasks only (its keyboard and OCR maps, spaced words)."""
+    section = recipe.stages.data_distill
+    settings = section.augment if section is not None else AugmentSettings()  # as augmentation.augment_settings
+    if not (augment or _augments(recipe)) or not settings.nlpaug:
+        return []
+    from distill.data.noise import check_language
+
+    for entry in settings.nlpaug:
+        check_language(entry.augmenter, recipe.task.language)
+    entries = ", ".join(f"{entry.augmenter} on {entry.copies}" for entry in settings.nlpaug)
+    return [f"nlpaug character noise: {entries} of the {settings.multiplier} copies of each training text"]
+
+
 def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     """Run every check that needs no training; raise UserError on the first problem.
 
@@ -147,4 +161,5 @@ def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     lines += _check_relation_heads(recipe, teacher)
     lines += _check_corpora(recipe)
     lines += _check_pos_swap(recipe, augment)
+    lines += _check_nlpaug(recipe, augment)
     return lines

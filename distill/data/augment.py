@@ -13,9 +13,13 @@ texts' unigram distribution within the tag, and n is uniform in {1, ..., 5}.
 Everything draws from a `random.Random` passed in, never the global state, so a seed gives
 the same texts on every machine. nlpaug's word augmenters do not fit these semantics: they
 draw from the global `random`/`numpy.random` state (not seedable per call), change a fixed
-count of words (int(aug_p * n), clamped to aug_min..aug_max) instead of each word
+count of words (ceil(aug_p * n), clamped to aug_min..aug_max) instead of each word
 independently with probability p, their crop removes a span instead of keeping one, and
 they join words with spaces, which breaks unspaced Chinese. Hence the few lines below.
+nlpaug's character augmenters (keyboard typos, OCR confusions, random character edits) have
+no counterpart here and fit noisy English user text such as tweets: noise.py wraps them,
+seeded per call, and a recipe's `nlpaug` entries hand them some of each text's copies (see
+`Augmenter`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
+from distill.data.noise import CharNoise, CharNoiser
 from distill.data.words import UNK_TOKEN, Language, WordTokenizer
 from distill.errors import UserError
 from distill.progress import Progress
@@ -213,6 +218,16 @@ class Augmenter:
     New texts are in the students' normal form (words joined back by the word tokenizer).
     Duplicates, training texts and `exclude` texts (dev/test) are dropped, comparing normal
     forms, so nothing leaks from evaluation data and nothing repeats the originals.
+
+    `char_noise` (the recipe's `nlpaug` entries) takes copies out of the `multiplier`: of each
+    text's copies 0, 1, ..., the first entry makes the first `copies`, the next entry the next
+    ones, and UNK noise, POS swap and n-sampling make the rest. An nlpaug copy is made from the
+    original text's normal form, never from an ERNIE copy, and gets no ERNIE operation: the
+    ERNIE copies draw from one generator for the whole list, so an nlpaug copy of one would
+    depend on every text before it, where one of the original is a pure function of (text,
+    seed, copy index); character noise could also mangle the [UNK] marker, and n-sampling
+    could cut the typo out. Without entries the texts are exactly those made before nlpaug
+    existed, so earlier caches stay valid.
     """
 
     def __init__(
@@ -226,6 +241,7 @@ class Augmenter:
         unk_token: str = "[UNK]",
         n_sampling_span: Sequence[int] = N_SAMPLING_SPAN,
         pos_swap_sampling: SwapSampling = "frequency",
+        char_noise: Sequence[CharNoise] = (),
     ) -> None:
         where = "stages.data_distill.augment"
         for name, value in (("unk", unk), ("pos_swap", pos_swap), ("n_sampling", n_sampling)):
@@ -239,6 +255,13 @@ class Augmenter:
             )
         if multiplier < 1:
             raise UserError(f"multiplier must be >= 1, got {multiplier}", where, "e.g. 10")
+        noisy_copies = sum(noise.copies for noise in char_noise)
+        if noisy_copies > multiplier:
+            raise UserError(
+                f"nlpaug copies add up to {noisy_copies}, more than multiplier = {multiplier}",
+                where,
+                "each nlpaug entry takes its own copies of the multiplier: lower copies or raise multiplier",
+            )
         if pos_swap_sampling not in ("frequency", "uniform"):
             raise UserError(
                 f"pos_swap_sampling must be frequency or uniform, got {pos_swap_sampling!r}", where
@@ -252,6 +275,11 @@ class Augmenter:
         self.unk_token = unk_token
         self.tokenizer = WordTokenizer(language, unk_marker=unk_token)
         self.swapper: PosSwapper | None = None
+        # Copy index -> the nlpaug augmenter making that copy of each text, None for the ERNIE operations.
+        self.copy_noisers: list[CharNoiser | None] = []
+        for noise in char_noise:
+            self.copy_noisers += [CharNoiser(noise, language)] * noise.copies
+        self.copy_noisers += [None] * (multiplier - noisy_copies)
 
     def fit(self, train_texts: Sequence[str]) -> Augmenter:
         """Learns the part-of-speech vocabulary for POS swap (nothing to learn without it)."""
@@ -269,9 +297,14 @@ class Augmenter:
         with Progress("augment", len(train_texts), unit="text", enabled=shown) as progress:
             for text in train_texts:
                 words = self.tokenizer.split(text)
-                originals.add(self.tokenizer.join(words))
-                for _ in range(self.multiplier):
-                    candidates.append(self.tokenizer.join(self._perturb(words, rng)))
+                original = self.tokenizer.join(words)
+                originals.add(original)
+                for copy, noiser in enumerate(self.copy_noisers):
+                    if noiser is None:
+                        candidates.append(self.tokenizer.join(self._perturb(words, rng)))
+                    else:  # back in normal form: a typo may split a word or add punctuation
+                        noisy = noiser.apply(original, self.seed, copy)
+                        candidates.append(self.tokenizer.join(self.tokenizer.split(noisy)))
                 progress.update()
         blocked = originals | {self.tokenizer.join(self.tokenizer.split(text)) for text in exclude}
         return [text for text in dict.fromkeys(candidates) if text and text not in blocked]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,47 +26,46 @@ from distill import distributed
 from distill.data.augment import Augmenter
 from distill.data.datasets import PreparedData
 from distill.data.encoded import EncodedDataset
+from distill.data.noise import CharNoise, nlpaug_version
 from distill.errors import UserError
+from distill.export.runtime import softmax
 from distill.models.teacher import label_names, load_classifier, register_pooled_bert
+from distill.pipeline import Run
 from distill.progress import Progress
 from distill.recipe import AugmentSettings
 from distill.report.evaluate import predict_logits
 from distill.stages.common import text_encoder
+from distill.storage import json_digest, write_atomic
 
 LABEL_CHUNK = 1024  # texts per logits file: the most a killed labelling run loses
 LABEL_BATCH = 128  # texts per teacher forward pass
 
 
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()[:16]
-
-
-def _cache_dir(run: Any) -> Path:
+def _cache_dir(run: Run) -> Path:
     return run.dir / "cache"
 
 
-def augment_settings(run: Any) -> AugmentSettings:
+def augment_settings(run: Run) -> AugmentSettings:
     """`[stages.data_distill] augment`, or the defaults when the recipe has no such table."""
     section = run.recipe.stages.data_distill
     return section.augment if section is not None else AugmentSettings()
 
 
-def _augmented_path(run: Any, data: PreparedData) -> Path:
-    key = _digest(
-        {
-            "augment": augment_settings(run).model_dump(mode="json"),
-            "seed": run.recipe.run.seed,
-            "language": run.recipe.task.language,
-            "train": [e.text for e in data.train],
-            "excluded": [e.text for e in data.dev + data.test],
-        }
-    )
-    return _cache_dir(run) / f"augmented-{key}.jsonl"
+def _augmented_path(run: Run, data: PreparedData) -> Path:
+    settings = augment_settings(run)
+    payload = {
+        "augment": settings.model_dump(mode="json"),  # nlpaug entries included
+        "seed": run.recipe.run.seed,
+        "language": run.recipe.task.language,
+        "train": [e.text for e in data.train],
+        "excluded": [e.text for e in data.dev + data.test],
+    }
+    if settings.nlpaug:  # its texts may change with its version; keys without entries stay as they were
+        payload["nlpaug_version"] = nlpaug_version()
+    return _cache_dir(run) / f"augmented-{json_digest(payload)}.jsonl"
 
 
-def augmented_texts(run: Any) -> list[str]:
+def augmented_texts(run: Run) -> list[str]:
     """New texts made from the training texts, none equal to a training, dev or test text.
 
     Read from the run's cache when an earlier call made them with the same settings, seed
@@ -88,6 +86,7 @@ def augmented_texts(run: Any) -> list[str]:
         seed=run.recipe.run.seed,
         n_sampling_span=settings.n_sampling_span,
         pos_swap_sampling=settings.pos_swap_sampling,
+        char_noise=[CharNoise(**entry.model_dump()) for entry in settings.nlpaug],
     )
     texts = augmenter.fit(train).augment(train, exclude=[e.text for e in data.dev + data.test])
     made = len(train) * settings.multiplier
@@ -97,21 +96,13 @@ def augmented_texts(run: Any) -> list[str]:
     )
     if distributed.is_main():
         # json.dumps escapes "\n", so one text is one line even when it holds line breaks.
-        _write_atomic(path, "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in texts))
+        write_atomic(path, "".join(json.dumps(text, ensure_ascii=False) + "\n" for text in texts))
     return texts
 
 
-def distillation_texts(run: Any) -> list[str]:
+def distillation_texts(run: Run) -> list[str]:
     """What the teacher labels for data distillation: training texts, then augmented ones."""
     return [e.text for e in run.data().train] + augmented_texts(run)
-
-
-def _write_atomic(path: Path, payload: str | bytes) -> None:
-    """Write `payload` (text as UTF-8) beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload.encode("utf-8") if isinstance(payload, str) else payload)
-    os.replace(tmp, path)
 
 
 def _teacher_fingerprint(teacher_dir: Path) -> str:
@@ -124,7 +115,7 @@ def _teacher_fingerprint(teacher_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_teacher_labels(run: Any, teacher_dir: Path) -> None:
+def _check_teacher_labels(run: Run, teacher_dir: Path) -> None:
     """Logit column i must mean the task's label i, as gold label ids do."""
     register_pooled_bert()
     teacher = label_names(AutoConfig.from_pretrained(teacher_dir, local_files_only=True))
@@ -138,10 +129,10 @@ def _check_teacher_labels(run: Any, teacher_dir: Path) -> None:
         )
 
 
-def _labels_dir(run: Any, teacher_dir: Path) -> Path:
+def _labels_dir(run: Run, teacher_dir: Path) -> Path:
     """One folder per teacher and encoding; any text list labelled by them shares it."""
     task = run.recipe.task
-    key = _digest(
+    key = json_digest(
         {
             "teacher": _teacher_fingerprint(teacher_dir),
             "encoding": [task.max_length, task.truncation, task.resolved_head_tokens()],
@@ -173,7 +164,7 @@ class Labelling:
     directory: Path  # the chunk files
 
 
-def _label_with_cache(run: Any, texts: list[str], chunk_size: int) -> Labelling:
+def _label_with_cache(run: Run, texts: list[str], chunk_size: int) -> Labelling:
     """Teacher logits for `texts`, running the teacher only on texts the cache lacks.
 
     The cache holds logits per text (keyed by a hash of the text), so a text labelled once
@@ -219,10 +210,10 @@ def _save_chunk(directory: Path, keys: list[str], logits: np.ndarray) -> None:
     """chunk-<hash of its keys>.npz with arrays `keys` (K,) and `logits` (K, C), atomically."""
     buffer = io.BytesIO()
     np.savez(buffer, keys=np.array(keys), logits=logits)
-    _write_atomic(directory / f"chunk-{_digest(keys)}.npz", buffer.getvalue())
+    write_atomic(directory / f"chunk-{json_digest(keys)}.npz", buffer.getvalue())
 
 
-def teacher_logits(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
+def teacher_logits(run: Run, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
     """The fine-tuned teacher's logits (N, C) for `texts`, cached on disk in resumable chunks.
 
     Logits, not probabilities, are stored: soft labels at temperature τ need logits / τ.
@@ -230,17 +221,12 @@ def teacher_logits(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) ->
     return _label_with_cache(run, texts, chunk_size).logits
 
 
-def teacher_labels(run: Any, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
+def teacher_labels(run: Run, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
     """The teacher's class probabilities (N, C) at temperature 1 for `texts` (cached logits)."""
-    return _softmax(teacher_logits(run, texts, chunk_size))
+    return softmax(teacher_logits(run, texts, chunk_size))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # (N, C)
-    return shifted / shifted.sum(axis=1, keepdims=True)  # (N, C)
-
-
-def run_augment(run: Any) -> dict[str, Any]:
+def run_augment(run: Run) -> dict[str, Any]:
     """`distill augment`: make (or find) the augmented texts; a summary for the terminal."""
     started = time.perf_counter()
     texts = augmented_texts(run)
@@ -253,13 +239,13 @@ def run_augment(run: Any) -> dict[str, Any]:
     }
 
 
-def run_label(run: Any) -> dict[str, Any]:
+def run_label(run: Run) -> dict[str, Any]:
     """`distill label`: teacher logits for the training and augmented texts; a summary."""
     texts = distillation_texts(run)
     result = _label_with_cache(run, texts, LABEL_CHUNK)
     names = run.data().labels
     counts = np.bincount(result.logits.argmax(axis=1), minlength=len(names))
-    confidence = _softmax(result.logits).max(axis=1)  # (N,)
+    confidence = softmax(result.logits).max(axis=1)  # (N,)
     return {
         "texts": len(texts),
         "labelled_now": result.labelled,
