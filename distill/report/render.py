@@ -139,9 +139,12 @@ def render_html(report: dict, chart_png: bytes) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{title}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:80em;line-height:1.4}"
+        "<style>html{-webkit-text-size-adjust:100%;text-size-adjust:100%}"
+        "body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:80em;line-height:1.4;"
+        "overflow-wrap:break-word}"
         ".scroll{overflow-x:auto}table{border-collapse:collapse;white-space:nowrap}"
-        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{white-space:normal;vertical-align:bottom}"
+        "th:first-child,td:first-child{position:sticky;left:0;background:#fff;box-shadow:inset -1px 0 #ccc}"
         "th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}"
         "img{max-width:100%;height:auto}.note{color:#555}"
         "@media (max-width:40em){body{margin:1em auto;padding:0 .5em;font-size:15px}h1{font-size:1.4em}}</style>",
