@@ -57,3 +57,26 @@ def code() -> dict[str, Any]:
 def record(recipe: Recipe) -> dict[str, Any]:
     """The code and the fully resolved recipe (overrides applied), as the run's recipe.toml holds it."""
     return {**code(), "recipe": tomllib.loads(recipe.to_toml())}
+
+
+def shareable(made: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """`made` with every absolute path inside `root` (default: the current directory) written
+    relative to it, so a published figure names `runs/tweets/teacher`, not one machine's folders.
+
+    Resolved recipes hold absolute paths (they must work from any directory); a benchmark or
+    ablation file committed beside the code must not carry them.
+    """
+    root = (root or Path.cwd()).resolve()
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: portable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [portable(item) for item in value]
+        if isinstance(value, str) and value.startswith("/"):
+            path = Path(value)
+            if path.is_relative_to(root):
+                return path.relative_to(root).as_posix() or "."
+        return value
+
+    return portable(made)

@@ -40,6 +40,16 @@ SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
 TWIN_NAME = "twin"  # the transformer student's gold-only twin among a run's models
 
 
+def _laid_over(table: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """`table` with `settings` laid over it, nested tables key by key: a variant that adds one
+    augment key keeps the recipe's (or the command line's) other augment keys."""
+    merged = dict(table)
+    for key, value in settings.items():
+        below = merged.get(key)
+        merged[key] = _laid_over(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
 def seeded_recipe(
     base: Recipe,
     seed: int,
@@ -62,7 +72,7 @@ def seeded_recipe(
         for stage, settings in stages.items():
             table = getattr(base.stages, stage)
             own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
-            data["stages"][stage] = {**own, **settings, "enabled": True}
+            data["stages"][stage] = {**_laid_over(own, settings), "enabled": True}
     data["student"]["seed"] = seed
     data["run"].update(name=name, out_dir=str(out_dir))
     data["export"]["enabled"] = False

@@ -400,7 +400,8 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
     recipe_path = tiny_run.dir.parent / "tiny.toml"
     recipe_path.write_text(tomli_w.dumps(tiny_run.recipe.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
     # the base run's shared stages (data written by the fixture, the tiny teacher) marked done
-    variant = ablate.variant_recipe(tiny_run.recipe, ablate.VARIANTS[-1], 1, tiny_run.dir.parent)
+    data_soft = next(v for v in ablate.VARIANTS if v.name == "data_soft")
+    variant = ablate.variant_recipe(tiny_run.recipe, data_soft, 1, tiny_run.dir.parent)
     (tiny_run.dir / "done").mkdir(exist_ok=True)
     for name, config_hash in shared_hashes(variant).items():
         marker = {"config_hash": config_hash, "metrics": {}, "seconds": 0.0}
@@ -454,3 +455,15 @@ def test_students_start_from_the_teachers_word_vectors_or_from_random_ones(tiny_
     for start in starts.values():
         assert start.shape == expected.shape
         assert torch.allclose(start, expected, atol=1e-5) == (embeddings == "teacher")
+
+
+def test_a_variant_adds_augment_keys_and_keeps_the_recipe_s_others(tiny_run):
+    from distill.seeds import seeded_recipe
+
+    typos = {"augmenter": "keyboard", "rate": 0.1, "copies": 1}
+    stages = {"data_distill": {"labels": "soft", "augment": {"nlpaug": [typos]}}}
+    recipe = seeded_recipe(tiny_run.recipe, 1, tiny_run.dir.parent, "typos-seed1", stages)
+    augment = recipe.stages.data_distill.augment
+    assert (augment.unk, augment.n_sampling, augment.multiplier) == (0.2, 0.5, 20)  # the tiny recipe's, not defaults
+    assert [(entry.augmenter, entry.rate, entry.copies) for entry in augment.nlpaug] == [("keyboard", 0.1, 1)]
+    assert recipe.stages.data_distill.max_steps == 4 and recipe.stages.data_distill.enabled

@@ -409,7 +409,7 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     names = ["gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv"]
     assert [row["name"] for row in summary["variants"]] == names and summary["seeds"] == [1, 2]
     assert summary["overrides"] == ["run.threads=1"]
-    assert summary["provenance"] == provenance.record(load_recipe(base.recipe.source, ["run.threads=1"]))
+    assert summary["provenance"] == provenance.shareable(provenance.record(load_recipe(base.recipe.source, ["run.threads=1"])))
     for row in summary["variants"]:
         assert [run["seed"] for run in row["runs"]] == [1, 2]
         assert row["accuracy_mean"] == pytest.approx(sum(run["accuracy"] for run in row["runs"]) / 2)

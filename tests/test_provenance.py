@@ -58,3 +58,25 @@ def test_git_is_asked_once_per_process_and_callers_get_their_own_copy(monkeypatc
     first["git_commit"] = "changed by a caller"
     asked = len(calls)
     assert provenance.code()["git_commit"] != "changed by a caller" and len(calls) == asked
+
+
+def test_shareable_writes_paths_inside_the_root_relative_and_leaves_the_rest(tmp_path):
+    made = {
+        "git_commit": "abc",
+        "recipe": {
+            "teacher": {"model": str(tmp_path / "runs" / "tweets" / "teacher"), "pooling": "cls"},
+            "task": {"dataset": "/elsewhere/data.csv", "split": [0.8, 0.1, 0.1]},
+            "run": {"out_dir": str(tmp_path)},
+            "notes": ["/elsewhere", str(tmp_path / "a.txt")],
+        },
+    }
+    assert provenance.shareable(made, tmp_path) == {
+        "git_commit": "abc",
+        "recipe": {
+            "teacher": {"model": "runs/tweets/teacher", "pooling": "cls"},
+            "task": {"dataset": "/elsewhere/data.csv", "split": [0.8, 0.1, 0.1]},
+            "run": {"out_dir": "."},
+            "notes": ["/elsewhere", "a.txt"],
+        },
+    }
+    assert made["recipe"]["teacher"]["model"].startswith(str(tmp_path))  # the input is not changed

@@ -3,6 +3,7 @@
     distill run recipes/tweets.toml     # once: the split, the teacher and its cached labels
     python tools/ablate.py recipes/tweets.toml --seeds 1,2,3 --variants gold_only,tsd
     python tools/ablate.py recipes/tweets.toml --variants data_gold,data_hard,data_soft
+    python tools/ablate.py recipes/tweets.toml --variants data_soft,data_soft_typos
     python tools/ablate.py recipes/tweets.toml --set stages.task_specific.epochs=1 --set run.threads=1
 
 Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
@@ -10,7 +11,8 @@ its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and th
 variant does not name are off. Writes ablation.json and ablation.md: test accuracy, macro-F1,
 agreement with the teacher and minutes of the variant's stages (mean ± std over seeds), and
 each model's accuracy difference to the same student trained on gold labels only (`gold_only`
-for the transformer, `data_gold` for the word-level students): per seed with a paired
+for the transformer, `data_gold` for the word-level students; `data_soft_typos` against
+`data_soft`, to test nlpaug's typo copies): per seed with a paired
 bootstrap interval and an exact McNemar p-value, and pooled over seeds with a bootstrap
 interval over seeds and test texts (its `interval` names it); a gain is called significant
 only when the interval excludes zero. `--set KEY=VALUE` runs the recipe at other settings
@@ -40,6 +42,8 @@ from distill.stages.run_models import RunModel, torch_predictions
 
 MINILM_V2 = ["qq", "kk", "vv"]
 MINILM = ["qk", "vv"]
+# keyboard typos in a tenth of the words (at least one per text), as noisy user text has them
+TYPOS = {"augmenter": "keyboard", "rate": 0.1, "copies": 1}
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ VARIANTS = (
     Variant("data_gold", "word-level students on gold labels only", {"data_distill": {"labels": "gold"}}, "data_gold"),
     Variant("data_hard", "data distillation, teacher argmax labels", {"data_distill": {"labels": "hard"}}, "data_gold"),
     Variant("data_soft", "data distillation, teacher soft labels", {"data_distill": {"labels": "soft"}}, "data_gold"),
+    Variant(
+        "data_soft_typos",
+        "data_soft with one of the multiplier's copies made by nlpaug keyboard typos",
+        {"data_distill": {"labels": "soft", "augment": {"nlpaug": [TYPOS]}}},
+        "data_soft",
+    ),
 )
 DEFAULT_SEED_COUNT = 3  # one seed cannot tell a gain from noise
 DEFAULT_VARIANTS = ("gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv")  # the transformer path
@@ -144,10 +154,11 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) ->
     if compared:
         lines += [
             "",
-            "Δ accuracy: against the same student trained on gold labels only, the mean difference over "
+            "Δ accuracy: against the same student of the variant named after `vs` (gold labels only, "
+            "unless a variant names another), the mean difference over "
             f"seeds with its 95% interval from a {compared[0]['vs_reference']['pooled']['interval']} "
             "(1,000 resamples); significant only when the interval excludes 0. Per seed, against that "
-            "seed's gold-only run, with a paired bootstrap over examples:",
+            "seed's run of that variant, with a paired bootstrap over examples:",
             "",
             "| variant | versus | seed | Δ accuracy (points) | 95% CI | exact McNemar p |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -202,7 +213,7 @@ def ablate(
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = {
         "recipe": recipe_path.name, "overrides": list(overrides), "created": created, "base_run": str(base.dir),
-        "seeds": seeds, "variants": rows, "provenance": provenance.record(base.recipe),  # overrides applied
+        "seeds": seeds, "variants": rows, "provenance": provenance.shareable(provenance.record(base.recipe)),  # overrides applied
     }
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     settings = f" with {', '.join(f'`{assignment}`' for assignment in overrides)}" if overrides else ""

@@ -32,6 +32,7 @@ from typing import Any
 
 import click
 
+from distill import provenance
 from distill.errors import UserError
 from distill.pipeline import Run
 from distill.recipe import load_recipe
@@ -82,7 +83,8 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
         "hardware": report["hardware"],
         "teacher": {key: report["teacher"][key] for key in _MODEL_KEYS},
         "students": [{key: student[key] for key in _STUDENT_KEYS} for student in report["students"]],
-        "provenance": report.get("provenance"),  # the code and recipe that measured the figures
+        # the code and recipe that measured the figures, without this machine's folders
+        "provenance": provenance.shareable(report["provenance"]) if report.get("provenance") else None,
     }
     if mixed:
         row["mixed_code"] = mixed
