@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import tomli_w
 from pydantic import (
@@ -52,6 +52,17 @@ class Section(BaseModel):
     # allow_inf_nan=False: `epochs = inf` or `split = [nan, nan, nan]` would pass `gt=0`-style
     # checks (or none at all) and fail deep inside a stage instead.
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+    # Keys added after runs were made with this table. While at their default they are left out
+    # of dumps, so the stage hashes and cache keys of those runs stay valid.
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_later_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.ADDED_LATER:
+            if key in data and getattr(self, key) == type(self).model_fields[key].get_default(call_default_factory=True):
+                data.pop(key)
+        return data
 
     @field_validator("*")
     @classmethod
@@ -157,6 +168,9 @@ class TrainSettings(Section):
     early_stop_patience: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     checkpoint_every: int = Field(default=200, ge=1)
+    # batches of similar lengths (shuffled windows sorted by length): less padding, faster steps
+    group_by_length: bool = False
+    ADDED_LATER = frozenset({"group_by_length"})
 
 
 class RelationSettings(Section):
@@ -187,6 +201,13 @@ class PretrainStage(TrainSettings):
     hidden: int = Field(default=256, ge=8)
     heads: int = Field(default=4, ge=1)
     intermediate: int = Field(default=1024, ge=8)
+
+    @field_validator("group_by_length")
+    @classmethod
+    def _whole_texts(cls, grouped: bool) -> bool:
+        if grouped:  # the MLM collator tokenises and masks per batch, so lengths are not known ahead
+            raise ValueError("further pretraining batches raw texts; group_by_length is for the other stages")
+        return grouped
 
 
 class GeneralStage(TrainSettings, RelationSettings):
@@ -237,6 +258,7 @@ class AugmentSettings(Section):
     multiplier: int = Field(default=10, ge=1)
     # character noise: each entry makes its own `copies` of the multiplier, from the original text
     nlpaug: list[NlpaugSettings] = []
+    ADDED_LATER = frozenset({"nlpaug"})
 
     @field_validator("n_sampling_span")
     @classmethod
@@ -260,15 +282,6 @@ class AugmentSettings(Section):
         if multiplier is not None and total > multiplier:
             raise ValueError(f"copies add up to {total}, more than multiplier = {multiplier}; each entry takes its own copies")
         return entries
-
-    @model_serializer(mode="wrap")
-    def _omit_empty_nlpaug(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Without entries the settings dump as before nlpaug existed, so the augmentation cache
-        # keys and stage config hashes of earlier runs stay valid.
-        data = handler(self)
-        if not self.nlpaug:
-            data.pop("nlpaug", None)
-        return data
 
 
 class DataDistillStage(TrainSettings):

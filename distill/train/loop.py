@@ -29,6 +29,7 @@ from transformers import set_seed
 from distill.errors import TrainingError, UserError
 from distill.progress import Progress
 from distill.train.adversarial import FGM, PGD
+from distill.train.batching import LengthGroupedSampler
 from distill.train.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -71,6 +72,7 @@ class TrainConfig:
     log_every: int = 50  # steps
     seed: int = 42
     mixed_precision: bool = True  # CUDA only: bf16 when supported, else fp16 + GradScaler
+    group_by_length: bool = False  # batches of similar lengths (distill.train.batching); the data must know its lengths
 
     def __post_init__(self) -> None:
         def require(ok: bool, name: str, rule: str) -> None:
@@ -255,10 +257,6 @@ class _Trainer:
         """The sampler, each process's share of the global batch, and the number of steps."""
         cfg = self.cfg
         self.num_samples = self._num_samples(train_data)
-        # Also used on a single process: its order is a function of (seed, epoch) only.
-        self.sampler = DistributedSampler(
-            train_data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed
-        )
         # `batch_size` is the global batch: each of the processes takes an equal share, so a
         # recipe trains the same model on one process or several.
         if cfg.batch_size % self.world_size:
@@ -266,6 +264,15 @@ class _Trainer:
                 f"batch_size {cfg.batch_size} does not split evenly over {self.world_size} processes",
                 "recipe batch_size",
                 f"use a multiple of {self.world_size}",
+            )
+        # Either sampler is used on a single process too: its order is a function of (seed, epoch) only.
+        if cfg.group_by_length:
+            self.sampler = LengthGroupedSampler(
+                self._lengths(train_data), cfg.batch_size, self.world_size, self.rank, cfg.seed
+            )
+        else:
+            self.sampler = DistributedSampler(
+                train_data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed
             )
         self.rank_batch_size = cfg.batch_size // self.world_size
         self.batches_per_epoch = math.ceil(len(self.sampler) / self.rank_batch_size)
@@ -304,6 +311,16 @@ class _Trainer:
             raise UserError("the training data is empty", self.desc, "check the data path and filters")
         return num_samples
 
+    def _lengths(self, train_data: Dataset) -> list[int]:
+        length = getattr(train_data, "length", None)
+        if length is None:
+            raise UserError(
+                f"group_by_length needs data that knows its rows' lengths; {type(train_data).__name__} does not",
+                self.desc,
+                "set group_by_length = false for this stage",
+            )
+        return [length(index) for index in range(self.num_samples)]
+
     def _build_adversary(self) -> FGM | PGD | None:
         cfg = self.cfg
         if cfg.adversarial == "fgm":
@@ -333,7 +350,9 @@ class _Trainer:
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         current = {**asdict(self.cfg), "num_samples": self.num_samples, "world_size": self.world_size}
-        saved = {**state["config"], "num_samples": state["num_samples"], "world_size": state["world_size"]}
+        # a setting added after the checkpoint was written counts as its default there
+        defaults = asdict(TrainConfig())
+        saved = {**defaults, **state["config"], "num_samples": state["num_samples"], "world_size": state["world_size"]}
         changed = [
             f"{key}: {saved.get(key)!r} -> {value!r}"
             for key, value in current.items()
