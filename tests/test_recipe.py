@@ -295,6 +295,17 @@ def test_the_recipe_reference_parses():
     assert recipe.stages.task_specific.baseline_twin is False and recipe.stages.data_distill.labels == "soft"
 
 
+def test_the_shipped_recipes_table_is_written_from_the_recipes():
+    """docs/recipes.md lists every recipes/*.toml as tools/recipes_table.py writes it (run the tool to fix)."""
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, str(REPO / "tools" / "recipes_table.py"), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    table = (REPO / "docs" / "recipes.md").read_text(encoding="utf-8")
+    assert all(f"`recipes/{path.name}`" in table for path in (REPO / "recipes").glob("*.toml"))
+
+
 def test_the_readme_minimal_recipe_parses():
     """The README's quickstart recipe is complete as printed: it parses with its own keys."""
     recipe = parse_recipe(_toml_block("README.md"), "README.md")
