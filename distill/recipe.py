@@ -322,12 +322,16 @@ class ReportSection(Section):
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(default=5, ge=0)
     repeats: int = Field(default=50, ge=1)
+    # the repeats are split into rounds in which every model takes its turn (distill.report.bench);
+    # at most one round per repeat
+    rounds: int = Field(default=5, ge=1)
     threads: int | None = Field(default=None, ge=1)  # None = the run's thread count
     seeds: list[int] = []  # student seeds to repeat the students with (distill.seeds); [] = this run's alone
     # The recommended model: the fastest at batch size 1 within this accuracy (a fraction, 0.01 = one
     # point) of the best student, or with a budget the most accurate within that bs1 p50 latency.
     recommend_tolerance: float = Field(default=0.01, ge=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
+    ADDED_LATER = frozenset({"rounds"})
 
     @field_validator("batch_sizes")
     @classmethod

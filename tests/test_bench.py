@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from distill.report.bench import hardware_info, measure_latency
+from distill.report.bench import hardware_info, measure_latencies
 
 
 class SleepingPredictor:
@@ -24,20 +24,59 @@ class SleepingPredictor:
 
 def test_p50_matches_a_known_sleep_and_throughput_follows_from_it():
     predictor = SleepingPredictor(0.004)
-    result = measure_latency(predictor, ["a", "b", "c"], batch_sizes=(1, 8), warmup=2, repeats=15)
-    assert set(result) == {"bs1_p50", "bs1_p95", "bs8_p50", "bs8_p95", "throughput_per_s"}
+    result = measure_latencies({"m": predictor}, ["a", "b", "c"], batch_sizes=(1, 8), warmup=2, repeats=15, rounds=3)["m"]
+    spread = {f"bs{n}_p50_{end}" for n in (1, 8) for end in ("low", "high")}
+    assert set(result) == {"bs1_p50", "bs1_p95", "bs8_p50", "bs8_p95", "throughput_per_s"} | spread
     for size in (1, 8):
         # sleep() never returns early; scheduler noise on a busy machine only adds time
         assert 4.0 <= result[f"bs{size}_p50"] < 9.0
         assert result[f"bs{size}_p50"] <= result[f"bs{size}_p95"]
+        assert 4.0 <= result[f"bs{size}_p50_low"] <= result[f"bs{size}_p50_high"]
     # 8 texts per call at 4 ms or more a call: at most 2000 texts/s; a few slow calls may
     # pull it down, but not to the 250/s that counting one text per call would give
     assert 8 / 0.016 < result["throughput_per_s"] <= 2000.0
 
 
+def test_models_take_turns_on_the_same_batches_with_the_first_model_rotating():
+    calls: list[tuple[str, list[str]]] = []
+
+    def recorder(name: str):
+        return lambda batch: calls.append((name, list(batch)))
+
+    rounds = []
+    measure_latencies(
+        {"a": recorder("a"), "b": recorder("b")}, ["x", "y", "z"], batch_sizes=(1,), warmup=1, repeats=4, rounds=2,
+        after_round=lambda: rounds.append(len(calls)),
+    )
+    # warm-up: one call each; round 1: a then b on calls 1-2; round 2: b then a on calls 3-4
+    assert calls == [
+        ("a", ["x"]), ("b", ["x"]),
+        ("a", ["y"]), ("a", ["z"]), ("b", ["y"]), ("b", ["z"]),
+        ("b", ["x"]), ("b", ["y"]), ("a", ["x"]), ("a", ["y"]),
+    ]
+    assert rounds == [6, 10]
+
+
+def test_a_slow_spell_shows_in_the_spread_and_hits_every_model():
+    """The machine slows down for the second of three rounds: both models' highest round median
+    carries it, and neither model's median absorbs it alone."""
+    round_of_call = {"n": 0}
+
+    def spell(name: str):
+        def predict(batch):
+            round_of_call["n"] += 1
+            time.sleep(0.012 if 10 < round_of_call["n"] <= 18 else 0.002)  # 2 warm-ups, 8 calls a round: 11-18 are round 2
+        return predict
+
+    result = measure_latencies({"a": spell("a"), "b": spell("b")}, ["t"], batch_sizes=(1,), warmup=1, repeats=12, rounds=3)
+    for name in ("a", "b"):
+        assert result[name]["bs1_p50_high"] >= 12.0 and 2.0 <= result[name]["bs1_p50_low"] < 6.0
+        assert result[name]["bs1_p50"] < 6.0  # 4 of 12 calls slow: the median stays at the quiet speed
+
+
 def test_calls_are_warmup_plus_repeats_per_batch_size_on_the_given_texts_cycled():
     predictor = SleepingPredictor(0.0)
-    measure_latency(predictor, ["a", "b", "c"], batch_sizes=(1, 2), warmup=3, repeats=4)
+    measure_latencies({"m": predictor}, ["a", "b", "c"], batch_sizes=(1, 2), warmup=3, repeats=4, rounds=2)
     assert len(predictor.batches) == 2 * (3 + 4)
     single, pairs = predictor.batches[:7], predictor.batches[7:]
     assert single == [["a"], ["b"], ["c"], ["a"], ["b"], ["c"], ["a"]]
@@ -46,12 +85,12 @@ def test_calls_are_warmup_plus_repeats_per_batch_size_on_the_given_texts_cycled(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"texts": []}, {"batch_sizes": ()}, {"batch_sizes": (0,)}, {"repeats": 0}, {"warmup": -1}],
+    [{"texts": []}, {"batch_sizes": ()}, {"batch_sizes": (0,)}, {"repeats": 0}, {"warmup": -1}, {"rounds": 0}, {"rounds": 2}],
 )
 def test_rejects_settings_that_would_time_nothing(kwargs):
-    arguments = {"predict": SleepingPredictor(0.0), "texts": ["a"], **kwargs}
+    arguments = {"predicts": {"m": SleepingPredictor(0.0)}, "texts": ["a"], "repeats": 1, "rounds": 1, **kwargs}
     with pytest.raises(ValueError):
-        measure_latency(**arguments)
+        measure_latencies(**arguments)
 
 
 def test_hardware_info_records_threads_cores_and_versions():

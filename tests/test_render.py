@@ -15,7 +15,10 @@ from distill.report.stats import HIERARCHICAL_BOOTSTRAP
 
 
 def _latency(bs1: float) -> dict:
-    return {"bs1_p50": bs1, "bs1_p95": bs1 * 1.25, "bs32_p50": bs1 * 8, "bs32_p95": bs1 * 9}
+    return {
+        "bs1_p50": bs1, "bs1_p95": bs1 * 1.25, "bs1_p50_low": bs1 * 0.9, "bs1_p50_high": bs1 * 1.1,
+        "bs32_p50": bs1 * 8, "bs32_p95": bs1 * 9,
+    }
 
 
 def _student(name: str, kind: str, accuracy: float, retention: float, speedup: float) -> dict:
@@ -103,10 +106,16 @@ def test_retention_and_speedup_are_read_from_the_report(report):
     assert "keeps 77.7% of the teacher's accuracy, runs 12.3× faster" in markdown
 
 
+def test_a_report_from_before_timing_rounds_shows_no_spread(report):
+    for latency in [report["teacher"]["latency_ms"], *(s["latency_ms"] for s in report["students"])]:
+        latency.pop("bs1_p50_low"), latency.pop("bs1_p50_high")
+    assert _markdown_table(render_markdown(report))[1][0][8] == "—"
+
+
 def test_markdown_cells_baseline_significance_and_hardware(report):
     markdown = render_markdown(report)
     teacher = _markdown_table(markdown)[1][0]
-    assert teacher[2:10] == ["0.8100", "0.7900", "—", "22.7M", "86.7", "14.0 / 17.5", "112", "180"]
+    assert teacher[2:11] == ["0.8100", "0.7900", "—", "22.7M", "86.7", "14.0 / 17.5", "12.6–15.4", "112", "180"]
     assert "Baseline tfidf-logreg: accuracy 0.7000, macro-F1 0.6800." in markdown
     assert "student vs the teacher: accuracy -1.0 points (bootstrap interval -2.0 to +0.5)" in markdown
     assert "p = 0.21; not significant: the interval includes 0" in markdown

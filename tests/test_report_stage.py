@@ -57,7 +57,12 @@ def test_report_validates_and_has_one_entry_per_student(reported):
     assert report["test_size"] == len(run.data().test)
     assert report["dataset"] == "tiny.csv"
     assert report["threads"] == report["hardware"]["threads"] == 1
-    assert set(report["teacher"]["latency_ms"]) == {"bs1_p50", "bs1_p95", "bs32_p50", "bs32_p95"}
+    timed = {f"bs{n}_{key}" for n in (1, 32) for key in ("p50", "p95", "p50_low", "p50_high")}
+    assert set(report["teacher"]["latency_ms"]) == timed
+    assert report["timing"]["rounds"] == 3  # the recipe's 3 repeats allow 3 rounds, not the default 5
+    for entry in (report["teacher"], *report["students"]):
+        latency = entry["latency_ms"]
+        assert latency["bs1_p50_low"] <= latency["bs1_p50_high"] and latency["bs1_p50_low"] <= latency["bs1_p95"]
     for entry in (report["teacher"], *report["students"]):
         assert entry["onnx"].startswith("onnx/") and (run.dir / entry["onnx"]).is_file()
         assert (run.dir / entry["onnx_int8"]).is_file()

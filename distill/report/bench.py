@@ -1,7 +1,8 @@
-"""Honest CPU latency: one process, the same texts, warm-up first, many timed repeats.
+"""Honest CPU latency: one process, the same texts, warm-up first, models interleaved.
 
-Teacher and students are measured by the same harness so their numbers compare; the
-predict callable takes raw texts, so tokenisation is part of what is timed.
+Teacher and students are measured by the same harness, in turns, so their numbers compare
+and the machine's noise hits all of them alike; the predict callables take raw texts, so
+tokenisation is part of what is timed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,38 +51,58 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def measure_latency(
-    predict: Callable[[list[str]], object],
+def measure_latencies(
+    predicts: Mapping[str, Callable[[list[str]], object]],
     texts: Sequence[str],
     batch_sizes: Sequence[int] = (1, 32),
     warmup: int = 5,
     repeats: int = 50,
-) -> dict:
-    """Time `predict` per batch size; return p50/p95 in ms and throughput at the largest batch.
+    rounds: int = 5,
+    after_round: Callable[[], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Time every model's `predict` per batch size, interleaved; return each model's latencies.
 
-    Batches are cut from `texts` in order, wrapping around, so every model sees the same
-    inputs. Warm-up calls (caches, lazy init, allocator) are not timed. Keys are
-    `bs{n}_p50` and `bs{n}_p95` for each batch size n, plus `throughput_per_s`: texts per
-    second over all timed calls at the largest batch size.
+    A model's `repeats` timed calls are split into `rounds` rounds. In each round every model
+    makes its share of calls on the same batches, the first model of the round rotating, so a
+    slow spell of the machine falls on all models alike instead of on whichever was being
+    timed. Batches are cut from `texts` in order, wrapping around; warm-up calls (caches, lazy
+    init, allocator) come first and are not timed. Per model and batch size n: `bs{n}_p50` and
+    `bs{n}_p95` over all timed calls, `bs{n}_p50_low` / `bs{n}_p50_high`, the lowest and highest
+    of the rounds' medians (the spread the machine's noise leaves), and `throughput_per_s`:
+    texts per second over all timed calls at the largest batch size. `after_round` is called
+    after each round of each batch size (progress for a long timing).
     """
     if not texts:
-        raise ValueError("measure_latency needs at least one text to time")
+        raise ValueError("measure_latencies needs at least one text to time")
     if not batch_sizes or any(size < 1 for size in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-
-    result: dict = {}
+    if warmup < 0 or repeats < 1 or not 1 <= rounds <= repeats:
+        raise ValueError(f"need warmup >= 0 and 1 <= rounds <= repeats, got warmup={warmup}, repeats={repeats}, rounds={rounds}")
+    names = list(predicts)
+    result: dict[str, dict[str, float]] = {name: {} for name in names}
+    # round r times calls bounds[r] .. bounds[r + 1] - 1 of the repeats, for every model
+    bounds = [round(repeats * r / rounds) for r in range(rounds + 1)]
     for size in batch_sizes:
         batches = _cycled_batches(texts, size, warmup + repeats)
-        for batch in batches[:warmup]:
-            predict(batch)
-        seconds = np.array([_time_call(predict, batch) for batch in batches[warmup:]])
-        p50, p95 = np.percentile(seconds * 1000.0, [50, 95])
-        result[f"bs{size}_p50"] = float(p50)
-        result[f"bs{size}_p95"] = float(p95)
-        if size == max(batch_sizes):
-            result["throughput_per_s"] = float(size * repeats / seconds.sum())
+        for name in names:
+            for batch in batches[:warmup]:
+                predicts[name](batch)
+        seconds: dict[str, list[list[float]]] = {name: [] for name in names}  # model -> per round
+        for r in range(rounds):
+            timed = batches[warmup + bounds[r] : warmup + bounds[r + 1]]
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                seconds[name].append([_time_call(predicts[name], batch) for batch in timed])
+            if after_round is not None:
+                after_round()
+        for name in names:
+            every = np.array([value for one_round in seconds[name] for value in one_round]) * 1000.0
+            medians = [float(np.median(one_round)) * 1000.0 for one_round in seconds[name]]
+            p50, p95 = np.percentile(every, [50, 95])
+            result[name].update(
+                {f"bs{size}_p50": float(p50), f"bs{size}_p95": float(p95), f"bs{size}_p50_low": min(medians), f"bs{size}_p50_high": max(medians)}
+            )
+            if size == max(batch_sizes):
+                result[name]["throughput_per_s"] = float(size * repeats * 1000.0 / every.sum())
     return result
 
 

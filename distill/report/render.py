@@ -27,6 +27,8 @@ _TERMINAL_COLUMNS = ("model", "accuracy", "macro-F1", "retention", "bs1 p50/p95 
 _MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^", "bigru": "D"}
 _LEGEND = (
     "Retention = model accuracy / teacher accuracy. Speed-up = teacher bs1 p50 / model bs1 p50. "
+    "bs1 p50 by round = the lowest and highest median of the timing rounds, in which every model "
+    "took its turn on the same texts: the spread the machine's noise leaves. "
     "Parity = largest absolute logit difference between the ONNX export and the original model."
 )
 
@@ -196,7 +198,7 @@ def _model_entries(report: dict) -> Iterator[tuple[str, str, dict]]:
 def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted cells shared by the Markdown, terminal and HTML views."""
     large = _largest_batch_size(report["teacher"]["latency_ms"])
-    headers = ["model", "kind", "accuracy", "macro-F1", "retention", "params", "size MB", "bs1 p50/p95 ms"]
+    headers = ["model", "kind", "accuracy", "macro-F1", "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms"]
     if large:
         headers.append(f"bs{large} p50 ms")
     headers += ["throughput/s", "speed-up", "parity"]
@@ -212,6 +214,7 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
             _params(metrics["params"]),
             f"{metrics['size_mb']:.1f}",
             f"{_ms(latency['bs1_p50'])} / {_ms(latency['bs1_p95'])}",
+            f"{_ms(latency['bs1_p50_low'])}–{_ms(latency['bs1_p50_high'])}" if "bs1_p50_low" in latency else MISSING,
         ]
         if large:
             row.append(_optional(latency.get(f"bs{large}_p50"), _ms))

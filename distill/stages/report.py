@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +23,10 @@ from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
 from distill.models.size import BYTES_PER_MB
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
+from distill.progress import Progress
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
-from distill.report.bench import hardware_info, measure_latency
+from distill.report.bench import hardware_info, measure_latencies
 from distill.report.evaluate import classification_metrics
 from distill.report.recommend import recommend
 from distill.report.render import render_terminal, write_report
@@ -63,6 +64,7 @@ class TimingSettings:
     batch_sizes: list[int]
     warmup: int
     repeats: int
+    rounds: int
 
 
 def timing_settings(run: Run) -> TimingSettings:
@@ -70,34 +72,43 @@ def timing_settings(run: Run) -> TimingSettings:
     else `[run] threads`, else all cores."""
     section = run.recipe.report
     threads = section.threads or run.recipe.run.threads or os.cpu_count() or 1
-    return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats)
+    rounds = min(section.rounds, section.repeats)  # each round times at least one call per model
+    return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats, rounds)
 
 
-def measure(manifest: Path, examples: Sequence[Example], labels: list[str], timing: TimingSettings) -> Measured:
-    """Score an exported model on `examples` and time it on them, tokenisation included."""
-    predictor = OnnxPredictor(manifest, threads=timing.threads, batch_size=max(timing.batch_sizes))
-    predictions = onnx_predictions(predictor, examples)
-
-    def predict(batch: list[Example]) -> object:  # the harness cuts batches of examples
-        return predictor.predict(*model_inputs(predictor.kind, batch))
-
-    latency = measure_latency(predict, examples, timing.batch_sizes, timing.warmup, timing.repeats)
-    throughput = latency.pop("throughput_per_s")
+def measure(manifests: Sequence[Path], examples: Sequence[Example], labels: list[str], timing: TimingSettings) -> dict[Path, Measured]:
+    """Score every exported model on `examples`, then time them on those texts, interleaved
+    (distill.report.bench), tokenisation included."""
     label2id = {label: index for index, label in enumerate(labels)}
-    metrics = classification_metrics(
-        [label2id[e.label] for e in examples], [label2id.get(p, -1) for p in predictions], labels
-    )
-    model_file = manifest.parent / predictor.manifest["model_file"]
-    return Measured(
-        predictions,
-        {
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            "size_mb": model_file.stat().st_size / BYTES_PER_MB,
-            "latency_ms": latency,
-            "throughput_per_s": throughput,
-        },
-    )
+    gold = [label2id[e.label] for e in examples]
+    predictors = {path: OnnxPredictor(path, threads=timing.threads, batch_size=max(timing.batch_sizes)) for path in manifests}
+    predictions = {path: onnx_predictions(predictor, examples) for path, predictor in predictors.items()}
+
+    def timed(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
+        return lambda batch: predictor.predict(*model_inputs(predictor.kind, batch))  # the harness cuts batches of examples
+
+    calls = {str(path): timed(predictor) for path, predictor in predictors.items()}
+    with Progress("timing rounds", timing.rounds * len(timing.batch_sizes), unit="round") as bar:
+        latencies = measure_latencies(
+            calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
+        )
+    measured = {}
+    for path, predictor in predictors.items():
+        latency = latencies[str(path)]
+        throughput = latency.pop("throughput_per_s")
+        metrics = classification_metrics(gold, [label2id.get(p, -1) for p in predictions[path]], labels)
+        model_file = path.parent / predictor.manifest["model_file"]
+        measured[path] = Measured(
+            predictions[path],
+            {
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+                "size_mb": model_file.stat().st_size / BYTES_PER_MB,
+                "latency_ms": latency,
+                "throughput_per_s": throughput,
+            },
+        )
+    return measured
 
 
 def compared(model: Measured, teacher: Measured) -> dict[str, Any]:
@@ -124,11 +135,12 @@ def build_report(run: Run) -> dict[str, Any]:
     test = data.test
     timing = timing_settings(run)
 
-    def measure_entry(entry: dict[str, Any], key: str) -> Measured | None:
-        if entry[key] is None:
-            return None
-        run.logger.info(f"[report] measuring {entry[key]}")
-        return measure(onnx_dir / entry[key], test, data.labels, timing)
+    manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in ("manifest", "manifest_int8") if entry[key]]
+    run.logger.info(f"[report] scoring {len(manifests)} models, then timing them in turns")
+    measured = measure(manifests, test, data.labels, timing)
+
+    def measure_entry(entry: dict[str, Any], key: str) -> Measured | None:  # the entry's fp32 or int8 model
+        return measured[onnx_dir / entry[key]] if entry[key] else None
 
     teacher_entry = next(entry for entry in summary["models"] if entry["role"] == "teacher")
     teacher = measure_entry(teacher_entry, "manifest")
@@ -162,7 +174,7 @@ def build_report(run: Run) -> dict[str, Any]:
         "students": students,
         "baseline": _baseline(run),
         "threads": timing.threads,
-        "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats},
+        "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats, "rounds": timing.rounds},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance.record(run.recipe),
     }
