@@ -315,6 +315,11 @@ class ExportSection(Section):
     opset: int = Field(default=18, ge=11)  # the exporter builds opset 18 natively
     quantize: Literal["none", "int8"] = "int8"
     parity_tolerance: float = Field(default=1e-4, gt=0)
+    # keep a model's int8 copy only when it is faster at batch size 1 on dev texts and loses at most
+    # int8_max_dev_drop dev accuracy ("if_faster"), or always
+    int8_keep: Literal["if_faster", "always"] = "if_faster"
+    int8_max_dev_drop: float = Field(default=0.005, ge=0, le=1)
+    ADDED_LATER = frozenset({"int8_keep", "int8_max_dev_drop"})
 
 
 class ReportSection(Section):

@@ -174,6 +174,7 @@ augment = {{ unk = 0.1, pos_swap = 0.0, n_sampling = 0.3, multiplier = 1 }}
 {steps}
 [export]
 quantize = "int8"
+int8_keep = "always"           # every architecture's int8 copy is checked, fast or not
 
 [report]
 batch_sizes = [1]

@@ -32,7 +32,7 @@ from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
 from distill.models.teacher import label_maps
 from distill.pipeline import Run
 from distill.recipe import load_recipe
-from distill.stages.export import accuracy, export_models, export_run, onnx_predictions
+from distill.stages.export import accuracy, export_models, export_run, int8_verdict, onnx_predictions
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {
@@ -120,7 +120,7 @@ def build_tiny_run(root: Path, report: dict | None = None) -> Path:
         "run": {"name": "tiny", "out_dir": str(root / "runs"), "threads": 1},
         "task": {"dataset": str(root / "tiny.csv"), "max_length": 16, "split": [0.4, 0.2, 0.4]},
         "teacher": {"model": str(run_dir / "teacher")},
-        "export": {"quantize": "int8", "parity_tolerance": 1e-4},
+        "export": {"quantize": "int8", "parity_tolerance": 1e-4, "int8_keep": "always"},  # int8 files to test, fast or not
         "report": report or {"batch_sizes": [1, 32], "warmup": 1, "repeats": 3},
     }
     path = root / "tiny.toml"
@@ -254,3 +254,48 @@ def test_cli_serve_passes_its_options_to_the_server(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli, ["serve", str(manifest), *options])
     assert result.exit_code == 0, result.output
     assert calls == [((manifest, "127.0.0.1", 9001), {"threads": 2, "max_batch": 5, "max_text_chars": 50})]
+
+
+@pytest.mark.parametrize(
+    "fp32_ms, int8_ms, fp32_dev, int8_dev, kept, reason",
+    [
+        (2.0, 1.0, 0.80, 0.798, True, "faster at equal accuracy (int8 1 ms vs fp32 2 ms at batch size 1, dev accuracy 0.7980 vs 0.8000)"),
+        (0.142, 0.231, 0.80, 0.80, False, "not faster (int8 0.231 ms vs fp32 0.142 ms"),
+        (2.0, 1.0, 0.80, 0.79, False, "loses more than 0.005 dev accuracy (int8 1 ms"),
+        (1.0, 1.0, 0.80, 0.70, False, "not faster and loses more than 0.005 dev accuracy"),
+    ],
+)
+def test_int8_verdict_by_hand(fp32_ms, int8_ms, fp32_dev, int8_dev, kept, reason):
+    verdict = int8_verdict(fp32_ms, int8_ms, fp32_dev, int8_dev, max_drop=0.005)
+    assert verdict[0] is kept and verdict[1].startswith(reason)
+
+
+def test_int8_is_kept_only_where_it_pays_and_the_report_says_why(exported, tmp_path, monkeypatch):
+    import distill.report.bench as bench
+    from distill.stages.report import int8_note
+
+    run, _ = exported
+    run_dir = tmp_path / "runs" / "tiny"
+    shutil.copytree(run.dir, run_dir, ignore=shutil.ignore_patterns("onnx", "done"))
+    recipe = run_dir / "recipe.toml"
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace('int8_keep = "always"', 'int8_keep = "if_faster"'), encoding="utf-8")
+    timed = []
+
+    def fake_latencies(calls, texts, batch_sizes, warmup, repeats, rounds):
+        # the bow's int8 copy is slower; the transformers' are faster (the decision reads dev texts only)
+        timed.append((sorted(calls), [e.text for e in texts]))
+        int8_ms = 3.0 if len(timed) == 3 else 1.0
+        return {"fp32": {"bs1_p50": 2.0}, "int8": {"bs1_p50": int8_ms}}
+
+    monkeypatch.setattr(bench, "measure_latencies", fake_latencies)
+    summary = export_run(Run.from_dir(run_dir))
+    assert [names for names, _ in timed] == [["fp32", "int8"]] * 3
+    assert all(texts == [e.text for e in run.data().dev] for _, texts in timed)
+    decisions = {entry["name"]: entry["int8_decision"] for entry in summary["models"]}
+    assert decisions["teacher"]["kept"] and decisions["student"]["kept"] and not decisions["bow"]["kept"]
+    assert decisions["bow"]["reason"].startswith("not faster (int8 3 ms vs fp32 2 ms at batch size 1")
+    bow = summary["models"][2]
+    assert bow["onnx_int8"] is None and bow["int8_accuracy_delta"] is None
+    assert not (run_dir / "onnx" / "bow.int8.onnx").exists() and not (run_dir / "onnx" / "bow.int8.json").exists()
+    assert (run_dir / "onnx" / "student.int8.onnx").is_file()
+    assert int8_note(summary) == f"int8 not kept for bow ({decisions['bow']['reason']})"

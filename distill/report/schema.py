@@ -86,6 +86,13 @@ _INT8 = {
     },
 }
 
+_INT8_DECISION = {
+    "type": "object",
+    "description": "Whether the export kept the int8 copy ([export] int8_keep) and why, from dev texts.",
+    "required": ["kept", "reason"],
+    "properties": {"kept": {"type": "boolean"}, "reason": {"type": "string", "minLength": 1}},
+}
+
 _STUDENT = {
     "type": "object",
     "required": [
@@ -102,6 +109,7 @@ _STUDENT = {
         "speedup": _NON_NEGATIVE,
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
         "int8": _INT8,
+        "int8_decision": _INT8_DECISION,
         "vs_teacher": _PAIRED_TEST,
         "vs_gold_twin": _PAIRED_TEST,
         "agreement": _FRACTION,
@@ -139,7 +147,11 @@ REPORT_SCHEMA: dict = {
                 "threads": {"type": "integer", "minimum": 1},
             },
         },
-        "teacher": {"type": "object", "required": list(_MEASURED_MODEL), "properties": _MEASURED_MODEL},
+        "teacher": {
+            "type": "object",
+            "required": list(_MEASURED_MODEL),
+            "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION},
+        },
         "students": {"type": "array", "items": _STUDENT},
         "baseline": {
             "type": "object",

@@ -1,7 +1,8 @@
 """`export`: every model of a run to ONNX (+ int8), parity-checked on real dev and test texts.
 
 The teacher, the final transformer student and each shallow student become `onnx/NAME.onnx`
-with a manifest (and `NAME.int8.onnx` when quantizing). `onnx/summary.json` records, per
+with a manifest (and `NAME.int8.onnx` when quantizing and int8 pays: faster at batch size 1 on
+dev texts at equal dev accuracy, unless `[export] int8_keep = "always"`; the reason is kept). `onnx/summary.json` records, per
 model, where its files are, their sizes, the torch/ONNX parity (and how many batches and rows
 it covered) and what int8 costs in test accuracy, so the report and tools read one file
 instead of re-deriving it.
@@ -26,6 +27,8 @@ from distill.pipeline import Run, publish
 from distill.stages.run_models import RunModel, model_inputs, run_models
 
 SUMMARY_FILE = "summary.json"
+# the fp32-vs-int8 timing on dev texts at batch size 1 that decides whether int8 is kept
+INT8_TIMING = {"warmup": 3, "repeats": 30, "rounds": 3}
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:
@@ -85,7 +88,7 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
             "int8_accuracy_delta": None,
         }
         if quantize == "int8":
-            entry.update(_quantize_and_score(exported.onnx_path, entry["test_accuracy"], test, threads))
+            entry.update(_quantize_and_score(exported.onnx_path, entry["test_accuracy"], data.dev, test, run))
         _log_entry(run, entry)
         entries.append(entry)
     summary = {"quantize": quantize, "opset": settings.opset, "test_size": len(test), "models": entries}
@@ -127,13 +130,46 @@ def _onnx_accuracy(manifest: Path, test: list[Example], threads: int | None) -> 
     return accuracy(onnx_predictions(OnnxPredictor(manifest, threads), test), test)
 
 
-def _quantize_and_score(
-    onnx_path: Path, fp32_accuracy: float, test: list[Example], threads: int | None
-) -> dict[str, Any]:
-    """Write the int8 model and measure what it changes in test accuracy against fp32 ONNX."""
-    from distill.export.onnx import quantize_int8
+def int8_verdict(fp32_ms: float, int8_ms: float, fp32_dev: float, int8_dev: float, max_drop: float) -> tuple[bool, str]:
+    """Whether int8 pays: faster at batch size 1 and within `max_drop` of fp32's dev accuracy."""
+    figures = (
+        f"int8 {int8_ms:.3g} ms vs fp32 {fp32_ms:.3g} ms at batch size 1, "
+        f"dev accuracy {int8_dev:.4f} vs {fp32_dev:.4f}"
+    )
+    slower = int8_ms >= fp32_ms
+    worse = int8_dev < fp32_dev - max_drop
+    if not (slower or worse):
+        return True, f"faster at equal accuracy ({figures})"
+    reasons = (["not faster"] if slower else []) + ([f"loses more than {max_drop:g} dev accuracy"] if worse else [])
+    return False, f"{' and '.join(reasons)} ({figures})"
 
+
+def _quantize_and_score(
+    onnx_path: Path, fp32_accuracy: float, dev: list[Example], test: list[Example], run: Run
+) -> dict[str, Any]:
+    """Write the int8 model, decide on dev whether it pays (`[export] int8_keep`), and measure what
+    a kept one changes in test accuracy against fp32 ONNX. The decision never reads the test split."""
+    from distill.export.onnx import quantize_int8
+    from distill.report.bench import measure_latencies
+
+    settings, threads = run.recipe.export, run.recipe.run.threads
     quantized = quantize_int8(onnx_path)
+    predictors = {
+        "fp32": OnnxPredictor(onnx_path.with_suffix(".json"), threads),
+        "int8": OnnxPredictor(quantized.manifest_path, threads),
+    }
+    dev_accuracy = {name: accuracy(onnx_predictions(p, dev), dev) for name, p in predictors.items()}
+    calls = {name: (lambda batch, p=p: p.predict(*model_inputs(p.kind, batch))) for name, p in predictors.items()}
+    latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
+    pays, why = int8_verdict(
+        latency["fp32"]["bs1_p50"], latency["int8"]["bs1_p50"], dev_accuracy["fp32"], dev_accuracy["int8"], settings.int8_max_dev_drop
+    )
+    kept = pays or settings.int8_keep == "always"
+    decision = {"kept": kept, "reason": why if settings.int8_keep == "if_faster" else f"int8_keep = always; {why}"}
+    if not kept:
+        quantized.onnx_path.unlink()
+        quantized.manifest_path.unlink()
+        return {"int8_decision": decision}
     int8_accuracy = _onnx_accuracy(quantized.manifest_path, test, threads)
     return {
         "onnx_int8": quantized.onnx_path.name,
@@ -141,6 +177,7 @@ def _quantize_and_score(
         "size_bytes_int8": quantized.onnx_path.stat().st_size,
         "test_accuracy_int8": int8_accuracy,
         "int8_accuracy_delta": int8_accuracy - fp32_accuracy,
+        "int8_decision": decision,
     }
 
 
@@ -163,6 +200,9 @@ def _log_entry(run: Run, entry: dict[str, Any]) -> None:
             f"; int8 {entry['size_bytes_int8'] / BYTES_PER_MB:.1f} MB,"
             f" test accuracy {entry['test_accuracy_int8']:.4f} ({entry['int8_accuracy_delta']:+.4f})"
         )
+    if "int8_decision" in entry:
+        decision = entry["int8_decision"]
+        line += f"; int8 {'kept' if decision['kept'] else 'not kept'}: {decision['reason']}"
     run.logger.info(line)
 
 

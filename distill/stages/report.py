@@ -182,7 +182,7 @@ def build_report(run: Run) -> dict[str, Any]:
     recommended = recommend(report, section.recommend_tolerance, section.latency_budget_ms)
     if recommended is not None:
         report["recommended"] = recommended
-    notes = "; ".join(note for note in (text_source_notes(run), pruning_note(run)) if note)
+    notes = "; ".join(note for note in (text_source_notes(run), pruning_note(run), int8_note(summary)) if note)
     if notes:
         report["notes"] = notes
     return report
@@ -268,12 +268,21 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def _files(entry: dict[str, Any]) -> dict[str, Any]:
     """Where a model's ONNX files are (relative to the run dir), its parameters and parity."""
-    return {
+    files = {
         "params": entry["params"],
         "onnx": f"onnx/{entry['onnx']}",
         "onnx_int8": f"onnx/{entry['onnx_int8']}" if entry["onnx_int8"] else None,
         "onnx_parity_max_abs_diff": entry["parity_max_abs_diff"],
     }
+    if "int8_decision" in entry:  # exports made before int8 was decided per model have none
+        files["int8_decision"] = entry["int8_decision"]
+    return files
+
+
+def int8_note(summary: dict[str, Any]) -> str:
+    """Which models' int8 copies the export dropped, and why (a kept copy is in the table)."""
+    dropped = [f"{e['name']} ({e['int8_decision']['reason']})" for e in summary["models"] if not e.get("int8_decision", {}).get("kept", True)]
+    return f"int8 not kept for {'; '.join(dropped)}" if dropped else ""
 
 
 def _gold_twin_predictions(run: Run, entry: dict[str, Any], test: list[Example]) -> list[str] | None:
