@@ -164,6 +164,22 @@ def test_every_model_is_exported_with_int8_and_parity(exported):
     assert not list(run.dir.glob(".onnx.*"))
 
 
+def test_each_model_s_flops_are_counted_at_the_mean_test_length(exported):
+    from distill.models.flops import forward_flops
+    from distill.models.teacher import load_classifier
+
+    run, summary = exported
+    test = run.data().test
+    teacher, student, bow = summary["models"]
+    predictor = OnnxPredictor(run.dir / "onnx" / "teacher.json")
+    lengths = [predictor._encode_inputs([e.text], None)["input_ids"].shape[1] for e in test]  # one text: no padding
+    assert teacher["tokens_per_text"] == pytest.approx(sum(lengths) / len(lengths))
+    inputs = predictor.manifest["inputs"]
+    expected = forward_flops(load_classifier(run.dir / "teacher"), inputs, round(teacher["tokens_per_text"]))
+    assert teacher["flops_per_text"] == expected
+    assert teacher["flops_per_text"] > student["flops_per_text"] > bow["flops_per_text"] > 0
+
+
 def test_int8_accuracy_delta_is_int8_minus_fp32_on_the_test_split(exported):
     run, summary = exported
     test = run.data().test

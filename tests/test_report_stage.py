@@ -60,7 +60,10 @@ def test_report_validates_and_has_one_entry_per_student(reported):
     timed = {f"bs{n}_{key}" for n in (1, 32) for key in ("p50", "p95", "p50_low", "p50_high")}
     assert set(report["teacher"]["latency_ms"]) == timed
     assert report["timing"]["rounds"] == 3  # the recipe's 3 repeats allow 3 rounds, not the default 5
+    flops = report["teacher"]["flops_per_text"]
     for entry in (report["teacher"], *report["students"]):
+        assert entry["flop_speedup"] == pytest.approx(flops / entry["flops_per_text"])
+        assert entry["int8"]["flops_per_text"] == entry["flops_per_text"]  # int8 runs the same operations
         latency = entry["latency_ms"]
         assert latency["bs1_p50_low"] <= latency["bs1_p50_high"] and latency["bs1_p50_low"] <= latency["bs1_p95"]
     for entry in (report["teacher"], *report["students"]):

@@ -29,6 +29,8 @@ _LEGEND = (
     "Retention = model accuracy / teacher accuracy. Speed-up = teacher bs1 p50 / model bs1 p50. "
     "bs1 p50 by round = the lowest and highest median of the timing rounds, in which every model "
     "took its turn on the same texts: the spread the machine's noise leaves. "
+    "MFLOPs/text = matrix-product FLOPs of one forward pass on a text of the mean test length; "
+    "FLOP-limit speed-up = teacher FLOPs / model FLOPs, the speed-up if latency followed FLOPs. "
     "Parity = largest absolute logit difference between the ONNX export and the original model."
 )
 
@@ -201,7 +203,7 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["model", "kind", "accuracy", "macro-F1", "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms"]
     if large:
         headers.append(f"bs{large} p50 ms")
-    headers += ["throughput/s", "speed-up", "parity"]
+    headers += ["throughput/s", "speed-up", "MFLOPs/text", "FLOP-limit speed-up", "parity"]
     rows = []
     for label, kind, metrics in _model_entries(report):
         latency = metrics["latency_ms"]
@@ -221,6 +223,8 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         row += [
             _optional(metrics.get("throughput_per_s"), lambda value: f"{value:,.0f}"),
             _optional(metrics.get("speedup"), lambda value: f"{value:.1f}×"),
+            _optional(metrics.get("flops_per_text"), lambda value: f"{value / 1e6:,.3g}"),
+            _optional(metrics.get("flop_speedup"), lambda value: f"{value:.1f}×"),
             _optional(metrics.get("onnx_parity_max_abs_diff"), lambda value: f"{value:.1e}"),
         ]
         rows.append(row)

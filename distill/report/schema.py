@@ -74,6 +74,14 @@ _MEASURED_MODEL = {
     "throughput_per_s": _NON_NEGATIVE,
 }
 
+# FLOPs of one forward pass on a text of the mean test length (distill.models.flops); absent in
+# reports of exports made before they were counted
+_COST = {
+    "tokens_per_text": _NON_NEGATIVE,
+    "flops_per_text": _COUNT,
+    "flop_speedup": {**_NON_NEGATIVE, "description": "teacher FLOPs / model FLOPs: the speed-up if latency followed FLOPs"},
+}
+
 _INT8 = {
     "type": "object",
     "required": ["accuracy", "macro_f1", "size_mb", "latency_ms"],
@@ -83,6 +91,7 @@ _INT8 = {
         "speedup": _NON_NEGATIVE,
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
         "agreement": _FRACTION,
+        **_COST,
     },
 }
 
@@ -110,6 +119,7 @@ _STUDENT = {
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
         "int8": _INT8,
         "int8_decision": _INT8_DECISION,
+        **_COST,
         "vs_teacher": _PAIRED_TEST,
         "vs_gold_twin": _PAIRED_TEST,
         "agreement": _FRACTION,
@@ -150,7 +160,7 @@ REPORT_SCHEMA: dict = {
         "teacher": {
             "type": "object",
             "required": list(_MEASURED_MODEL),
-            "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION},
+            "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION, **_COST},
         },
         "students": {"type": "array", "items": _STUDENT},
         "baseline": {

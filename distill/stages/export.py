@@ -21,7 +21,7 @@ import numpy as np
 
 from distill.data.datasets import Example
 from distill.errors import UserError
-from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, non_finite_rows, read_manifest
+from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, input_encoder, non_finite_rows, read_manifest
 from distill.models.size import BYTES_PER_MB
 from distill.pipeline import Run, publish
 from distill.stages.run_models import RunModel, model_inputs, run_models
@@ -65,7 +65,7 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
     threads = run.recipe.run.threads
     entries = []
     for model in run_models(run):
-        params, exported = _export(run, model, out_dir, parity_examples)
+        params, exported, cost = _export(run, model, out_dir, parity_examples, test)
         manifest = read_manifest(exported.manifest_path)
         entry: dict[str, Any] = {
             "name": model.name,
@@ -75,6 +75,7 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
             "onnx": exported.onnx_path.name,
             "manifest": exported.manifest_path.name,
             "params": params,
+            **cost,
             "size_bytes": exported.onnx_path.stat().st_size,
             "parity_max_abs_diff": manifest["parity_max_abs_diff"],
             "parity_batches": manifest["parity_batches"],
@@ -96,15 +97,30 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
     return summary
 
 
+def mean_tokens(manifest_path: Path, examples: Sequence[Example]) -> float:
+    """The mean number of tokens the exported model reads per example (special tokens included,
+    after truncation), as its predictor encodes them."""
+    manifest = read_manifest(manifest_path)
+    encode = input_encoder(manifest, manifest_path.parent)
+    inputs = encode(*model_inputs(manifest["kind"], examples))
+    if "attention_mask" in inputs:
+        lengths = inputs["attention_mask"].sum(axis=1)
+    else:  # word ids, padded with 0; an empty text reads one unknown word
+        lengths = np.maximum((inputs["input_ids"] != 0).sum(axis=1), 1)
+    return float(lengths.mean())
+
+
 def _export(
-    run: Run, model: RunModel, out_dir: Path, parity_examples: list[Example]
-) -> tuple[int, Any]:
-    """(parameter count, ExportedModel) of one model; torch is imported only here.
+    run: Run, model: RunModel, out_dir: Path, parity_examples: list[Example], test: list[Example]
+) -> tuple[int, Any, dict[str, float]]:
+    """(parameter count, ExportedModel, cost) of one model; torch is imported only here.
 
     Parity runs on `parity_examples` as the model reads them: a transformer gets text pairs
-    as two segments, a word-level student their joined text.
+    as two segments, a word-level student their joined text. The cost is the mean tokens per
+    test text and the forward FLOPs of one text of that (rounded) length.
     """
     from distill.export.onnx import export_shallow, export_transformer
+    from distill.models.flops import forward_flops
     from distill.models.shallow import load_shallow
     from distill.models.size import count_parameters
     from distill.models.teacher import label_names, load_classifier
@@ -123,7 +139,9 @@ def _export(
     else:
         network, config, vocab = load_shallow(model.directory)
         exported = export_shallow(network, config, vocab, out_dir, model.name, texts, **checks)
-    return count_parameters(network), exported
+    tokens = mean_tokens(exported.manifest_path, test)
+    flops = forward_flops(network, read_manifest(exported.manifest_path)["inputs"], max(1, round(tokens)))
+    return count_parameters(network), exported, {"tokens_per_text": tokens, "flops_per_text": flops}
 
 
 def _onnx_accuracy(manifest: Path, test: list[Example], threads: int | None) -> float:

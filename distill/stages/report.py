@@ -153,10 +153,11 @@ def build_report(run: Run) -> dict[str, Any]:
     report_teacher = {**teacher.figures, **_files(teacher_entry)}
     teacher_int8 = measure_entry(teacher_entry, "manifest_int8")
     if teacher_int8 is not None:
-        report_teacher["int8"] = compared(teacher_int8, teacher)
+        report_teacher["int8"] = with_cost(compared(teacher_int8, teacher), teacher_entry, teacher_entry)
+    report_teacher = with_cost(report_teacher, teacher_entry, teacher_entry)
     students = [
         _student_record(
-            run, entry, measure_entry(entry, "manifest"), measure_entry(entry, "manifest_int8"), teacher, test
+            run, entry, measure_entry(entry, "manifest"), measure_entry(entry, "manifest_int8"), teacher, test, teacher_entry
         )
         for entry in summary["models"]
         if entry["role"] == "student"
@@ -195,16 +196,18 @@ def _student_record(
     student_int8: Measured | None,
     teacher: Measured,
     test: list[Example],
+    teacher_entry: dict[str, Any],
 ) -> dict[str, Any]:
-    """A student's report entry: figures relative to the teacher, files, paired tests, int8."""
+    """A student's report entry: figures relative to the teacher, files, FLOPs, paired tests, int8."""
     seed = run.recipe.run.seed
     record = {"name": entry["name"], "kind": entry["kind"], **compared(student, teacher), **_files(entry)}
+    record = with_cost(record, entry, teacher_entry)
     record["vs_teacher"] = paired_test(student, teacher.predictions, test, seed)
     twin = _gold_twin_predictions(run, entry, test)
     if twin is not None:
         record["vs_gold_twin"] = paired_test(student, twin, test, seed)
     if student_int8 is not None:
-        record["int8"] = compared(student_int8, teacher)
+        record["int8"] = with_cost(compared(student_int8, teacher), entry, teacher_entry)
     return record
 
 
@@ -274,9 +277,22 @@ def _files(entry: dict[str, Any]) -> dict[str, Any]:
         "onnx_int8": f"onnx/{entry['onnx_int8']}" if entry["onnx_int8"] else None,
         "onnx_parity_max_abs_diff": entry["parity_max_abs_diff"],
     }
-    if "int8_decision" in entry:  # exports made before int8 was decided per model have none
-        files["int8_decision"] = entry["int8_decision"]
+    # exports made before int8 was decided per model, or FLOPs counted, have none
+    files.update({key: entry[key] for key in ("int8_decision", "tokens_per_text", "flops_per_text") if key in entry})
     return files
+
+
+def with_cost(record: dict[str, Any], entry: dict[str, Any], teacher_entry: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the model's FLOPs per text and the speed-up it would get if latency followed
+    FLOPs (an int8 copy runs the same operations as its fp32 model)."""
+    if "flops_per_text" not in entry or "flops_per_text" not in teacher_entry:
+        return record
+    cost = {
+        "tokens_per_text": entry["tokens_per_text"],
+        "flops_per_text": entry["flops_per_text"],
+        "flop_speedup": teacher_entry["flops_per_text"] / entry["flops_per_text"],
+    }
+    return {**record, **cost}
 
 
 def int8_note(summary: dict[str, Any]) -> str:
