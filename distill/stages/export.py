@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,11 @@ def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> l
             else "check the model's weights for NaN or inf, then retrain or re-export",
         )
     return [predictor.labels[index] for index in logits.argmax(axis=-1)]
+
+
+def example_predictor(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
+    """`predictor` as the latency harness calls it: on a batch of examples, tokenisation included."""
+    return lambda batch: predictor.predict(*model_inputs(predictor.kind, batch))
 
 
 def accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> float:
@@ -177,7 +182,7 @@ def _quantize_and_score(
         "int8": OnnxPredictor(quantized.manifest_path, threads),
     }
     dev_accuracy = {name: accuracy(onnx_predictions(p, dev), dev) for name, p in predictors.items()}
-    calls = {name: (lambda batch, p=p: p.predict(*model_inputs(p.kind, batch))) for name, p in predictors.items()}
+    calls = {name: example_predictor(predictor) for name, predictor in predictors.items()}
     latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
     pays, why = int8_verdict(
         latency["fp32"]["bs1_p50"], latency["int8"]["bs1_p50"], dev_accuracy["fp32"], dev_accuracy["int8"], settings.int8_max_dev_drop

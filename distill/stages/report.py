@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,8 +43,8 @@ from distill.seeds import (
     versus,
 )
 from distill.stages.common import student_seed
-from distill.stages.export import SUMMARY_FILE, onnx_predictions
-from distill.stages.run_models import TWIN_DIR, RunModel, model_inputs, run_models, torch_predictions
+from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_predictions
+from distill.stages.run_models import TWIN_DIR, RunModel, run_models, torch_predictions
 
 
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
@@ -83,11 +83,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], labels: list
     gold = [label2id[e.label] for e in examples]
     predictors = {path: OnnxPredictor(path, threads=timing.threads, batch_size=max(timing.batch_sizes)) for path in manifests}
     predictions = {path: onnx_predictions(predictor, examples) for path, predictor in predictors.items()}
-
-    def timed(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
-        return lambda batch: predictor.predict(*model_inputs(predictor.kind, batch))  # the harness cuts batches of examples
-
-    calls = {str(path): timed(predictor) for path, predictor in predictors.items()}
+    calls = {str(path): example_predictor(predictor) for path, predictor in predictors.items()}
     with Progress("timing rounds", timing.rounds * len(timing.batch_sizes), unit="round") as bar:
         latencies = measure_latencies(
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
