@@ -211,8 +211,9 @@ class Run:
 
     def data(self) -> Any:
         from distill.data.datasets import load_prepared
+        from distill.tasks import family
 
-        return load_prepared(self.require("data", "prepare"))
+        return load_prepared(self.require("data", "prepare"), family(self.recipe.task.type))
 
     def teacher_dir(self) -> Path:
         """The fine-tuned teacher: this run's, or the recipe's model when it is already fine-tuned."""

@@ -97,6 +97,8 @@ class DataFiles(Section):
 
 class TaskSection(Section):
     dataset: str | DataFiles = "builtin:tweets"
+    # the task family (distill/tasks): one class per text, a set of labels, or a number
+    type: Literal["classification", "multi_label", "regression"] = "classification"
     format: Literal["csv", "tsv", "jsonl"] | None = None  # guessed from the suffix when absent
     text_column: str = "text"
     text_pair_column: str | None = None
@@ -108,6 +110,16 @@ class TaskSection(Section):
     limit_train: int | None = Field(default=None, ge=1)
     limit_eval: int | None = Field(default=None, ge=1)  # cap on dev and test each
     language: Literal["en", "zh"] = "en"
+    label_delimiter: str = Field(default="|", min_length=1)  # multi_label: between names in a CSV/TSV cell
+    target_range: list[float] | None = None  # regression: [low, high] every target must lie in
+    ADDED_LATER = frozenset({"type", "label_delimiter", "target_range"})
+
+    @field_validator("target_range")
+    @classmethod
+    def _range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or not value[0] < value[1]):
+            raise ValueError("expected [low, high] with low < high")
+        return value
 
     @field_validator("split")
     @classmethod

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from distill.data.augment import Augmenter
-from distill.data.datasets import Example, write_split
+from distill.data.datasets import Example, PreparedData, write_split
 from distill.data.encoded import EncodedDataset, WordDataset
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
@@ -33,6 +33,9 @@ from distill.stages.augmentation import (
 )
 from distill.stages.common import text_encoder
 from distill.stages.data_distill import distillation_loss, training_set
+from distill.tasks import family
+
+CLASSIFICATION = family("classification")
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS_BY_LABEL = {
@@ -270,7 +273,7 @@ def test_label_command_summary_counts_what_it_labelled(tiny_run):
     first = augmentation.run_label(tiny_run)
     assert first["texts"] == first["labelled_now"] == len(texts)
     expected = np.bincount(direct_teacher_logits(tiny_run, texts).argmax(axis=1), minlength=3)
-    assert first["teacher_label_counts"] == dict(zip(LABELS, expected.tolist()))
+    assert first["teacher_label_counts"] == {label: count for label, count in zip(LABELS, expected.tolist()) if count}
     again = augmentation.run_label(tiny_run)
     assert again["labelled_now"] == 0 and again["texts_per_s"] is None
     assert again["teacher_label_counts"] == first["teacher_label_counts"]
@@ -300,7 +303,7 @@ def test_hard_and_soft_targets_match_a_hand_computation():
     )  # (6 rows, 3 classes): 3 gold rows, then 3 augmented rows
     tokenizer = WordTokenizer("en")
     vocab = WordVocab.build(tokenizer.split(text) for text in gold_texts)
-    dataset = training_set(tokenizer, vocab, gold_texts, gold_ids, augmented, logits_T, max_len=8)
+    dataset = training_set(CLASSIFICATION, tokenizer, vocab, gold_texts, gold_ids, augmented, logits_T, max_len=8)
     assert dataset.labels == [2, 0, 1, 2, 0, 1]  # gold, then the teacher's argmax
 
     batch = dataset.collate([dataset[i] for i in (0, 4, 2, 5)])
@@ -312,7 +315,7 @@ def test_hard_and_soft_targets_match_a_hand_computation():
     targets = torch.tensor([2, 0, 1, 1])
     ce = -F.log_softmax(logits_S, -1)[torch.arange(4), targets]  # (4,) per-row cross-entropy
 
-    hard, logs = distillation_loss(logits_S, batch, logits_T, 3, "hard", 2.0)
+    hard, logs = distillation_loss(CLASSIFICATION, logits_S, batch, logits_T, 3, "hard", 2.0)
     assert hard.item() == pytest.approx(ce.mean().item(), rel=1e-6)
     assert set(logs) == {"hard", "loss"}
 
@@ -321,14 +324,14 @@ def test_hard_and_soft_targets_match_a_hand_computation():
     kl = (p_T * (p_T.log() - F.log_softmax(logits_S / tau, -1))).sum(-1) * tau**2  # (4,)
     gold_rows = torch.tensor([1.0, 0.0, 1.0, 0.0])
     expected = (kl + gold_rows * ce).mean()  # CE on gold only for originals, soft on every row
-    soft, logs = distillation_loss(logits_S, batch, logits_T, 3, "soft", tau)
+    soft, logs = distillation_loss(CLASSIFICATION, logits_S, batch, logits_T, 3, "soft", tau)
     assert soft.item() == pytest.approx(expected.item(), rel=1e-5)
     assert logs["soft"] == pytest.approx(kl.mean().item(), rel=1e-5)
     assert logs["hard"] == pytest.approx(ce[[0, 2]].mean().item(), rel=1e-5)
 
     only_augmented = dataset.collate([dataset[i] for i in (3, 5)])
     soft, logs = distillation_loss(
-        model(**only_augmented["inputs"]), only_augmented, logits_T, 3, "soft", tau
+        CLASSIFICATION, model(**only_augmented["inputs"]), only_augmented, logits_T, 3, "soft", tau
     )
     assert torch.isfinite(soft) and set(logs) == {"soft", "loss"}
 
@@ -353,7 +356,8 @@ def test_stage_trains_saves_and_reports_bow_and_cnn_students(tiny_run):
         )
         test_ids = [LABELS.index(label) for _, label in TEST]
         test_set = WordDataset(tokenizer, vocab, [text for text, _ in TEST], test_ids)
-        reloaded = evaluate_model(model, test_set, LABELS)
+        test_examples = [Example(text, label) for text, label in TEST]
+        reloaded = evaluate_model(model, test_set, test_examples, PreparedData(LABELS, [], [], test_examples))
         assert (
             reloaded["accuracy"] == metrics["test"]["accuracy"] == headline[f"{kind}_test_accuracy"]
         )

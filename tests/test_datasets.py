@@ -342,5 +342,4 @@ def test_prepared_split_round_trips(tmp_path):
     prepared = load_prepared(data_dir)
     assert prepared.labels == ["x", "y"]
     assert prepared.test == parts["test"]
-    assert prepared.label2id == {"x": 0, "y": 1}
-    assert prepared.label_ids("train") == [0, 1, 1]
+    assert prepared.targets("train") == [0, 1, 1]

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
 from conftest import tiny_rows, write_rows
 from tiny_models import tiny_eager_bert
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from distill import provenance
 from distill.errors import UserError
@@ -29,8 +28,15 @@ from distill.pipeline import Run
 from distill.recipe import RelationSettings, load_recipe, parse_recipe
 from distill.stages.augmentation import augmented_texts
 from distill.stages.common import task_dataset, text_encoder
-from distill.stages.distillation import RelationTransfer, frozen_teacher, teacher_and_student
+from distill.stages.distillation import (
+    RelationTransfer,
+    frozen_teacher,
+    teacher_and_student,
+)
 from distill.stages.task import LossWeights, cache_teacher_logits, label_loss_fn
+from distill.tasks import family
+
+CLASSIFICATION = family("classification")
 
 LABELS = ["negative", "neutral", "positive"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -170,7 +176,9 @@ def test_chain_gd_ged_tad_tsd_prunes_once_and_each_stage_starts_from_the_last(ma
     assert metrics["general"]["texts"] == 40
     corpus = run.dir.parent.parent / "corpus.txt"
     assert metrics["general_enhanced"]["texts_source"] == f"corpus {corpus} (20 texts)"
-    from distill.stages.report import text_source_notes  # what report.json's "notes" says of it
+    from distill.stages.report import (
+        text_source_notes,  # what report.json's "notes" says of it
+    )
 
     assert text_source_notes(run) == (
         f"general read no corpus given: the task's 40 training texts, labels unused; "
@@ -370,14 +378,14 @@ def test_task_specific_loss_is_the_weighted_sum_of_soft_and_hard_terms(prepared,
     run, work, teacher = prepared()
     data = run.data()
     pair = teacher_and_student(run, work, teacher, teacher_dir, data)
-    dataset = task_dataset(pair.teacher_encoder, data.train, data.label2id)
+    dataset = task_dataset(pair.teacher_encoder, data.train, data)
     cache = cache_teacher_logits(teacher, dataset, run.device)
     batch = dataset.collate([dataset[i] for i in (3, 18, 25, 36)])
     student = pair.student.eval()
     with torch.no_grad():
         logits_S = student(**batch["inputs"]).logits
-        soft_only, logs = label_loss_fn(LossWeights(1.0, 0.0, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
-        mixed, _ = label_loss_fn(LossWeights(1.0, 0.5, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
+        soft_only, logs = label_loss_fn(CLASSIFICATION, LossWeights(1.0, 0.0, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
+        mixed, _ = label_loss_fn(CLASSIFICATION, LossWeights(1.0, 0.5, 0.0), 2.0, 0.0, pair, cache, None)(student, batch)
     soft = soft_label_loss(logits_S, cache.logits[batch["index"]], 2.0)
     hard = hard_label_loss(logits_S, batch["labels"])
     assert soft > 1e-4

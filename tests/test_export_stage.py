@@ -32,7 +32,7 @@ from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
 from distill.models.teacher import label_maps
 from distill.pipeline import Run
 from distill.recipe import load_recipe
-from distill.stages.export import accuracy, export_models, export_run, int8_verdict, onnx_predictions
+from distill.stages.export import export_models, export_run, int8_verdict, onnx_predictions, primary_score
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {
@@ -184,8 +184,8 @@ def test_int8_accuracy_delta_is_int8_minus_fp32_on_the_test_split(exported):
     run, summary = exported
     test = run.data().test
     for entry in summary["models"]:
-        fp32 = accuracy(onnx_predictions(OnnxPredictor(run.dir / "onnx" / entry["manifest"]), test), test)
-        int8 = accuracy(onnx_predictions(OnnxPredictor(run.dir / "onnx" / entry["manifest_int8"]), test), test)
+        fp32 = primary_score(OnnxPredictor(run.dir / "onnx" / entry["manifest"]), test)
+        int8 = primary_score(OnnxPredictor(run.dir / "onnx" / entry["manifest_int8"]), test)
         assert entry["test_accuracy"] == fp32 and entry["test_accuracy_int8"] == int8
         assert entry["int8_accuracy_delta"] == pytest.approx(int8 - fp32)
 

@@ -29,7 +29,6 @@ from torch.utils.data import DistributedSampler
 
 from distill import provenance
 from distill.errors import UserError
-from distill.losses import hard_label_loss
 from distill.models.teacher import load_classifier
 from distill.pipeline import Run
 from distill.recipe import load_recipe
@@ -54,11 +53,12 @@ def epoch_padding(lengths: list[int], batch_size: int, seed: int) -> dict[str, d
 def timed_steps(run: Run, dataset: Any, steps: int, grouped: bool) -> float:
     """Seconds of `steps` fine-tuning steps of the teacher through the training loop."""
     model = load_classifier(run.teacher_dir()).train()
+    family = run.data().family
     section = run.recipe.stages.finetune
     config = train_config(section, run.recipe.run.seed, max_steps=steps, group_by_length=grouped, log_every=10**9)
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        return hard_label_loss(model(**batch["inputs"]).logits, batch["labels"]), {}
+        return family.hard_loss(model(**batch["inputs"]).logits, batch["labels"]), {}
 
     with tempfile.TemporaryDirectory() as work:
         result = train(model, loss_fn, dataset, config, collate=dataset.collate, work_dir=Path(work), device=run.device, desc="timing")
@@ -76,7 +76,7 @@ def main(recipe: Path, steps: int, repeats: int, out: Path) -> None:
         if not (run.dir / "done" / "finetune.json").is_file():
             raise UserError("the run has no fine-tuned teacher yet", str(run.dir), f"run `distill run {recipe} --stages prepare,finetune` first")
         data = run.data()
-        dataset = task_dataset(text_encoder(run.recipe, run.teacher_dir()), data.train, data.label2id)
+        dataset = task_dataset(text_encoder(run.recipe, run.teacher_dir()), data.train, data)
     except UserError as error:
         sys.exit(f"error: {error}")
     batch_size = run.recipe.stages.finetune.batch_size

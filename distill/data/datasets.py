@@ -12,21 +12,24 @@ import io
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill.errors import UserError
 from distill.recipe import BUILTIN_PREFIX, DataFiles, TaskSection
+from distill.tasks import Label, TaskFamily, family
 
 SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled text; `label` is the label NAME, as in every file the run writes."""
+    """One labelled text; `label` is as every file the run writes it: a class NAME, a tuple of
+    names (multi-label) or a number (regression), per the task family."""
 
     text: str
-    label: str
+    label: Label
     text_pair: str | None = None
 
     @property
@@ -35,7 +38,7 @@ class Example:
         return self.text if self.text_pair is None else f"{self.text} {self.text_pair}"
 
     def to_json(self) -> str:
-        row = {"text": self.text, "label": self.label}
+        row = {"text": self.text, "label": list(self.label) if isinstance(self.label, tuple) else self.label}
         if self.text_pair is not None:
             row["text_pair"] = self.text_pair
         return json.dumps(row, ensure_ascii=False)
@@ -56,6 +59,7 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     labels: list[str]
+    family: TaskFamily
     counts: dict[str, CleaningCounts] = field(default_factory=dict)
     removed_overlap: int = 0  # training rows dropped because their text is in dev/test
 
@@ -66,12 +70,20 @@ class TaskData:
         return {
             "labels": self.labels,
             "sizes": {name: len(self.split(name)) for name in SPLITS},
-            "label_counts": {
-                name: dict(sorted(Counter(e.label for e in self.split(name)).items())) for name in SPLITS
-            },
+            "label_counts": {name: label_counts(self.family, [e.label for e in self.split(name)]) for name in SPLITS},
             "cleaning": {name: asdict(counts) for name, counts in self.counts.items()},
             "removed_train_overlap": self.removed_overlap,
         }
+
+
+def label_counts(task_family: TaskFamily, labels: list[Label]) -> dict[str, float]:
+    """Rows per label name (a multi-label row counts once for each of its names, "(none)" for
+    the empty set); for scores, their mean, minimum and maximum."""
+    if task_family.name == "regression":
+        return {"mean": sum(labels) / len(labels), "min": min(labels), "max": max(labels)} if labels else {}
+    if task_family.name == "multi_label":
+        return dict(sorted(Counter(name for names in labels for name in (names or ("(none)",))).items()))
+    return dict(sorted(Counter(labels).items()))
 
 
 # --------------------------------------------------------------------------- reading files
@@ -166,13 +178,18 @@ def read_examples(path: Path, task: TaskSection) -> list[Example]:
                 str(path),
                 f"set [task] {key} to one of the columns",
             )
+    task_family = family(task.type)
     examples = []
     for number, row in rows:
         missing = [column for _, column in wanted if column not in row or row[column] is None]
         if missing:
             raise UserError(f"line {number} has no '{shown_column(missing[0])}' field", str(path), "give every row text and label")
         pair = str(row[task.text_pair_column]) if task.text_pair_column else None
-        examples.append(Example(text=str(row[task.text_column]), label=str(row[task.label_column]).strip(), text_pair=pair))
+        try:
+            label = task_family.read_label(row[task.label_column], task)
+        except ValueError as exc:
+            raise UserError(f"line {number}: {exc}", str(path), f"fix the '{task.label_column}' value ([task] type = \"{task.type}\")") from None
+        examples.append(Example(text=str(row[task.text_column]), label=label, text_pair=pair))
     return examples
 
 
@@ -219,32 +236,55 @@ def _load_zh_reviews() -> list[Example]:
     return examples
 
 
-BUILTIN_DATASETS = {"tweets": _load_tweets, "zh-reviews": _load_zh_reviews}
+def _load_pd98_types() -> list[Example]:
+    from distill.data.pd98 import load_pd98_types
+
+    return load_pd98_types()
 
 
-def load_builtin(spec: str) -> list[Example]:
+def _load_pd98_similarity() -> list[Example]:
+    from distill.data.pd98 import load_pd98_similarity
+
+    return load_pd98_similarity()
+
+
+# name -> (loader, [task] type it is for)
+BUILTIN_DATASETS = {
+    "tweets": (_load_tweets, "classification"),
+    "zh-reviews": (_load_zh_reviews, "classification"),
+    "pd98-types": (_load_pd98_types, "multi_label"),
+    "pd98-similarity": (_load_pd98_similarity, "regression"),
+}
+
+
+def load_builtin(spec: str, task_family: TaskFamily | None = None) -> list[Example]:
+    """A builtin data set's examples; it must be of the recipe's task type."""
     name = spec.removeprefix(BUILTIN_PREFIX)
     if name not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_PREFIX + key for key in BUILTIN_DATASETS)
         raise UserError(f"unknown builtin data set '{spec}'", "[task] dataset", f"use one of: {known}")
-    return BUILTIN_DATASETS[name]()
+    loader, task_type = BUILTIN_DATASETS[name]
+    if task_family is not None and task_family.name != task_type:
+        raise UserError(f"'{spec}' is a {task_type} data set", "[task] type", f'set [task] type = "{task_type}"')
+    return loader()
 
 
 # --------------------------------------------------------------------------- cleaning and splitting
 
 
-def clean(examples: list[Example]) -> tuple[list[Example], CleaningCounts]:
-    """Drop empty texts, texts seen with two different labels, and exact duplicates."""
+def clean(examples: list[Example], task_family: TaskFamily | None = None) -> tuple[list[Example], CleaningCounts]:
+    """Drop empty texts (and empty labels), texts seen with two different labels, and exact duplicates."""
+    task_family = task_family or family("classification")
     counts = CleaningCounts(read=len(examples))
     stripped = []
     for example in examples:
         text = " ".join(example.text.split())
         pair = " ".join(example.text_pair.split()) if example.text_pair is not None else None
-        if not text or not example.label:
+        if not text or task_family.is_empty(example.label):
             counts.empty += 1
             continue
         stripped.append(Example(text=text, label=example.label, text_pair=pair))
-    labels_of: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+    labels_of: dict[tuple[str, str | None], set[Label]] = defaultdict(set)
     for example in stripped:
         labels_of[(example.text, example.text_pair)].add(example.label)
     seen: set[tuple[str, str | None]] = set()
@@ -262,15 +302,22 @@ def clean(examples: list[Example]) -> tuple[list[Example], CleaningCounts]:
     return kept, counts
 
 
-def _by_label(examples: list[Example]) -> dict[str, list[Example]]:
-    groups: dict[str, list[Example]] = defaultdict(list)
+def _identity(label: Label) -> Label:
+    return label
+
+
+def _by_label(examples: list[Example], stratum: Callable[[Label], Hashable]) -> list[list[Example]]:
+    """Examples grouped by stratum, in a seed-stable order of the groups."""
+    groups: dict[Hashable, list[Example]] = defaultdict(list)
     for example in examples:
-        groups[example.label].append(example)
-    return groups
+        groups[stratum(example.label)].append(example)
+    return [groups[key] for key in sorted(groups)] if len(groups) > 1 else list(groups.values())
 
 
-def stratified_split(examples: list[Example], fractions: dict[str, float], seed: int) -> dict[str, list[Example]]:
-    """Seeded split keeping each label's share in every part.
+def stratified_split(
+    examples: list[Example], fractions: dict[str, float], seed: int, stratum: Callable[[Label], Hashable] = _identity
+) -> dict[str, list[Example]]:
+    """Seeded split keeping each stratum's share in every part (the label's, by default).
 
     `fractions` maps part names to shares; the first part takes what rounding leaves over.
     """
@@ -278,7 +325,7 @@ def stratified_split(examples: list[Example], fractions: dict[str, float], seed:
     total = sum(fractions.values())
     rng = random.Random(seed)
     parts: dict[str, list[Example]] = {name: [] for name in names}
-    for label, group in sorted(_by_label(examples).items()):
+    for group in _by_label(examples, stratum):
         group = group[:]
         rng.shuffle(group)
         start = 0
@@ -292,35 +339,23 @@ def stratified_split(examples: list[Example], fractions: dict[str, float], seed:
     return parts
 
 
-def stratified_subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+def stratified_subset(
+    examples: list[Example], limit: int | None, seed: int, stratum: Callable[[Label], Hashable] = _identity
+) -> list[Example]:
     """At most `limit` examples with the label shares kept (for fast recipes)."""
     if limit is None or limit >= len(examples):
         return examples
     share = limit / len(examples)
     rng = random.Random(seed)
     subset = []
-    for label, group in sorted(_by_label(examples).items()):
+    for group in _by_label(examples, stratum):
         subset.extend(rng.sample(group, max(1, round(len(group) * share))))
     rng.shuffle(subset)
     return subset[:limit]
 
 
 def _check_labels(data: TaskData, where: str) -> None:
-    if len(data.labels) < 2:
-        raise UserError(
-            f"the label column has a single class ({data.labels[0] if data.labels else 'none'})",
-            where,
-            "a classifier needs at least two labels; check [task] label_column",
-        )
-    known = set(data.labels)
-    for name in ("dev", "test"):
-        unknown = sorted({e.label for e in data.split(name)} - known)
-        if unknown:
-            raise UserError(
-                f"{name} data has labels absent from training: {', '.join(unknown[:5])}",
-                where,
-                "every label must occur in the training data",
-            )
+    data.family.check(data.labels, {name: [e.label for e in data.split(name)] for name in SPLITS}, where)
     for name in SPLITS:
         if not data.split(name):
             raise UserError(f"the {name} split is empty after cleaning", where, "give more data or change [task] split")
@@ -328,6 +363,8 @@ def _check_labels(data: TaskData, where: str) -> None:
 
 def load_task(task: TaskSection, seed: int) -> TaskData:
     """Load, clean and split the task data exactly as the recipe says."""
+    task_family = family(task.type)
+    stratum = task_family.stratum
     counts: dict[str, CleaningCounts] = {}
     if isinstance(task.dataset, DataFiles):
         where = str(task.dataset.train)
@@ -335,30 +372,31 @@ def load_task(task: TaskSection, seed: int) -> TaskData:
         parts: dict[str, list[Example]] = {}
         for name in SPLITS:
             if given[name] is not None:
-                parts[name], counts[name] = clean(read_examples(Path(given[name]), task))
+                parts[name], counts[name] = clean(read_examples(Path(given[name]), task), task_family)
         missing = [name for name in ("dev", "test") if name not in parts]
         if missing:
             # carve the missing parts out of train, in the recipe's proportions
             share = dict(zip(SPLITS, task.split))
-            carved = stratified_split(parts["train"], {"train": share["train"], **{m: share[m] for m in missing}}, seed)
+            carved = stratified_split(parts["train"], {"train": share["train"], **{m: share[m] for m in missing}}, seed, stratum)
             parts.update(carved)
     else:
         where = task.dataset
         if task.dataset.startswith(BUILTIN_PREFIX):
-            raw = load_builtin(task.dataset)
+            raw = load_builtin(task.dataset, task_family)
         else:
             raw = read_examples(Path(task.dataset), task)
-        cleaned, counts["all"] = clean(raw)
-        parts = stratified_split(cleaned, dict(zip(SPLITS, task.split)), seed)
+        cleaned, counts["all"] = clean(raw, task_family)
+        parts = stratified_split(cleaned, dict(zip(SPLITS, task.split)), seed, stratum)
     held_out = {(e.text, e.text_pair) for e in parts["dev"] + parts["test"]}
     train = [e for e in parts["train"] if (e.text, e.text_pair) not in held_out]
     removed = len(parts["train"]) - len(train)
-    labels = sorted({e.label for e in train})
+    labels = task_family.label_names([e.label for e in train])
     data = TaskData(
-        train=stratified_subset(train, task.limit_train, seed),
-        dev=stratified_subset(parts["dev"], task.limit_eval, seed),
-        test=stratified_subset(parts["test"], task.limit_eval, seed),
+        train=stratified_subset(train, task.limit_train, seed, stratum),
+        dev=stratified_subset(parts["dev"], task.limit_eval, seed, stratum),
+        test=stratified_subset(parts["test"], task.limit_eval, seed, stratum),
         labels=labels,
+        family=task_family,
         counts=counts,
         removed_overlap=removed,
     )
@@ -373,10 +411,12 @@ def write_split(examples: list[Example], path: Path) -> None:
     path.write_text("".join(e.to_json() + "\n" for e in examples), encoding="utf-8")
 
 
-def read_split(path: Path, labels: list[str] | None = None) -> list[Example]:
-    """Read a prepared `data/*.jsonl` file of the run directory, checking every row."""
+def read_split(path: Path, labels: list[str] | None = None, task_family: TaskFamily | None = None) -> list[Example]:
+    """Read a prepared `data/*.jsonl` file of the run directory, checking every row
+    (labels of the family's form, and, given `labels`, names that labels.json lists)."""
     if not path.is_file():
         raise UserError(f"{path.name} is missing", str(path.parent), "run the prepare stage first")
+    task_family = task_family or family("classification")
     known = set(labels) if labels is not None else None
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
@@ -387,34 +427,38 @@ def read_split(path: Path, labels: list[str] | None = None) -> list[Example]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"not a JSON object: {exc.msg}", where, "rerun the prepare stage (distill run --fresh)") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
-            raise UserError('row needs a string "text" and "label"', where, "rerun the prepare stage (distill run --fresh)")
-        if known is not None and row["label"] not in known:
-            raise UserError(f"label {row['label']!r} is not in labels.json", where, f"use one of {sorted(known)}")
-        examples.append(Example(text=row["text"], label=row["label"], text_pair=row.get("text_pair")))
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
+            raise UserError('row needs a string "text" and a "label"', where, "rerun the prepare stage (distill run --fresh)")
+        try:
+            label = task_family.from_json(row["label"])
+        except ValueError as exc:
+            raise UserError(str(exc), where, "rerun the prepare stage (distill run --fresh)") from None
+        unknown = [name for name in task_family.names_in(label) if known is not None and name not in known]
+        if unknown:
+            raise UserError(f"label {unknown[0]!r} is not in labels.json", where, f"use one of {sorted(known)}")
+        examples.append(Example(text=row["text"], label=label, text_pair=row.get("text_pair")))
     return examples
 
 
 @dataclass
 class PreparedData:
-    """The prepared split as every later stage sees it: texts, pairs and label ids."""
+    """The prepared split as every later stage sees it: texts, pairs, labels and their family."""
 
     labels: list[str]
     train: list[Example]
     dev: list[Example]
     test: list[Example]
+    family: TaskFamily = field(default_factory=lambda: family("classification"))
 
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: index for index, label in enumerate(self.labels)}
-
-    def label_ids(self, split: str) -> list[int]:
-        mapping = self.label2id
-        return [mapping[e.label] for e in getattr(self, split)]
+    def targets(self, split: str) -> list:
+        """Training targets of a split's rows, in the form the family's losses read."""
+        return self.family.targets([e.label for e in getattr(self, split)], self.labels)
 
 
-def load_prepared(data_dir: Path) -> PreparedData:
-    """The run's prepared split; every row's label must be in `labels.json`."""
+def load_prepared(data_dir: Path, task_family: TaskFamily | None = None) -> PreparedData:
+    """The run's prepared split (single-label unless `task_family` says otherwise); every row's
+    label must be in `labels.json`."""
+    task_family = task_family or family("classification")
     path = data_dir / "labels.json"
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
@@ -422,6 +466,8 @@ def load_prepared(data_dir: Path) -> PreparedData:
         raise UserError("labels.json is missing", str(data_dir), "run the prepare stage first") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"labels.json is not valid JSON: {exc.msg}", str(path), "rerun the prepare stage") from None
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels) or len(labels) < 2:
-        raise UserError("labels.json must list at least two label names", str(path), "rerun the prepare stage")
-    return PreparedData(labels=labels, **{name: read_split(data_dir / f"{name}.jsonl", labels) for name in SPLITS})
+    fewest = 2 if task_family.name == "classification" else 1
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels) or len(labels) < fewest:
+        raise UserError(f"labels.json must list at least {fewest} label name(s)", str(path), "rerun the prepare stage")
+    splits = {name: read_split(data_dir / f"{name}.jsonl", labels, task_family) for name in SPLITS}
+    return PreparedData(labels=labels, family=task_family, **splits)

@@ -1,6 +1,6 @@
 """Examples turned into id tensors once, and batched for training and inference.
 
-Every batch is a dict: `inputs` (what `model(**inputs)` takes), `labels` (gold ids, or -1
+Every batch is a dict: `inputs` (what `model(**inputs)` takes), `labels` (gold targets, or -1
 for unlabelled texts) and `index` (row numbers, so a loss can look up cached teacher
 outputs for the same rows).
 """
@@ -17,6 +17,14 @@ from distill.data.words import UNK_ID, WordTokenizer, WordVocab
 
 NO_LABEL = -1
 ENCODE_CHUNK = 2048
+
+
+def targets_tensor(targets: Sequence) -> torch.Tensor:
+    """A batch's targets: class ids as int64 (batch,), label indicators (batch, labels) or scores
+    (batch,) as float32, whichever the task family gave."""
+    if isinstance(targets[0], (float, list)):
+        return torch.tensor(targets, dtype=torch.float32)
+    return torch.tensor(targets, dtype=torch.long)
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -72,7 +80,7 @@ class EncodedDataset(Dataset):
             inputs["token_type_ids"] = _pad(types, 0)
         return {
             "inputs": inputs,
-            "labels": torch.tensor(labels, dtype=torch.long),
+            "labels": targets_tensor(labels),
             "index": torch.tensor(indices, dtype=torch.long),
         }
 
@@ -104,7 +112,7 @@ class WordDataset(Dataset):
         indices, ids, labels = zip(*items)
         return {
             "inputs": {"input_ids": _pad(ids, 0)},  # (batch, longest), pad id 0
-            "labels": torch.tensor(labels, dtype=torch.long),
+            "labels": targets_tensor(labels),
             "index": torch.tensor(indices, dtype=torch.long),
         }
 

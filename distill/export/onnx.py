@@ -115,10 +115,11 @@ def export_transformer(
     pairs: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
+    task: str = "classification",
 ) -> ExportedModel:
     """Exports a transformer classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
-    `labels` are the label names in logit order; `texts` (and `pairs`, the second segments of a
+    `labels` are the output columns' names in logit order, `task` the family that reads them; `texts` (and `pairs`, the second segments of a
     text-pair task) are real examples for the parity check, which raises `ParityError` (and
     removes the export) above `parity_tolerance` or on NaN/inf logits.
     """
@@ -130,7 +131,7 @@ def export_transformer(
     if encoder.token_types:  # the encoder was made for this model: types only if it reads them
         input_names.append("token_type_ids")
     manifest = {
-        **_manifest_head(name, TRANSFORMER_KIND, labels, input_names, encoder.max_length),
+        **_manifest_head(name, TRANSFORMER_KIND, labels, input_names, encoder.max_length, task),
         "truncation": encoder.truncation,
         "head_tokens": encoder.head_tokens,
         "tokenizer_file": tokenizer_file,
@@ -150,6 +151,7 @@ def export_shallow(
     texts: Sequence[str],
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
+    task: str = "classification",
 ) -> ExportedModel:
     """Exports a BOW/CNN/BiGRU student as `NAME.onnx` + `NAME.json` + `NAME.vocab.json`."""
     _check_tolerance(parity_tolerance)
@@ -158,7 +160,7 @@ def export_shallow(
     vocab.save(out_dir / vocab_file)
     labels = [config.id2label[index] for index in range(config.num_labels)]
     manifest = {
-        **_manifest_head(name, config.kind, labels, ["input_ids"], config.max_len),
+        **_manifest_head(name, config.kind, labels, ["input_ids"], config.max_len, task),
         "truncation": "head",
         "vocab_file": vocab_file,
         "language": config.language,
@@ -420,13 +422,14 @@ def _example_inputs(
 
 
 def _manifest_head(
-    name: str, kind: str, labels: Sequence[str], input_names: list[str], max_length: int
+    name: str, kind: str, labels: Sequence[str], input_names: list[str], max_length: int, task: str
 ) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "name": name,
         "kind": kind,
+        "task": task,
         "model_file": f"{name}.onnx",
         "labels": list(labels),
         "inputs": input_names,

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from distill.data.tokenize import TextEncoder
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
+from distill.tasks import FAMILIES, TaskFamily, family
 
 MANIFEST_FORMAT = "distill-onnx"
 MANIFEST_VERSION = 1
@@ -122,6 +123,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     missing = [key for key in (*_COMMON_KEYS, *_KIND_KEYS[kind]) if key not in manifest]
     if missing:
         raise UserError(f"manifest lacks {', '.join(missing)}", str(path), "re-export the model")
+    task = manifest.get("task", "classification")
+    if task not in FAMILIES:
+        raise UserError(f"unknown task {task!r}", str(path), f"use one of {', '.join(FAMILIES)}, or re-export the model")
+    thresholds = manifest.get("thresholds")
+    if thresholds is not None and (
+        not isinstance(thresholds, list) or len(thresholds) != len(manifest["labels"])
+        or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)
+    ):
+        raise UserError("thresholds must be one number in [0, 1] per label", str(path), "re-export the model")
     return manifest
 
 
@@ -166,6 +176,9 @@ class OnnxPredictor:
         self.manifest_path = find_manifest(manifest_or_dir)
         self.manifest = read_manifest(self.manifest_path)
         self.labels: list[str] = list(self.manifest["labels"])
+        # manifests written before task families existed are single-label classifiers
+        self.family: TaskFamily = family(self.manifest.get("task", "classification"))
+        self.thresholds: list[float] | None = self.manifest.get("thresholds")
         self.batch_size = batch_size
         directory = self.manifest_path.parent
         options = onnxruntime.SessionOptions()
@@ -223,17 +236,10 @@ class OnnxPredictor:
     def predict(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """One `{"label": str, "probabilities": {label: float}}` per text, in input order."""
-        probabilities = softmax(self.predict_logits(texts, pairs))  # (texts, num_labels)
-        return [
-            {
-                "label": self.labels[int(row.argmax())],
-                "probabilities": {
-                    label: float(p) for label, p in zip(self.labels, row, strict=True)
-                },
-            }
-            for row in probabilities
-        ]
+        """One result per text, in input order, as the task family gives it: single-label
+        `{"label", "probabilities"}`, multi-label `{"labels", "probabilities"}` (at the
+        manifest's tuned thresholds), regression `{"score"}`."""
+        return self.family.output(self.predict_logits(texts, pairs), self.labels, self.thresholds)
 
 
 def _as_text_list(texts: Sequence[str]) -> list[str]:

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from distill.losses.hidden import HiddenProjection, hidden_mse
-from distill.losses.logits import hard_label_loss, soft_label_loss, soft_label_loss_from_probs
+from distill.losses.logits import (
+    hard_label_loss,
+    regression_loss,
+    sigmoid_hard_loss,
+    sigmoid_soft_loss,
+    soft_label_loss,
+    soft_label_loss_from_probs,
+)
 from distill.losses.relation import (
     RELATIONS,
     RelationSettingsError,
@@ -30,9 +37,12 @@ __all__ = [
     "hard_label_loss",
     "hidden_mse",
     "parse_relations",
+    "regression_loss",
     "relation_kl",
     "relation_logits",
     "relation_loss",
+    "sigmoid_hard_loss",
+    "sigmoid_soft_loss",
     "soft_label_loss",
     "soft_label_loss_from_probs",
 ]

@@ -53,3 +53,43 @@ def hard_label_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def sigmoid_soft_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Multi-label soft labels: per label, KL(Bernoulli(σ(z_T/τ)) ‖ Bernoulli(σ(z_S/τ))) · τ².
+
+    student_logits, teacher_logits: (batch, labels), one independent yes/no per label. This is
+    the BCE of the student against the teacher's probabilities minus the teacher's own
+    entropy (a constant), so it is 0 when the two agree; mean over batch and labels. τ² keeps
+    the gradient's scale as τ grows, as for the softmax case.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ in shape")
+    p_T = torch.sigmoid(teacher_logits.float() / temperature)
+    cross = F.binary_cross_entropy_with_logits(student_logits.float() / temperature, p_T, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(teacher_logits.float() / temperature, p_T, reduction="none")
+    return (cross - entropy).mean() * temperature**2
+
+
+def sigmoid_hard_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Multi-label gold loss: BCE per label against 0/1 targets, mean over batch and labels.
+
+    With smoothing ε a target y becomes y(1-ε) + ε/2: each label is a two-class problem.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    smoothed = targets.float() * (1 - label_smoothing) + label_smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), smoothed)
+
+
+def regression_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean squared error between a regressor's (batch, 1) outputs and (batch,) targets.
+
+    The same loss serves gold scores and the teacher's scores (its distillation target).
+    """
+    predicted = outputs.float().reshape(-1)
+    if predicted.shape != targets.reshape(-1).shape:
+        raise ValueError(f"one output per row expected, got {tuple(outputs.shape)} for {tuple(targets.shape)} targets")
+    return F.mse_loss(predicted, targets.float().reshape(-1))

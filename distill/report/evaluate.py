@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from distill.data.datasets import Example, PreparedData
 from distill.data.encoded import EncodedDataset, WordDataset, length_sorted_batches
 from distill.train.loop import move_to_device
 
@@ -55,11 +55,13 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
 def evaluate_model(
     model: torch.nn.Module,
     dataset: EncodedDataset | WordDataset,
-    labels: Sequence[str],
+    examples: Sequence[Example],
+    data: PreparedData,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
 ) -> dict:
-    """Metrics of a model on a labelled dataset."""
-    logits = predict_logits(model, dataset, device, batch_size)
-    predictions = logits.argmax(dim=-1).numpy()
-    return classification_metrics(np.asarray(dataset.labels), predictions, labels)
+    """The task's metrics of a model on `examples` (encoded as `dataset`), at the family's default
+    decision rule (multi-label: 0.5 thresholds; the export tunes them on dev)."""
+    logits = predict_logits(model, dataset, device, batch_size).numpy()
+    family = data.family
+    return family.score([e.label for e in examples], family.decide(logits, data.labels), data.labels)

@@ -19,14 +19,14 @@ from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
-from distill.report.schema import validate_report
+from distill.report.schema import METRIC_TITLES, task_metrics, validate_report
 from distill.report.stats import significant
 
 MISSING = "—"
-_TERMINAL_COLUMNS = ("model", "accuracy", "macro-F1", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")
+_TERMINAL_COLUMNS = ("model", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")  # after the first two metrics
 _MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^", "bigru": "D"}
 _LEGEND = (
-    "Retention = model accuracy / teacher accuracy. Speed-up = teacher bs1 p50 / model bs1 p50. "
+    "Retention = model / teacher in the first metric. Speed-up = teacher bs1 p50 / model bs1 p50. "
     "bs1 p50 by round = the lowest and highest median of the timing rounds, in which every model "
     "took its turn on the same texts: the spread the machine's noise leaves. "
     "MFLOPs/text = matrix-product FLOPs of one forward pass on a text of the mean test length; "
@@ -49,7 +49,7 @@ def render_markdown(report: dict) -> str:
     if significance:
         lines += ["## Paired tests", ""] + [f"- {line}" for line in significance] + [""]
     if "baseline" in report:
-        lines += [_baseline_line(report["baseline"]), ""]
+        lines += [_baseline_line(report), ""]
     if "notes" in report:
         lines += [f"Notes: {report['notes']}", ""]
     lines.append(_hardware_line(report["hardware"]))
@@ -59,7 +59,8 @@ def render_markdown(report: dict) -> str:
 def render_terminal(report: dict) -> str:
     """A compact fixed-width table for the console, columns padded to their widest cell."""
     headers, rows = _table(report)
-    keep = [headers.index(name) for name in _TERMINAL_COLUMNS]
+    metrics = [_title(name) for name in task_metrics(report)[:2]]
+    keep = [headers.index(name) for name in (_TERMINAL_COLUMNS[0], *metrics, *_TERMINAL_COLUMNS[1:])]
     table = [[headers[i] for i in keep]] + [[row[i] for i in keep] for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(keep))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
@@ -71,7 +72,7 @@ def render_terminal(report: dict) -> str:
 
 
 def render_chart(report: dict, png_path: str | Path) -> None:
-    """Two panels: accuracy vs batch-1 latency (log x, labelled points) and size per model."""
+    """Two panels: the primary metric vs batch-1 latency (log x, labelled points) and size per model."""
     models = list(_model_entries(report))
     colors = [f"C{index % 10}" for index in range(len(models))]
     figure = Figure(figsize=(13, 5.5), dpi=110, layout="constrained")
@@ -92,9 +93,11 @@ def render_chart(report: dict, png_path: str | Path) -> None:
 
 def _plot_accuracy_vs_latency(axes, report: dict, models: list, colors: list[str]) -> list:
     """One coloured, labelled point per model plus teacher and baseline reference lines."""
+    primary = task_metrics(report)[0]
+    title = _title(primary)
     annotations = []
     for (label, kind, metrics), color in zip(models, colors):
-        x, y = metrics["latency_ms"]["bs1_p50"], metrics["accuracy"]
+        x, y = metrics["latency_ms"]["bs1_p50"], metrics[primary]
         axes.scatter(x, y, s=140 if kind == "teacher" else 70, color=color, marker=_MARKERS[kind], zorder=3)
         annotations.append(
             axes.annotate(
@@ -102,16 +105,16 @@ def _plot_accuracy_vs_latency(axes, report: dict, models: list, colors: list[str
                 arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6}, annotation_clip=False,
             )
         )
-    axes.axhline(report["teacher"]["accuracy"], color="0.5", ls="--", lw=0.8, label="teacher accuracy")
+    axes.axhline(report["teacher"][primary], color="0.5", ls="--", lw=0.8, label=f"teacher {title}")
     if "baseline" in report:
         baseline = report["baseline"]
-        axes.axhline(baseline["accuracy"], color="0.5", ls=":", lw=0.8, label=f"baseline ({baseline['name']})")
+        axes.axhline(baseline[primary], color="0.5", ls=":", lw=0.8, label=f"baseline ({baseline['name']})")
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axes.margins(x=0.25, y=0.2)
     axes.set_xlabel("latency at batch size 1, median (ms, log scale)")
-    axes.set_ylabel("test accuracy")
-    axes.set_title("accuracy vs CPU latency (up and left is better)")
+    axes.set_ylabel(f"test {title}")
+    axes.set_title(f"{title} vs CPU latency (up and left is better)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     return annotations
@@ -166,7 +169,7 @@ def render_html(report: dict, chart_png: bytes) -> str:
     if significance:
         parts.append(f"<h2>Paired tests</h2><ul>{significance}</ul>")
     if "baseline" in report:
-        parts.append(f"<p>{escape(_baseline_line(report['baseline']))}</p>")
+        parts.append(f"<p>{escape(_baseline_line(report))}</p>")
     if "notes" in report:
         parts.append(f'<p class="note">Notes: {escape(report["notes"])}</p>')
     parts += [f"<h2>Hardware</h2><p>{escape(_hardware_line(report['hardware']))}</p>", "</body></html>"]
@@ -200,7 +203,8 @@ def _model_entries(report: dict) -> Iterator[tuple[str, str, dict]]:
 def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted cells shared by the Markdown, terminal and HTML views."""
     large = _largest_batch_size(report["teacher"]["latency_ms"])
-    headers = ["model", "kind", "accuracy", "macro-F1", "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms"]
+    names = task_metrics(report)
+    headers = ["model", "kind", *map(_title, names), "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms"]
     if large:
         headers.append(f"bs{large} p50 ms")
     headers += ["throughput/s", "speed-up", "MFLOPs/text", "FLOP-limit speed-up", "parity"]
@@ -210,8 +214,7 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         row = [
             label,
             kind,
-            f"{metrics['accuracy']:.4f}",
-            f"{metrics['macro_f1']:.4f}",
+            *(f"{metrics[name]:.4f}" for name in names),
             _optional(metrics.get("retention"), lambda value: f"{100 * value:.1f}%"),
             _params(metrics["params"]),
             f"{metrics['size_mb']:.1f}",
@@ -237,14 +240,20 @@ def _largest_batch_size(latency: dict) -> int | None:
     return max((size for size in sizes if size > 1), default=None)
 
 
+def _title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
 def _headline(report: dict) -> str:
-    """One sentence on the most accurate student, read straight from its stored metrics."""
+    """One sentence on the best student by the primary metric, read straight from its stored figures."""
+    primary = task_metrics(report)[0]
+    title = _title(primary)
     if not report["students"]:
-        return f"Teacher only: accuracy {report['teacher']['accuracy']:.4f} on {report['test_size']} test texts."
-    best = max(report["students"], key=lambda student: student["accuracy"])
+        return f"Teacher only: {title} {report['teacher'][primary]:.4f} on {report['test_size']} test texts."
+    best = max(report["students"], key=lambda student: student[primary])
     return (
-        f"Most accurate student: {best['name']} ({best['kind']}) keeps {100 * best['retention']:.1f}% of the "
-        f"teacher's accuracy, runs {best['speedup']:.1f}× faster at batch size 1 and takes "
+        f"Best student by {title}: {best['name']} ({best['kind']}) keeps {100 * best['retention']:.1f}% of the "
+        f"teacher's {title}, runs {best['speedup']:.1f}× faster at batch size 1 and takes "
         f"{best['size_mb']:.1f} MB against the teacher's {report['teacher']['size_mb']:.1f} MB "
         f"({report['test_size']} test texts)."
     )
@@ -260,17 +269,20 @@ def _recommended_line(recommended: dict) -> str:
 def _significance_lines(report: dict) -> Iterator[str]:
     """Paired bootstrap and McNemar results and teacher agreement, for students that carry them."""
     comparisons = (("vs_teacher", "the teacher"), ("vs_gold_twin", "its twin trained on gold labels only"))
+    title = _title(task_metrics(report)[0])
+    agreement = report.get("task", {}).get("agreement", "share of test texts with the same decision")
     for student in report["students"]:
         for key, other in comparisons:
             if key in student:
                 test = student[key]
+                exact = f", exact McNemar p = {test['p_value']:.3g}" if "p_value" in test else ""
                 yield (
-                    f"{student['name']} vs {other}: accuracy {100 * test['diff']:+.1f} points "
-                    f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}), "
-                    f"exact McNemar p = {test['p_value']:.3g}; {_verdict(significant(test['low'], test['high']))}"
+                    f"{student['name']} vs {other}: {title} {100 * test['diff']:+.1f} points "
+                    f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}){exact}; "
+                    f"{_verdict(significant(test['low'], test['high']))}"
                 )
         if "agreement" in student:
-            yield f"{student['name']} agrees with the teacher on {100 * student['agreement']:.1f}% of test texts"
+            yield f"{student['name']} agreement with the teacher ({agreement}): {student['agreement']:.3f}"
         if "over_seeds" in student:
             yield _over_seeds_line(student["name"], student["over_seeds"])
 
@@ -295,11 +307,10 @@ def _verdict(is_significant: bool) -> str:
     return "significant" if is_significant else "not significant: the interval includes 0"
 
 
-def _baseline_line(baseline: dict) -> str:
-    return (
-        f"Baseline {baseline['name']}: accuracy {baseline['accuracy']:.4f}, "
-        f"macro-F1 {baseline['macro_f1']:.4f}."
-    )
+def _baseline_line(report: dict) -> str:
+    baseline = report["baseline"]
+    figures = ", ".join(f"{_title(name)} {baseline[name]:.4f}" for name in task_metrics(report))
+    return f"Baseline {baseline['name']}: {figures}."
 
 
 def _hardware_line(hardware: dict) -> str:

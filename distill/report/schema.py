@@ -27,8 +27,9 @@ _LATENCY = {
 
 _PAIRED_TEST = {
     "type": "object",
-    "description": "Accuracy difference with its bootstrap interval and exact McNemar p-value.",
-    "required": ["diff", "low", "high", "p_value"],
+    "description": "Difference in the primary metric with its bootstrap interval, and the exact McNemar "
+    "p-value where the metric allows one (not for correlations).",
+    "required": ["diff", "low", "high"],
     "properties": {"diff": _NUMBER, "low": _NUMBER, "high": _NUMBER, "p_value": _FRACTION},
 }
 
@@ -65,9 +66,24 @@ _OVER_SEEDS = {
     },
 }
 
+# The task's metrics, primary first, per task family, and how the report names them.
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+METRIC_TITLES = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+    "subset_accuracy": "subset accuracy",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+}
+
+
+def task_metrics(report: dict) -> tuple[str, ...]:
+    """The report's metric keys, primary first (reports from before task families: single-label)."""
+    return tuple(report.get("task", {}).get("metrics", CLASSIFICATION_METRICS))
+
+
 _MEASURED_MODEL = {
-    "accuracy": _FRACTION,
-    "macro_f1": _FRACTION,
     "params": _COUNT,
     "size_mb": _NON_NEGATIVE,
     "latency_ms": _LATENCY,
@@ -84,13 +100,13 @@ _COST = {
 
 _INT8 = {
     "type": "object",
-    "required": ["accuracy", "macro_f1", "size_mb", "latency_ms"],
+    "required": ["size_mb", "latency_ms"],
     "properties": {
         **_MEASURED_MODEL,
         "retention": _NON_NEGATIVE,
         "speedup": _NON_NEGATIVE,
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
-        "agreement": _FRACTION,
+        "agreement": _NUMBER,
         **_COST,
     },
 }
@@ -105,7 +121,7 @@ _INT8_DECISION = {
 _STUDENT = {
     "type": "object",
     "required": [
-        "name", "kind", "accuracy", "macro_f1", "retention", "params", "size_mb", "onnx", "onnx_int8",
+        "name", "kind", "retention", "params", "size_mb", "onnx", "onnx_int8",
         "latency_ms", "throughput_per_s", "speedup", "onnx_parity_max_abs_diff",
     ],
     "properties": {
@@ -122,7 +138,7 @@ _STUDENT = {
         **_COST,
         "vs_teacher": _PAIRED_TEST,
         "vs_gold_twin": _PAIRED_TEST,
-        "agreement": _FRACTION,
+        "agreement": _NUMBER,
         "over_seeds": _OVER_SEEDS,
     },
 }
@@ -163,10 +179,12 @@ REPORT_SCHEMA: dict = {
             "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION, **_COST},
         },
         "students": {"type": "array", "items": _STUDENT},
-        "baseline": {
+        "baseline": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "task": {
             "type": "object",
-            "required": ["name", "accuracy", "macro_f1"],
-            "properties": {"name": {"type": "string"}, "accuracy": _FRACTION, "macro_f1": _FRACTION},
+            "description": "The task family and its metrics, primary first (retention and the recommendation follow the primary).",
+            "required": ["type", "metrics"],
+            "properties": {"type": {"type": "string", "minLength": 1}, "metrics": {"type": "array", "items": {"type": "string"}}},
         },
         "recommended": {
             "type": "object",
@@ -198,8 +216,18 @@ _TYPE_CHECKS = {
 
 
 def validate_report(report: dict) -> None:
-    """Raise ValueError naming the first path in `report` that breaks REPORT_SCHEMA."""
+    """Raise ValueError naming the first path in `report` that breaks REPORT_SCHEMA, or that lacks
+    one of the task's metrics (each a number in [-1, 1]) on a measured model or the baseline."""
     _check(report, REPORT_SCHEMA, "report")
+    metric = {"type": "number", "minimum": -1, "maximum": 1}
+    measured = [("report.teacher", report["teacher"])] + [
+        (f"report.students[{index}]", student) for index, student in enumerate(report["students"])
+    ]
+    measured += [(f"{path}.int8", model["int8"]) for path, model in list(measured) if "int8" in model]
+    if "baseline" in report:
+        measured.append(("report.baseline", report["baseline"]))
+    for path, model in measured:
+        _check(model, {"required": list(task_metrics(report)), "properties": dict.fromkeys(task_metrics(report), metric)}, path)
 
 
 def _check(value: Any, schema: dict, path: str) -> None:

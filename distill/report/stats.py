@@ -6,7 +6,7 @@ this removes the variance of "which examples were hard" that unpaired tests woul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -148,3 +148,29 @@ def _paired_arrays(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> tupl
             f"paired tests need two equally long, non-empty 1-D correctness vectors, got shapes {a.shape} and {b.shape}"
         )
     return a, b
+
+
+def paired_statistic_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    rows_a: np.ndarray,
+    rows_b: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """statistic(a) - statistic(b) for a metric that is not a mean over examples (micro-F1, Pearson).
+
+    rows_a, rows_b: (examples, k) per-example values of each model on the same examples (e.g.
+    true/false positives and false negatives, or prediction and gold). `statistic` maps
+    (..., examples, k) to (...): one value per leading index. Each replicate draws example
+    indices with replacement and scores both models on the same draw. Returns (observed
+    difference, low, high), a percentile interval.
+    """
+    a, b = np.asarray(rows_a, dtype=float), np.asarray(rows_b, dtype=float)
+    if a.ndim != 2 or a.shape != b.shape or not len(a):
+        raise ValueError(f"need two equally shaped, non-empty (examples, k) arrays, got {a.shape} and {b.shape}")
+    draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    replicates = statistic(a[draws]) - statistic(b[draws])  # (resamples,)
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(replicates, [alpha, 1 - alpha])
+    return float(statistic(a) - statistic(b)), float(low), float(high)

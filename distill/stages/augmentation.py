@@ -24,7 +24,7 @@ from transformers import AutoConfig
 
 from distill import distributed
 from distill.data.augment import Augmenter
-from distill.data.datasets import PreparedData
+from distill.data.datasets import PreparedData, label_counts
 from distill.data.encoded import EncodedDataset
 from distill.data.noise import CharNoise, nlpaug_version
 from distill.errors import UserError
@@ -243,15 +243,13 @@ def run_label(run: Run) -> dict[str, Any]:
     """`distill label`: teacher logits for the training and augmented texts; a summary."""
     texts = distillation_texts(run)
     result = _label_with_cache(run, texts, LABEL_CHUNK)
-    names = run.data().labels
-    counts = np.bincount(result.logits.argmax(axis=1), minlength=len(names))
-    confidence = softmax(result.logits).max(axis=1)  # (N,)
+    data = run.data()
+    decisions = data.family.decide(result.logits, data.labels)
     return {
         "texts": len(texts),
         "labelled_now": result.labelled,
         "directory": str(result.directory),
         "seconds": round(result.seconds, 2),
         "texts_per_s": round(result.labelled / result.seconds, 1) if result.labelled else None,
-        "teacher_label_counts": dict(zip(names, counts.tolist())),
-        "teacher_mean_confidence": round(float(confidence.mean()), 4),
+        "teacher_label_counts": label_counts(data.family, decisions),
     }

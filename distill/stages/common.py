@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
-from distill.data.encoded import EncodedDataset
+from distill.data.datasets import PreparedData
+from distill.data.encoded import EncodedDataset, WordDataset
 from distill.data.tokenize import TextEncoder
 from distill.recipe import Recipe, TrainSettings
 from distill.report.evaluate import evaluate_model
+from distill.tasks import TaskFamily
 from distill.train.loop import TrainConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -51,19 +53,20 @@ def text_encoder(recipe: Recipe, model_dir: Path, config: Any = None) -> TextEnc
     )
 
 
-def task_dataset(encoder: TextEncoder, examples: list, label2id: dict[str, int] | None = None) -> EncodedDataset:
-    labels = [label2id[e.label] for e in examples] if label2id is not None else None
+def task_dataset(encoder: TextEncoder, examples: list, data: PreparedData | None = None) -> EncodedDataset:
+    """Examples encoded for a transformer, with the training targets of `data`'s task (None: unlabelled)."""
+    labels = data.family.targets([e.label for e in examples], data.labels) if data is not None else None
     return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples])
 
 
 def dev_evaluator(
-    dataset: EncodedDataset, labels: list[str], device: torch.device
+    dataset: EncodedDataset | WordDataset, examples: list, data: PreparedData, device: torch.device
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """eval_fn for the loop: dev accuracy and macro-F1."""
+    """eval_fn for the loop: the task's metrics on dev (the primary one decides the best checkpoint)."""
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        metrics = evaluate_model(model, dataset, labels, device)
-        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        metrics = evaluate_model(model, dataset, examples, data, device)
+        return {name: metrics[name] for name in data.family.metrics}
 
     return evaluate
 
@@ -79,6 +82,16 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def split_metrics(model: torch.nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], device: torch.device) -> dict:
-    """Full metrics (accuracy, macro-F1, per-class F1, confusion matrix) per split."""
-    return {name: evaluate_model(model, dataset, labels, device) for name, dataset in datasets.items()}
+def headline_metrics(metrics: dict[str, dict], family: TaskFamily) -> dict[str, float]:
+    """A stage's flat summary: dev and test primary metric, and test figures of the rest
+    (single-label: dev_accuracy, test_accuracy, test_macro_f1)."""
+    headline = {f"dev_{family.primary}": metrics["dev"][family.primary]}
+    headline.update({f"test_{name}": metrics["test"][name] for name in family.metrics})
+    return headline
+
+
+def split_metrics(
+    model: torch.nn.Module, datasets: dict[str, EncodedDataset | WordDataset], data: PreparedData, device: torch.device
+) -> dict:
+    """The task's full metrics (e.g. accuracy, macro-F1, per-class F1, confusion matrix) per split."""
+    return {name: evaluate_model(model, dataset, getattr(data, name), data, device) for name, dataset in datasets.items()}

@@ -38,7 +38,7 @@ from distill.data.datasets import PreparedData
 from distill.data.encoded import WordDataset
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
-from distill.losses import combine, hard_label_loss, soft_label_loss
+from distill.losses import combine
 from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
 from distill.models.size import count_parameters
 from distill.models.teacher import load_classifier
@@ -53,10 +53,12 @@ from distill.stages.common import (
     train_config,
     write_metrics,
 )
+from distill.tasks import TaskFamily
 from distill.train.loop import seed_everything, train
 
 
 def distillation_loss(
+    family: TaskFamily,
     logits_S: Tensor,
     batch: dict[str, Any],
     logits_T: Tensor | None,
@@ -69,36 +71,38 @@ def distillation_loss(
 
     logits_S: (batch, classes) for the batch's rows; logits_T: (rows, classes) for every
     training row, looked up by batch["index"] (needed by "soft" only); batch["labels"]:
-    (batch,) gold ids for originals and teacher argmax ids for augmented rows.
+    gold targets for originals and the teacher's decided targets for augmented rows. The
+    family's losses stand in for CE and KL on multi-label and regression tasks.
     """
     if labels in ("hard", "gold"):
-        return combine({"hard": (1.0, hard_label_loss(logits_S, batch["labels"], label_smoothing))})
+        return combine({"hard": (1.0, family.hard_loss(logits_S, batch["labels"], label_smoothing))})
     rows = batch["index"]  # (batch,)
     is_gold = rows < num_gold  # (batch,)
-    terms = {"soft": (1.0, soft_label_loss(logits_S, logits_T[rows], temperature))}
+    terms = {"soft": (1.0, family.soft_loss(logits_S, logits_T[rows], temperature))}
     gold_share = is_gold.float().mean().item()
-    if gold_share > 0:  # CE summed over gold rows / batch size = its share of the per-row mean
-        gold_loss = hard_label_loss(logits_S[is_gold], batch["labels"][is_gold], label_smoothing)
+    if gold_share > 0:  # the gold loss summed over gold rows / batch size = its share of the per-row mean
+        gold_loss = family.hard_loss(logits_S[is_gold], batch["labels"][is_gold], label_smoothing)
         terms["hard"] = (gold_share, gold_loss)
     return combine(terms)
 
 
 def training_set(
+    family: TaskFamily,
     tokenizer: WordTokenizer,
     vocab: WordVocab,
     gold_texts: list[str],
-    gold_ids: list[int],
+    gold_targets: list,
     augmented: list[str],
     logits_T: Tensor | None,
     max_len: int,
 ) -> WordDataset:
-    """Gold rows then augmented rows; an augmented row's label is the teacher's argmax.
+    """Gold rows then augmented rows; an augmented row's target is the teacher's decision (argmax).
 
     logits_T: (len(gold_texts) + len(augmented), classes), in the same row order; None when
     there are no augmented rows (labels = "gold").
     """
-    teacher_ids = [] if logits_T is None else logits_T[len(gold_texts) :].argmax(dim=-1).tolist()
-    return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_ids + teacher_ids, max_len)
+    teacher_targets = [] if logits_T is None else family.teacher_targets(logits_T[len(gold_texts) :])
+    return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_targets + teacher_targets, max_len)
 
 
 def _require_single_texts(data: PreparedData) -> None:
@@ -130,11 +134,11 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     )
     max_len = recipe.task.max_length
     train_set = training_set(
-        tokenizer, vocab, gold_texts, data.label_ids("train"), augmented, logits_T, max_len
+        data.family, tokenizer, vocab, gold_texts, data.targets("train"), augmented, logits_T, max_len
     )
     evaluation = {
         split: WordDataset(
-            tokenizer, vocab, [e.text for e in getattr(data, split)], data.label_ids(split), max_len
+            tokenizer, vocab, [e.text for e in getattr(data, split)], data.targets(split), max_len
         )
         for split in ("dev", "test")
     }
@@ -147,7 +151,7 @@ def run(run: Run, work: Path) -> dict[str, Any]:
         config = ShallowConfig(
             kind=kind,
             vocab_size=len(vocab),
-            num_labels=len(data.labels),
+            num_labels=data.family.outputs(data.labels),
             embed_dim=section.embed_dim,
             hidden=section.hidden,
             max_len=max_len,
@@ -155,9 +159,9 @@ def run(run: Run, work: Path) -> dict[str, Any]:
             id2label=dict(enumerate(data.labels)),
         )
         metrics = _train_student(
-            run, config, vocab, embeddings, train_set, evaluation, logits_T, len(gold_texts), work / kind
+            run, data, config, vocab, embeddings, train_set, evaluation, logits_T, len(gold_texts), work / kind
         )
-        headline[f"{kind}_test_accuracy"] = metrics["test"]["accuracy"]
+        headline[f"{kind}_test_{data.family.primary}"] = metrics["test"][data.family.primary]
     return headline
 
 
@@ -178,6 +182,7 @@ def _initial_embeddings(run: Run, vocab: WordVocab) -> Tensor | None:
 
 def _train_student(
     run: Run,
+    data: PreparedData,
     config: ShallowConfig,
     vocab: WordVocab,
     embeddings: Tensor | None,
@@ -189,7 +194,6 @@ def _train_student(
 ) -> dict[str, Any]:
     """Train one student, save it with its metrics.json, and return those metrics."""
     section = run.recipe.stages.data_distill
-    labels = list(config.id2label.values())
     seed = student_seed(run.recipe)
     seed_everything(seed)  # the same initial weights on every run
     model = build_shallow(config)
@@ -201,6 +205,7 @@ def _train_student(
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
         logits_S = model(**batch["inputs"])  # (batch, classes)
         return distillation_loss(
+            data.family,
             logits_S,
             batch,
             targets_T,
@@ -217,14 +222,14 @@ def _train_student(
         train_config(section, seed),
         collate=train_set.collate,
         work_dir=run.checkpoints / config.kind,  # one checkpoint folder per student
-        eval_fn=dev_evaluator(evaluation["dev"], labels, run.device),
-        metric="accuracy",
+        eval_fn=dev_evaluator(evaluation["dev"], data.dev, data, run.device),
+        metric=data.family.primary,
         log=run.log_metrics,
         device=run.device,
         desc=f"data_distill/{config.kind}",
     )
     save_shallow(result.model, config, vocab, out_dir)
-    metrics = split_metrics(result.model, evaluation, labels, run.device)
+    metrics = split_metrics(result.model, evaluation, data, run.device)
     metrics.update(
         params=count_parameters(result.model),
         train_rows={"gold": num_gold, "augmented": len(train_set) - num_gold},
@@ -234,8 +239,9 @@ def _train_student(
         seconds=round(result.seconds, 2),
     )
     write_metrics(out_dir / "metrics.json", metrics)
+    primary = data.family.primary
     run.logger.info(
-        f"[data_distill] {config.kind}: dev accuracy {metrics['dev']['accuracy']:.4f}, "
-        f"test accuracy {metrics['test']['accuracy']:.4f}, {metrics['params']} parameters"
+        f"[data_distill] {config.kind}: dev {primary} {metrics['dev'][primary]:.4f}, "
+        f"test {primary} {metrics['test'][primary]:.4f}, {metrics['params']} parameters"
     )
     return metrics

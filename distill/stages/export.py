@@ -2,10 +2,13 @@
 
 The teacher, the final transformer student and each shallow student become `onnx/NAME.onnx`
 with a manifest (and `NAME.int8.onnx` when quantizing and int8 pays: faster at batch size 1 on
-dev texts at equal dev accuracy, unless `[export] int8_keep = "always"`; the reason is kept). `onnx/summary.json` records, per
+dev texts at equal dev accuracy, unless `[export] int8_keep = "always"`; the reason is kept).
+Each manifest names its task family, and a multi-label model's manifest carries the per-label
+decision thresholds tuned on dev (its int8 copy shares them). `onnx/summary.json` records, per
 model, where its files are, their sizes, the torch/ONNX parity (and how many batches and rows
-it covered) and what int8 costs in test accuracy, so the report and tools read one file
-instead of re-deriving it.
+it covered) and what int8 costs in the task's primary test metric (`test_accuracy`,
+`test_micro_f1`, `test_pearson`, ...), so the report and tools read one file instead of
+re-deriving it.
 """
 
 from __future__ import annotations
@@ -21,18 +24,32 @@ import numpy as np
 
 from distill.data.datasets import Example
 from distill.errors import UserError
-from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor, input_encoder, non_finite_rows, read_manifest
+from distill.export.runtime import (
+    TRANSFORMER_KIND,
+    OnnxPredictor,
+    input_encoder,
+    non_finite_rows,
+    read_manifest,
+)
 from distill.models.size import BYTES_PER_MB
 from distill.pipeline import Run, publish
 from distill.stages.run_models import RunModel, model_inputs, run_models
+from distill.storage import write_json_atomic
+from distill.tasks import Label, TaskFamily
 
 SUMMARY_FILE = "summary.json"
 # the fp32-vs-int8 timing on dev texts at batch size 1 that decides whether int8 is kept
 INT8_TIMING = {"warmup": 3, "repeats": 30, "rounds": 3}
 
 
-def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[str]:
-    """Predicted label names, one per example, from raw texts (tokenisation included).
+def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[Label]:
+    """The model's decisions (label names, label sets or scores), one per example, from raw texts
+    (tokenisation included), at the manifest's thresholds."""
+    return predictor.family.decide(onnx_logits(predictor, examples), predictor.labels, predictor.thresholds)
+
+
+def onnx_logits(predictor: OnnxPredictor, examples: Sequence[Example]) -> np.ndarray:
+    """(examples, outputs) logits of an exported model on raw texts (tokenisation included).
 
     NaN or inf logits are refused: argmax would still pick a label, and an int8 model (which
     no parity check covers) would get an accuracy it does not have.
@@ -49,7 +66,7 @@ def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> l
             if int8
             else "check the model's weights for NaN or inf, then retrain or re-export",
         )
-    return [predictor.labels[index] for index in logits.argmax(axis=-1)]
+    return logits
 
 
 def example_predictor(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
@@ -57,8 +74,23 @@ def example_predictor(predictor: OnnxPredictor) -> Callable[[list[Example]], obj
     return lambda batch: predictor.predict(*model_inputs(predictor.kind, batch))
 
 
-def accuracy(predictions: Sequence[str], examples: Sequence[Example]) -> float:
-    return float(np.mean([p == e.label for p, e in zip(predictions, examples, strict=True)]))
+def primary_score(predictor: OnnxPredictor, examples: Sequence[Example]) -> float:
+    """The task's primary metric (accuracy, micro-F1, Pearson) of an exported model on `examples`."""
+    family = predictor.family
+    decisions = onnx_predictions(predictor, examples)
+    return family.score([e.label for e in examples], decisions, predictor.labels)[family.primary]
+
+
+def tune_manifest_thresholds(manifest_path: Path, dev: Sequence[Example], threads: int | None) -> list[float] | None:
+    """Per-label thresholds chosen on dev from the exported model's own logits, written into its
+    manifest (so `predict`, `serve` and the report decide alike); None for families without them."""
+    predictor = OnnxPredictor(manifest_path, threads)
+    logits = predictor.predict_logits(*model_inputs(predictor.kind, dev))
+    thresholds = predictor.family.tune_thresholds(logits, [e.label for e in dev], predictor.labels)
+    if thresholds is not None:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        write_json_atomic(manifest_path, {**manifest, "thresholds": thresholds})
+    return thresholds
 
 
 def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
@@ -68,9 +100,11 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
     test = data.test
     parity_examples = data.dev + test  # the parity check picks its batches by length among them
     threads = run.recipe.run.threads
+    metric = f"test_{data.family.primary}"
     entries = []
     for model in run_models(run):
-        params, exported, cost = _export(run, model, out_dir, parity_examples, test)
+        params, exported, cost = _export(run, model, out_dir, parity_examples, test, data.family)
+        thresholds = tune_manifest_thresholds(exported.manifest_path, data.dev, threads)
         manifest = read_manifest(exported.manifest_path)
         entry: dict[str, Any] = {
             "name": model.name,
@@ -86,18 +120,27 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
             "parity_batches": manifest["parity_batches"],
             "parity_rows": manifest["parity_rows"],
             "parity_tolerance": settings.parity_tolerance,
-            "test_accuracy": _onnx_accuracy(exported.manifest_path, test, threads),
+            metric: primary_score(OnnxPredictor(exported.manifest_path, threads), test),
             "onnx_int8": None,
             "manifest_int8": None,
             "size_bytes_int8": None,
-            "test_accuracy_int8": None,
-            "int8_accuracy_delta": None,
+            f"{metric}_int8": None,
+            f"int8_{data.family.primary}_delta": None,
         }
+        if thresholds is not None:
+            entry["thresholds"] = thresholds
         if quantize == "int8":
-            entry.update(_quantize_and_score(exported.onnx_path, entry["test_accuracy"], data.dev, test, run))
-        _log_entry(run, entry)
+            entry.update(_quantize_and_score(exported.onnx_path, entry[metric], data.dev, test, run))
+        _log_entry(run, entry, data.family.primary)
         entries.append(entry)
-    summary = {"quantize": quantize, "opset": settings.opset, "test_size": len(test), "models": entries}
+    summary = {
+        "task": data.family.name,
+        "metric": data.family.primary,
+        "quantize": quantize,
+        "opset": settings.opset,
+        "test_size": len(test),
+        "models": entries,
+    }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 
@@ -116,7 +159,7 @@ def mean_tokens(manifest_path: Path, examples: Sequence[Example]) -> float:
 
 
 def _export(
-    run: Run, model: RunModel, out_dir: Path, parity_examples: list[Example], test: list[Example]
+    run: Run, model: RunModel, out_dir: Path, parity_examples: list[Example], test: list[Example], family: TaskFamily
 ) -> tuple[int, Any, dict[str, float]]:
     """(parameter count, ExportedModel, cost) of one model; torch is imported only here.
 
@@ -139,39 +182,38 @@ def _export(
         encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
         exported = export_transformer(
-            network, encoder, out_dir, model.name, labels, texts, pairs, **checks
+            network, encoder, out_dir, model.name, labels, texts, pairs, task=family.name, **checks
         )
     else:
         network, config, vocab = load_shallow(model.directory)
-        exported = export_shallow(network, config, vocab, out_dir, model.name, texts, **checks)
+        exported = export_shallow(network, config, vocab, out_dir, model.name, texts, task=family.name, **checks)
     tokens = mean_tokens(exported.manifest_path, test)
     flops = forward_flops(network, read_manifest(exported.manifest_path)["inputs"], max(1, round(tokens)))
     return count_parameters(network), exported, {"tokens_per_text": tokens, "flops_per_text": flops}
 
 
-def _onnx_accuracy(manifest: Path, test: list[Example], threads: int | None) -> float:
-    return accuracy(onnx_predictions(OnnxPredictor(manifest, threads), test), test)
-
-
-def int8_verdict(fp32_ms: float, int8_ms: float, fp32_dev: float, int8_dev: float, max_drop: float) -> tuple[bool, str]:
-    """Whether int8 pays: faster at batch size 1 and within `max_drop` of fp32's dev accuracy."""
+def int8_verdict(
+    fp32_ms: float, int8_ms: float, fp32_dev: float, int8_dev: float, max_drop: float, metric: str = "accuracy"
+) -> tuple[bool, str]:
+    """Whether int8 pays: faster at batch size 1 and within `max_drop` of fp32's dev `metric`."""
     figures = (
         f"int8 {int8_ms:.3g} ms vs fp32 {fp32_ms:.3g} ms at batch size 1, "
-        f"dev accuracy {int8_dev:.4f} vs {fp32_dev:.4f}"
+        f"dev {metric} {int8_dev:.4f} vs {fp32_dev:.4f}"
     )
     slower = int8_ms >= fp32_ms
     worse = int8_dev < fp32_dev - max_drop
     if not (slower or worse):
-        return True, f"faster at equal accuracy ({figures})"
-    reasons = (["not faster"] if slower else []) + ([f"loses more than {max_drop:g} dev accuracy"] if worse else [])
+        return True, f"faster at equal {metric} ({figures})"
+    reasons = (["not faster"] if slower else []) + ([f"loses more than {max_drop:g} dev {metric}"] if worse else [])
     return False, f"{' and '.join(reasons)} ({figures})"
 
 
 def _quantize_and_score(
-    onnx_path: Path, fp32_accuracy: float, dev: list[Example], test: list[Example], run: Run
+    onnx_path: Path, fp32_score: float, dev: list[Example], test: list[Example], run: Run
 ) -> dict[str, Any]:
     """Write the int8 model, decide on dev whether it pays (`[export] int8_keep`), and measure what
-    a kept one changes in test accuracy against fp32 ONNX. The decision never reads the test split."""
+    a kept one changes in the primary test metric against fp32 ONNX. The decision never reads the
+    test split."""
     from distill.export.onnx import quantize_int8
     from distill.report.bench import measure_latencies
 
@@ -181,11 +223,12 @@ def _quantize_and_score(
         "fp32": OnnxPredictor(onnx_path.with_suffix(".json"), threads),
         "int8": OnnxPredictor(quantized.manifest_path, threads),
     }
-    dev_accuracy = {name: accuracy(onnx_predictions(p, dev), dev) for name, p in predictors.items()}
+    primary = predictors["fp32"].family.primary
+    dev_score = {name: primary_score(p, dev) for name, p in predictors.items()}
     calls = {name: example_predictor(predictor) for name, predictor in predictors.items()}
     latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
     pays, why = int8_verdict(
-        latency["fp32"]["bs1_p50"], latency["int8"]["bs1_p50"], dev_accuracy["fp32"], dev_accuracy["int8"], settings.int8_max_dev_drop
+        latency["fp32"]["bs1_p50"], latency["int8"]["bs1_p50"], dev_score["fp32"], dev_score["int8"], settings.int8_max_dev_drop, primary
     )
     kept = pays or settings.int8_keep == "always"
     decision = {"kept": kept, "reason": why if settings.int8_keep == "if_faster" else f"int8_keep = always; {why}"}
@@ -193,13 +236,13 @@ def _quantize_and_score(
         quantized.onnx_path.unlink()
         quantized.manifest_path.unlink()
         return {"int8_decision": decision}
-    int8_accuracy = _onnx_accuracy(quantized.manifest_path, test, threads)
+    int8_score = primary_score(predictors["int8"], test)
     return {
         "onnx_int8": quantized.onnx_path.name,
         "manifest_int8": quantized.manifest_path.name,
         "size_bytes_int8": quantized.onnx_path.stat().st_size,
-        "test_accuracy_int8": int8_accuracy,
-        "int8_accuracy_delta": int8_accuracy - fp32_accuracy,
+        f"test_{primary}_int8": int8_score,
+        f"int8_{primary}_delta": int8_score - fp32_score,
         "int8_decision": decision,
     }
 
@@ -212,16 +255,16 @@ def _relative_to_run(run: Run, directory: Path) -> str:
         return str(directory)
 
 
-def _log_entry(run: Run, entry: dict[str, Any]) -> None:
+def _log_entry(run: Run, entry: dict[str, Any], metric: str) -> None:
     line = (
         f"[export] {entry['name']}: {entry['size_bytes'] / BYTES_PER_MB:.1f} MB,"
         f" parity {entry['parity_max_abs_diff']:.1e} ({entry['parity_rows']} rows in"
-        f" {entry['parity_batches']} batches), test accuracy {entry['test_accuracy']:.4f}"
+        f" {entry['parity_batches']} batches), test {metric} {entry[f'test_{metric}']:.4f}"
     )
     if entry["onnx_int8"]:
         line += (
             f"; int8 {entry['size_bytes_int8'] / BYTES_PER_MB:.1f} MB,"
-            f" test accuracy {entry['test_accuracy_int8']:.4f} ({entry['int8_accuracy_delta']:+.4f})"
+            f" test {metric} {entry[f'test_{metric}_int8']:.4f} ({entry[f'int8_{metric}_delta']:+.4f})"
         )
     if "int8_decision" in entry:
         decision = entry["int8_decision"]
@@ -231,8 +274,9 @@ def _log_entry(run: Run, entry: dict[str, Any]) -> None:
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     """Flat stage metrics: how many models, the worst parity and the least parity coverage any
-    model had (batches, rows), int8 accuracy change per model."""
+    model had (batches, rows), the int8 change of the primary metric per model."""
     models = summary["models"]
+    delta = f"int8_{summary['metric']}_delta"
     metrics: dict[str, Any] = {
         "models": len(models),
         "max_parity_diff": max(entry["parity_max_abs_diff"] for entry in models),
@@ -240,8 +284,8 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
         "min_parity_rows": min(entry["parity_rows"] for entry in models),
     }
     for entry in models:
-        if entry["int8_accuracy_delta"] is not None:
-            metrics[f"{entry['name']}_int8_accuracy_delta"] = entry["int8_accuracy_delta"]
+        if entry[delta] is not None:
+            metrics[f"{entry['name']}_{delta}"] = entry[delta]
     return metrics
 
 

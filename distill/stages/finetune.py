@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from distill.losses import hard_label_loss
 from distill.models.teacher import build_classifier, resolve_model_path
 from distill.pipeline import Run
 from distill.stages.common import (
     copy_tokenizer,
     dev_evaluator,
+    headline_metrics,
     split_metrics,
     task_dataset,
     text_encoder,
@@ -36,15 +36,13 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     source = teacher_source(run)
     encoder = text_encoder(recipe, source)
     model = build_classifier(source, data.labels, recipe.teacher.pooling, recipe.teacher.dropout)
-    label2id = data.label2id
-    train_set = task_dataset(encoder, data.train, label2id)
-    dev_set = task_dataset(encoder, data.dev, label2id)
+    train_set = task_dataset(encoder, data.train, data)
+    dev_set = task_dataset(encoder, data.dev, data)
     smoothing = section.label_smoothing
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(**batch["inputs"]).logits
-        loss = hard_label_loss(logits, batch["labels"], label_smoothing=smoothing)
-        return loss, {}
+        return data.family.hard_loss(logits, batch["labels"], smoothing), {}
 
     result = train(
         model,
@@ -53,17 +51,17 @@ def run(run: Run, work: Path) -> dict[str, Any]:
         train_config(section, recipe.run.seed),
         collate=train_set.collate,
         work_dir=run.checkpoints,
-        eval_fn=dev_evaluator(dev_set, data.labels, run.device),
-        metric="accuracy",
+        eval_fn=dev_evaluator(dev_set, data.dev, data, run.device),
+        metric=data.family.primary,
         log=run.log_metrics,
         device=run.device,
         desc="finetune",
     )
     model.save_pretrained(work)
     copy_tokenizer(source, work)
-    metrics = split_metrics(model, {"dev": dev_set, "test": task_dataset(encoder, data.test, label2id)}, data.labels, run.device)
+    metrics = split_metrics(model, {"dev": dev_set, "test": task_dataset(encoder, data.test, data)}, data, run.device)
     metrics["best_step"] = result.best_step
     metrics["steps"] = result.global_steps
     metrics["seconds"] = round(result.seconds, 2)
     write_metrics(work / "metrics.json", metrics)
-    return {"dev_accuracy": metrics["dev"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"]}
+    return headline_metrics(metrics, data.family)

@@ -6,20 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.data.datasets import SPLITS, TaskData, load_task, write_split
+from distill.data.datasets import SPLITS, TaskData, label_counts, load_task, write_split
 from distill.pipeline import Run
 
 
 def summary_table(data: TaskData) -> str:
-    """A short per-split, per-label count table for the console and run.log."""
-    header = ["split", "rows", *data.labels]
+    """A short per-split, per-label count table (for scores: mean, min, max) for the console and run.log."""
+    counts = {name: label_counts(data.family, [e.label for e in data.split(name)]) for name in SPLITS}
+    columns = list(dict.fromkeys(key for name in SPLITS for key in counts[name]))
+    header = ["split", "rows", *columns]
     rows = [header]
     for name in SPLITS:
-        examples = data.split(name)
-        counts = {label: 0 for label in data.labels}
-        for example in examples:
-            counts[example.label] += 1
-        rows.append([name, str(len(examples)), *(str(counts[label]) for label in data.labels)])
+        cells = [counts[name].get(key, 0) for key in columns]
+        rows.append([name, str(len(data.split(name))), *(f"{c:.3g}" if isinstance(c, float) else str(c) for c in cells)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
 

@@ -1,6 +1,7 @@
 """`report`: teacher vs students on the test split, measured from the exported ONNX models.
 
-Accuracy, macro-F1 and latency come from the same ONNX files a deployment serves (fp32 and
+The task's metrics (accuracy and macro-F1, micro-F1 and subset accuracy, or Pearson and
+Spearman: distill.tasks) and latency come from the same ONNX files a deployment serves (fp32 and
 int8), every model timed by one harness in this one process on the same test texts, with
 tokenisation inside the timed call. Retention, speed-up, agreement and the paired tests are
 computed here once; the renderers only format them.
@@ -27,14 +28,12 @@ from distill.progress import Progress
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
 from distill.report.bench import hardware_info, measure_latencies
-from distill.report.evaluate import classification_metrics
 from distill.report.recommend import recommend
 from distill.report.render import render_terminal, write_report
-from distill.report.stats import agreement, paired_comparison
+from distill.report.schema import METRIC_TITLES
 from distill.seeds import (
     TWIN_NAME,
     SeedRun,
-    correctness,
     run_repeat,
     seed_run,
     seeded_recipe,
@@ -43,10 +42,16 @@ from distill.seeds import (
     versus,
 )
 from distill.stages.common import student_seed
-from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_predictions
+from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_logits
 from distill.stages.run_models import TWIN_DIR, RunModel, run_models, torch_predictions
+from distill.tasks import Label, TaskFamily
 
-
+# what a report's agreement figure is, per task family
+AGREEMENT = {
+    "classification": "share of test texts with the same label",
+    "multi_label": "share of test texts with the same label set",
+    "regression": "Pearson correlation of the scores",
+}
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
 
 
@@ -54,8 +59,8 @@ SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside th
 class Measured:
     """One ONNX model on the test split: its predictions and the figures the report shows."""
 
-    predictions: list[str]
-    figures: dict[str, Any]  # accuracy, macro_f1, size_mb, latency_ms, throughput_per_s
+    predictions: list[Label]
+    figures: dict[str, Any]  # the task's metrics, size_mb, latency_ms, throughput_per_s
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,14 @@ def timing_settings(run: Run) -> TimingSettings:
     return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats, rounds)
 
 
-def measure(manifests: Sequence[Path], examples: Sequence[Example], labels: list[str], timing: TimingSettings) -> dict[Path, Measured]:
+def measure(manifests: Sequence[Path], examples: Sequence[Example], family: TaskFamily, timing: TimingSettings) -> dict[Path, Measured]:
     """Score every exported model on `examples`, then time them on those texts, interleaved
-    (distill.report.bench), tokenisation included."""
-    label2id = {label: index for index, label in enumerate(labels)}
-    gold = [label2id[e.label] for e in examples]
+    (distill.report.bench), tokenisation included. A model deciding at tuned thresholds also
+    records `threshold_gain`: its primary metric minus the one at the family's default rule."""
+    gold = [e.label for e in examples]
     predictors = {path: OnnxPredictor(path, threads=timing.threads, batch_size=max(timing.batch_sizes)) for path in manifests}
-    predictions = {path: onnx_predictions(predictor, examples) for path, predictor in predictors.items()}
+    logits = {path: onnx_logits(predictor, examples) for path, predictor in predictors.items()}
+    predictions = {path: family.decide(logits[path], p.labels, p.thresholds) for path, p in predictors.items()}
     calls = {str(path): example_predictor(predictor) for path, predictor in predictors.items()}
     with Progress("timing rounds", timing.rounds * len(timing.batch_sizes), unit="round") as bar:
         latencies = measure_latencies(
@@ -92,35 +98,34 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], labels: list
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
         throughput = latency.pop("throughput_per_s")
-        metrics = classification_metrics(gold, [label2id.get(p, -1) for p in predictions[path]], labels)
+        metrics = family.score(gold, predictions[path], predictor.labels)
         model_file = path.parent / predictor.manifest["model_file"]
-        measured[path] = Measured(
-            predictions[path],
-            {
-                "accuracy": metrics["accuracy"],
-                "macro_f1": metrics["macro_f1"],
-                "size_mb": model_file.stat().st_size / BYTES_PER_MB,
-                "latency_ms": latency,
-                "throughput_per_s": throughput,
-            },
-        )
+        figures = {name: metrics[name] for name in family.metrics}
+        if predictor.thresholds is not None:
+            default = family.score(gold, family.decide(logits[path], predictor.labels), predictor.labels)
+            figures["threshold_gain"] = metrics[family.primary] - default[family.primary]
+        figures.update(size_mb=model_file.stat().st_size / BYTES_PER_MB, latency_ms=latency, throughput_per_s=throughput)
+        measured[path] = Measured(predictions[path], figures)
     return measured
 
 
-def compared(model: Measured, teacher: Measured) -> dict[str, Any]:
-    """A model's figures plus retention, speed-up and agreement relative to the fp32 teacher."""
-    teacher_accuracy = teacher.figures["accuracy"]
+def compared(model: Measured, teacher: Measured, family: TaskFamily) -> dict[str, Any]:
+    """A model's figures plus retention (in the primary metric), speed-up and agreement relative
+    to the fp32 teacher."""
     return {
         **model.figures,
-        "retention": model.figures["accuracy"] / teacher_accuracy,
+        "retention": model.figures[family.primary] / teacher.figures[family.primary],
         "speedup": teacher.figures["latency_ms"]["bs1_p50"] / model.figures["latency_ms"]["bs1_p50"],
-        "agreement": agreement(teacher.predictions, model.predictions),
+        "agreement": family.agreement(teacher.predictions, model.predictions),
     }
 
 
-def paired_test(model: Measured, other: Sequence[str], examples: Sequence[Example], seed: int) -> dict[str, float]:
-    """Accuracy of `model` minus that of `other` (predictions), bootstrap interval, McNemar p."""
-    return paired_comparison(correctness(model.predictions, examples), correctness(other, examples), seed)
+def paired_test(
+    model: Measured, other: Sequence[Label], examples: Sequence[Example], family: TaskFamily, seed: int
+) -> dict[str, float]:
+    """Primary metric of `model` minus that of `other` (decisions) on the same examples: bootstrap
+    interval, and McNemar's exact p where the family has one."""
+    return family.paired([e.label for e in examples], model.predictions, other, seed)
 
 
 def build_report(run: Run) -> dict[str, Any]:
@@ -131,25 +136,32 @@ def build_report(run: Run) -> dict[str, Any]:
     test = data.test
     timing = timing_settings(run)
 
+    family = data.family
+    if run.recipe.report.seeds and family.name != "classification":
+        raise UserError(
+            f"[report] seeds repeats students of single-label tasks only, not {family.name}",
+            f"{run.recipe.source or 'recipe'}: [report] seeds",
+            "remove [report] seeds",
+        )
     manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in ("manifest", "manifest_int8") if entry[key]]
     run.logger.info(f"[report] scoring {len(manifests)} models, then timing them in turns")
-    measured = measure(manifests, test, data.labels, timing)
+    measured = measure(manifests, test, family, timing)
 
     def measure_entry(entry: dict[str, Any], key: str) -> Measured | None:  # the entry's fp32 or int8 model
         return measured[onnx_dir / entry[key]] if entry[key] else None
 
     teacher_entry = next(entry for entry in summary["models"] if entry["role"] == "teacher")
     teacher = measure_entry(teacher_entry, "manifest")
-    if not teacher.figures["accuracy"]:
+    if teacher.figures[family.primary] <= 0:
         raise UserError(
-            "the teacher gets no test example right, so retention is undefined",
+            f"the teacher's test {family.primary} is {teacher.figures[family.primary]:.4f}, so retention is undefined",
             str(onnx_dir / teacher_entry["onnx"]),
             "check the finetune stage's metrics before reporting",
         )
     report_teacher = {**teacher.figures, **_files(teacher_entry)}
     teacher_int8 = measure_entry(teacher_entry, "manifest_int8")
     if teacher_int8 is not None:
-        report_teacher["int8"] = with_cost(compared(teacher_int8, teacher), teacher_entry, teacher_entry)
+        report_teacher["int8"] = with_cost(compared(teacher_int8, teacher, family), teacher_entry, teacher_entry)
     report_teacher = with_cost(report_teacher, teacher_entry, teacher_entry)
     students = [
         _student_record(
@@ -165,6 +177,7 @@ def build_report(run: Run) -> dict[str, Any]:
                 record["over_seeds"] = over_seeds[record["name"]]
     report = {
         "dataset": _dataset_name(run),
+        "task": {"type": family.name, "metrics": list(family.metrics), "agreement": AGREEMENT[family.name]},
         "test_size": len(test),
         "hardware": hardware_info(timing.threads),
         "teacher": report_teacher,
@@ -196,14 +209,15 @@ def _student_record(
 ) -> dict[str, Any]:
     """A student's report entry: figures relative to the teacher, files, FLOPs, paired tests, int8."""
     seed = run.recipe.run.seed
-    record = {"name": entry["name"], "kind": entry["kind"], **compared(student, teacher), **_files(entry)}
+    family = run.data().family
+    record = {"name": entry["name"], "kind": entry["kind"], **compared(student, teacher, family), **_files(entry)}
     record = with_cost(record, entry, teacher_entry)
-    record["vs_teacher"] = paired_test(student, teacher.predictions, test, seed)
+    record["vs_teacher"] = paired_test(student, teacher.predictions, test, family, seed)
     twin = _gold_twin_predictions(run, entry, test)
     if twin is not None:
-        record["vs_gold_twin"] = paired_test(student, twin, test, seed)
+        record["vs_gold_twin"] = paired_test(student, twin, test, family, seed)
     if student_int8 is not None:
-        record["int8"] = with_cost(compared(student_int8, teacher), entry, teacher_entry)
+        record["int8"] = with_cost(compared(student_int8, teacher, family), entry, teacher_entry)
     return record
 
 
@@ -297,7 +311,7 @@ def int8_note(summary: dict[str, Any]) -> str:
     return f"int8 not kept for {'; '.join(dropped)}" if dropped else ""
 
 
-def _gold_twin_predictions(run: Run, entry: dict[str, Any], test: list[Example]) -> list[str] | None:
+def _gold_twin_predictions(run: Run, entry: dict[str, Any], test: list[Example]) -> list[Label] | None:
     """Test predictions of the transformer student's gold-only twin (torch), when one was trained."""
     twin_dir = run.dir / entry["source"] / TWIN_DIR
     if entry["kind"] != TRANSFORMER_KIND or not twin_dir.is_dir():
@@ -314,16 +328,17 @@ def _dataset_name(run: Run) -> str:
 
 
 def _baseline(run: Run) -> dict[str, Any]:
-    """TF-IDF + logistic regression on the same split (C chosen on dev)."""
+    """The task family's TF-IDF baseline on the same split (its setting chosen on dev)."""
     result = baseline_for_run(run.dir)
-    return {key: result[key] for key in ("name", "accuracy", "macro_f1", "C", "seconds")}
+    return {key: value for key, value in result.items() if key not in ("predictions", "language", "test_size")}
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    """Flat stage metrics: the teacher's accuracy and each student's accuracy, retention, speed-up."""
-    metrics: dict[str, Any] = {"teacher_accuracy": report["teacher"]["accuracy"]}
+    """Flat stage metrics: the teacher's primary metric and each student's, with retention and speed-up."""
+    primary = report["task"]["metrics"][0]
+    metrics: dict[str, Any] = {f"teacher_{primary}": report["teacher"][primary]}
     for student in report["students"]:
-        for key in ("accuracy", "retention", "speedup"):
+        for key in (primary, "retention", "speedup"):
             metrics[f"{student['name']}_{key}"] = student[key]
     return metrics
 
@@ -348,32 +363,30 @@ def report_run(run: Run) -> str:
 
 
 def evaluate_run(run: Run) -> str:
-    """`distill eval`: test accuracy and macro-F1 of every model in torch, beside the ONNX fp32/int8
-    accuracy recorded at export (when the run was exported)."""
+    """`distill eval`: the task's test metrics of every model in torch, beside the ONNX fp32/int8
+    primary metric recorded at export (when the run was exported)."""
     data = run.data()
-    label2id = data.label2id
-    gold = [label2id[e.label] for e in data.test]
-    exported = _exported_accuracies(run.dir / "onnx" / SUMMARY_FILE)
-    rows = [["model", "kind", "accuracy", "macro-F1", "onnx accuracy", "int8 accuracy"]]
+    family = data.family
+    gold = [e.label for e in data.test]
+    exported = _exported_scores(run.dir / "onnx" / SUMMARY_FILE, family.primary)
+    titles = [METRIC_TITLES[name] for name in family.metrics]
+    rows = [["model", "kind", *titles, f"onnx {titles[0]}", f"int8 {titles[0]}"]]
     for model in run_models(run):
-        predictions = [label2id.get(name, -1) for name in torch_predictions(run, model, data.test)]
-        metrics = classification_metrics(gold, predictions, data.labels)
+        metrics = family.score(gold, torch_predictions(run, model, data.test), data.labels)
         fp32, int8 = exported.get(model.name, (None, None))
-        rows.append([
-            model.name, model.kind, f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}",
-            _maybe(fp32), _maybe(int8),
-        ])
+        rows.append([model.name, model.kind, *(f"{metrics[name]:.4f}" for name in family.metrics), _maybe(fp32), _maybe(int8)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines) + f"\n\n{len(data.test)} test texts; accuracy and macro-F1 from the torch models.\n"
+    return "\n".join(lines) + f"\n\n{len(data.test)} test texts; {' and '.join(titles)} from the torch models.\n"
 
 
-def _exported_accuracies(summary_path: Path) -> dict[str, tuple[float | None, float | None]]:
+def _exported_scores(summary_path: Path, primary: str) -> dict[str, tuple[float | None, float | None]]:
     if not summary_path.is_file():
         return {}
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    return {entry["name"]: (entry["test_accuracy"], entry["test_accuracy_int8"]) for entry in summary["models"]}
+    key = f"test_{primary}"
+    return {entry["name"]: (entry.get(key), entry.get(f"{key}_int8")) for entry in summary["models"]}
 
 
 def _maybe(value: float | None) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from distill.data.datasets import Example
 from distill.data.encoded import WordDataset
 from distill.data.words import WordTokenizer
@@ -20,6 +22,7 @@ from distill.models.teacher import label_names, load_classifier
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.report.evaluate import predict_logits
 from distill.stages.common import task_dataset, text_encoder
+from distill.tasks import Label
 
 TWIN_DIR = "twin"  # inside student/: the transformer student trained on gold labels only
 
@@ -76,16 +79,27 @@ def model_inputs(kind: str, examples: Sequence[Example]) -> tuple[list[str], lis
     return [example.joined for example in examples], None
 
 
-def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> list[str]:
-    """Predicted label names from the saved torch model (the reference the ONNX export must match)."""
+def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> list[Label]:
+    """The saved torch model's decisions (the reference the ONNX export must match): label names,
+    label sets at thresholds tuned on the run's dev split, as the export tunes them, or scores."""
     if model.kind == TRANSFORMER_KIND:
         network = load_classifier(model.directory)
-        dataset = task_dataset(text_encoder(run.recipe, model.directory), examples)
+        encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
+
+        def logits_of(rows: list[Example]) -> np.ndarray:
+            return predict_logits(network, task_dataset(encoder, rows)).numpy()  # (rows, outputs)
     else:
         network, config, vocab = load_shallow(model.directory)
-        texts, _ = model_inputs(model.kind, examples)
-        dataset = WordDataset(WordTokenizer(config.language), vocab, texts, max_len=config.max_len)
         labels = [config.id2label[index] for index in range(config.num_labels)]
-    logits = predict_logits(network, dataset)  # (examples, num_labels)
-    return [labels[index] for index in logits.argmax(dim=-1).tolist()]
+        splitter = WordTokenizer(config.language)
+
+        def logits_of(rows: list[Example]) -> np.ndarray:
+            texts, _ = model_inputs(model.kind, rows)
+            return predict_logits(network, WordDataset(splitter, vocab, texts, max_len=config.max_len)).numpy()
+
+    data = run.data()
+    thresholds = None
+    if data.family.thresholds_tuned:
+        thresholds = data.family.tune_thresholds(logits_of(data.dev), [e.label for e in data.dev], labels)
+    return data.family.decide(logits_of(examples), labels, thresholds)

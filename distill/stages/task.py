@@ -19,14 +19,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.data.datasets import PreparedData
 from distill.data.encoded import EncodedDataset
 from distill.errors import UserError
-from distill.losses import combine, hard_label_loss, soft_label_loss
+from distill.losses import combine
 from distill.pipeline import Run
 from distill.recipe import TaskSpecificStage
 from distill.report.evaluate import predict_logits
 from distill.stages.augmentation import augmented_texts
-from distill.stages.common import copy_tokenizer, dev_evaluator, split_metrics, student_seed, task_dataset, train_config
+from distill.stages.common import (
+    copy_tokenizer,
+    dev_evaluator,
+    headline_metrics,
+    split_metrics,
+    student_seed,
+    task_dataset,
+    train_config,
+)
 from distill.stages.distillation import (
     RelationTransfer,
     StageTexts,
@@ -37,6 +46,7 @@ from distill.stages.distillation import (
     teacher_and_student,
 )
 from distill.stages.run_models import TWIN_DIR
+from distill.tasks import TaskFamily
 from distill.train.loop import LossFn, TrainResult, train
 
 
@@ -80,6 +90,7 @@ def cache_teacher_logits(teacher: nn.Module, dataset: EncodedDataset, device: to
 
 
 def label_loss_fn(
+    family: TaskFamily,
     weights: LossWeights,
     temperature: float,
     label_smoothing: float,
@@ -87,7 +98,8 @@ def label_loss_fn(
     cache: TeacherLogitCache | None = None,
     transfer: RelationTransfer | None = None,
 ) -> LossFn:
-    """TSD's loss: soft·KL(teacher ‖ student at τ)·τ² + hard·CE(gold) + relation·relation loss.
+    """TSD's loss: soft·(the family's soft loss, e.g. KL(teacher ‖ student at τ)·τ²) + hard·(its gold
+    loss, e.g. CE) + relation·relation loss.
 
     With a `transfer` the teacher runs live (its q/k/v are needed) and its logits come from the
     same pass; else they come from `cache`, looked up by the batch's row indices. Terms of zero
@@ -108,9 +120,9 @@ def label_loss_fn(
             logits_S = model(**inputs_S).logits  # (batch, classes)
             logits_T = cache.logits[batch["index"]] if cache is not None else None  # (batch, classes)
         if weights.soft:
-            terms["soft"] = (weights.soft, soft_label_loss(logits_S, logits_T, temperature))
+            terms["soft"] = (weights.soft, family.soft_loss(logits_S, logits_T, temperature))
         if weights.hard:
-            terms["hard"] = (weights.hard, hard_label_loss(logits_S, batch["labels"], label_smoothing))
+            terms["hard"] = (weights.hard, family.hard_loss(logits_S, batch["labels"], label_smoothing))
         return combine(terms)
 
     return loss_fn
@@ -133,9 +145,9 @@ def _epochs_run(result: TrainResult, rows: int, section: TaskSpecificStage) -> f
 
 
 def _classifier_metrics(
-    run: Run, model: nn.Module, datasets: dict[str, EncodedDataset], labels: list[str], result: TrainResult
+    run: Run, model: nn.Module, datasets: dict[str, EncodedDataset], data: PreparedData, result: TrainResult
 ) -> dict:
-    metrics = split_metrics(model, datasets, labels, run.device)
+    metrics = split_metrics(model, datasets, data, run.device)
     metrics.update(best_step=result.best_step, steps=result.global_steps, seconds=round(result.seconds, 2))
     return metrics
 
@@ -147,10 +159,8 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     data = run.data()
     teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
     pair = teacher_and_student(run, work, teacher, teacher_dir, data)
-    train_set = task_dataset(pair.teacher_encoder, data.train, data.label2id)
-    eval_sets = {
-        name: task_dataset(pair.student_encoder, getattr(data, name), data.label2id) for name in ("dev", "test")
-    }
+    train_set = task_dataset(pair.teacher_encoder, data.train, data)
+    eval_sets = {name: task_dataset(pair.student_encoder, getattr(data, name), data) for name in ("dev", "test")}
     twin = copy.deepcopy(pair.student) if section.baseline_twin else None  # before any hook is attached
 
     transfer = RelationTransfer(teacher, pair.student, section, "[stages.task_specific]") if weights.relation else None
@@ -164,26 +174,21 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
             train_config(section, student_seed(recipe)),
             collate=train_set.collate,
             work_dir=checkpoints,
-            eval_fn=dev_evaluator(eval_sets["dev"], data.labels, run.device),
-            metric="accuracy",
+            eval_fn=dev_evaluator(eval_sets["dev"], data.dev, data, run.device),
+            metric=data.family.primary,
             log=run.log_metrics,
             device=run.device,
             desc=desc,
         )
 
     try:
-        loss_fn = label_loss_fn(weights, section.temperature, section.label_smoothing, pair, cache, transfer)
+        loss_fn = label_loss_fn(data.family, weights, section.temperature, section.label_smoothing, pair, cache, transfer)
         result = fit(pair.student, loss_fn, "task_specific", run.checkpoints)
     finally:
         if transfer is not None:
             transfer.close()
-    metrics = _classifier_metrics(run, pair.student, eval_sets, data.labels, result)
-    headline = {
-        "dev_accuracy": metrics["dev"]["accuracy"],
-        "test_accuracy": metrics["test"]["accuracy"],
-        "test_macro_f1": metrics["test"]["macro_f1"],
-        **pair.pruning,
-    }
+    metrics = _classifier_metrics(run, pair.student, eval_sets, data, result)
+    headline = {**headline_metrics(metrics, data.family), **pair.pruning}
     if cache is not None:
         # A live teacher would run once per epoch; the cache ran it once in all.
         saved = cache.seconds * (_epochs_run(result, len(train_set), section) - 1)
@@ -196,14 +201,12 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     save_student(pair.student, work, {**metrics, **headline, **notes})
 
     if twin is not None:
-        gold_loss = label_loss_fn(GOLD_ONLY, section.temperature, section.label_smoothing, pair)
+        gold_loss = label_loss_fn(data.family, GOLD_ONLY, section.temperature, section.label_smoothing, pair)
         twin_result = fit(twin, gold_loss, "task_specific twin", run.checkpoints / TWIN_DIR)
-        twin_metrics = _classifier_metrics(run, twin, eval_sets, data.labels, twin_result)
+        twin_metrics = _classifier_metrics(run, twin, eval_sets, data, twin_result)
         (work / TWIN_DIR).mkdir(exist_ok=True)
         copy_tokenizer(work, work / TWIN_DIR)
         twin_notes = {"started_from": pair.started_from, "loss_weights": asdict(GOLD_ONLY)}
         save_student(twin, work / TWIN_DIR, {**twin_metrics, **twin_notes})
-        headline.update(
-            twin_test_accuracy=twin_metrics["test"]["accuracy"], twin_test_macro_f1=twin_metrics["test"]["macro_f1"]
-        )
+        headline.update({f"twin_{key}": value for key, value in headline_metrics(twin_metrics, data.family).items() if key.startswith("test_")})
     return headline

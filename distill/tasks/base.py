@@ -1,0 +1,123 @@
+"""The questions every stage asks of a task, answered once per task family.
+
+A family says what a label is (a class name, a set of names, a number), how a model's outputs
+become a decision, which losses train it, which metrics judge it (primary first), how two
+models are compared on the same examples, and which cheap baseline it must beat. Stages ask
+`data.family`; none of them tests the task's type.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from distill.recipe import TaskSection
+
+Label = Any  # str (single-label), tuple[str, ...] (multi-label) or float (regression)
+
+
+class TaskFamily(ABC):
+    """One kind of task; instances are stateless, so the registry holds one of each."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # the report's metric keys, primary first
+    metric_minimum: ClassVar[float] = 0.0  # the lowest value a metric (and agreement) can take
+    thresholds_tuned: ClassVar[bool] = False  # decisions depend on per-label thresholds chosen on dev
+
+    @property
+    def primary(self) -> str:
+        """The metric that early stopping, retention and the recommendation follow."""
+        return self.metrics[0]
+
+    # ------------------------------------------------------------------ data
+
+    @abstractmethod
+    def read_label(self, value: object, task: TaskSection) -> Label:
+        """A label from a data file's cell (CSV string or JSON value); ValueError says what is wrong."""
+
+    @abstractmethod
+    def from_json(self, value: object) -> Label:
+        """A label as the prepared `data/*.jsonl` files store it; ValueError when it is not one."""
+
+    def to_json(self, label: Label) -> object:
+        return label
+
+    @abstractmethod
+    def label_names(self, train: Sequence[Label]) -> list[str]:
+        """`labels.json`: the names of the model's output columns."""
+
+    @abstractmethod
+    def check(self, labels: list[str], splits: dict[str, Sequence[Label]], where: str) -> None:
+        """Refuse data a model of this family cannot learn from or be scored on (UserError)."""
+
+    def names_in(self, label: Label) -> tuple[str, ...]:
+        """The label names a label mentions (each must be in labels.json)."""
+        return ()
+
+    def is_empty(self, label: Label) -> bool:
+        """A row that carries no label at all (dropped when cleaning)."""
+        return label == ""
+
+    def stratum(self, label: Label) -> Hashable:
+        """The group a seeded split keeps in proportion."""
+        return label
+
+    def outputs(self, labels: list[str]) -> int:
+        """Width of the model's output layer."""
+        return len(labels)
+
+    @abstractmethod
+    def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list:
+        """Training targets, one per row, in the form `hard_loss` reads (collated with torch.as_tensor)."""
+
+    # ------------------------------------------------------------------ losses
+
+    @abstractmethod
+    def hard_loss(self, logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Loss against gold (or teacher-decided) targets, batch mean."""
+
+    @abstractmethod
+    def soft_loss(self, student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+        """Loss pulling the student's outputs towards the teacher's, batch mean."""
+
+    @abstractmethod
+    def teacher_targets(self, teacher_logits: Tensor) -> list:
+        """Hard targets decided from the teacher's outputs (for augmented texts without gold)."""
+
+    # ------------------------------------------------------------------ decisions and metrics
+
+    @abstractmethod
+    def decide(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[Label]:
+        """The model's decision per row, comparable with the gold labels."""
+
+    @abstractmethod
+    def score(self, gold: Sequence[Label], predicted: Sequence[Label], labels: list[str]) -> dict[str, Any]:
+        """Every metric in `metrics` (plus details such as per-label F1), from decisions."""
+
+    @abstractmethod
+    def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
+        """Primary metric of a minus that of b on the same rows: diff, low, high (and p_value when exact)."""
+
+    @abstractmethod
+    def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:
+        """How closely two models' decisions match (fidelity of a student to its teacher)."""
+
+    @abstractmethod
+    def output(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
+        """What `predict` and `serve` return for each row of (rows, outputs) logits."""
+
+    def tune_thresholds(self, logits: np.ndarray, gold: Sequence[Label], labels: list[str]) -> list[float] | None:
+        """Decision thresholds chosen on dev, or None when the family decides without them."""
+        return None
+
+    # ------------------------------------------------------------------ baseline
+
+    @abstractmethod
+    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
+        """A cheap model on the same split (train, dev for its setting, test for its metrics)."""

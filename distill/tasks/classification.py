@@ -1,0 +1,100 @@
+"""Single-label classification: one class name per text, softmax over the classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from distill.errors import UserError
+from distill.tasks.base import Label, TaskFamily
+
+
+class Classification(TaskFamily):
+    name = "classification"
+    metrics = ("accuracy", "macro_f1")
+
+    def read_label(self, value: object, task: Any) -> str:
+        return str(value).strip()
+
+    def from_json(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError('"label" must be a class name (a string)')
+        return value
+
+    def names_in(self, label: Label) -> tuple[str, ...]:
+        return (label,)
+
+    def label_names(self, train: Sequence[Label]) -> list[str]:
+        return sorted(set(train))
+
+    def check(self, labels: list[str], splits: dict[str, Sequence[Label]], where: str) -> None:
+        if len(labels) < 2:
+            raise UserError(
+                f"the label column has a single class ({labels[0] if labels else 'none'})",
+                where,
+                "a classifier needs at least two labels; check [task] label_column",
+            )
+        known = set(labels)
+        for name in ("dev", "test"):
+            unknown = sorted(set(splits[name]) - known)
+            if unknown:
+                raise UserError(
+                    f"{name} data has labels absent from training: {', '.join(unknown[:5])}",
+                    where,
+                    "every label must occur in the training data",
+                )
+
+    def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list[int]:
+        index = {label: i for i, label in enumerate(labels)}
+        return [index[label] for label in examples_labels]
+
+    def hard_loss(self, logits, targets, label_smoothing: float = 0.0):
+        from distill.losses import hard_label_loss
+
+        return hard_label_loss(logits, targets, label_smoothing)
+
+    def soft_loss(self, student_logits, teacher_logits, temperature: float):
+        from distill.losses import soft_label_loss
+
+        return soft_label_loss(student_logits, teacher_logits, temperature)
+
+    def teacher_targets(self, teacher_logits) -> list[int]:
+        return teacher_logits.argmax(dim=-1).tolist()
+
+    def decide(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[str]:
+        return [labels[index] for index in np.asarray(logits).argmax(axis=-1)]
+
+    def score(self, gold: Sequence[Label], predicted: Sequence[Label], labels: list[str]) -> dict[str, Any]:
+        from distill.report.evaluate import classification_metrics
+
+        index = {label: i for i, label in enumerate(labels)}
+        return classification_metrics([index[g] for g in gold], [index.get(p, -1) for p in predicted], labels)
+
+    def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
+        from distill.report.stats import paired_comparison
+
+        return paired_comparison(_correct(gold, a), _correct(gold, b), seed)
+
+    def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:
+        from distill.report.stats import agreement
+
+        return agreement(a, b)
+
+    def output(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
+        from distill.export.runtime import softmax
+
+        return [
+            {"label": labels[int(row.argmax())], "probabilities": {label: float(p) for label, p in zip(labels, row, strict=True)}}
+            for row in softmax(np.asarray(logits))
+        ]
+
+    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
+        from distill.report.baseline import tfidf_baseline
+
+        return tfidf_baseline(texts["train"], gold["train"], texts["test"], gold["test"], language, texts["dev"], gold["dev"])
+
+
+def _correct(gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:
+    return [p == g for p, g in zip(predicted, gold, strict=True)]
