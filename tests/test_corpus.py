@@ -102,3 +102,22 @@ def test_real_peoples_daily_text():
     assert len(texts) > 19000
     assert not any("/n" in text or "  " in text for text in texts)
     assert read_corpus(["builtin:zh-general"], limit=5) == texts[:5]
+
+
+def test_corpus_texts_that_are_dev_or_test_texts_are_dropped_whatever_their_spacing():
+    from distill.data.corpus import without_texts
+
+    kept, removed = without_texts(["甲 乙", "丙丁", "戊\u3000己", "庚"], ["甲  乙", "戊 己"])
+    assert kept == ["丙丁", "庚"] and removed == 2
+
+
+def test_pretraining_never_reads_the_tasks_dev_or_test_texts_from_a_corpus(tmp_path):
+    from distill.data.datasets import Example
+    from distill.recipe import PretrainStage
+    from distill.stages.pretrain import pretraining_texts
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a held out sentence\ngeneral text\nanother test line\n", encoding="utf-8")
+    section = PretrainStage(corpus=[str(corpus)])
+    texts = pretraining_texts(section, [Example("train text", "x")], [Example("a held out sentence", "x"), Example("another  test line", "y")])
+    assert texts == ["general text", "train text"]

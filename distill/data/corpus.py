@@ -7,8 +7,9 @@ shipped inside an installed package, so that no download is needed at run time.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from distill.errors import UserError
@@ -23,6 +24,27 @@ def strip_pos_tags(line: str) -> str:
         word, slash, _tag = tagged.rpartition("/")
         words.append(word if slash else tagged)
     return "".join(words)
+
+
+def without_texts(texts: list[str], excluded: Iterable[str]) -> tuple[list[str], int]:
+    """`texts` less any that is one of `excluded` (compared with whitespace runs collapsed), and
+    how many went.
+
+    A general corpus may hold the task's own dev or test sentences (builtin:zh-general and the
+    pd98 tasks share one source): training on them, even unlabelled, would leak what the report
+    measures on.
+    """
+    def normal(text: str) -> str:
+        return " ".join(text.split())
+
+    banned = {normal(text) for text in excluded}
+    kept = [text for text in texts if normal(text) not in banned]
+    return kept, len(texts) - len(kept)
+
+
+def task_texts(examples: Iterable[Any]) -> list[str]:
+    """Every text and text pair of task examples, in order."""
+    return [text for example in examples for text in (example.text, example.text_pair) if text]
 
 
 @dataclass(frozen=True)

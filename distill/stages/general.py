@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.data.corpus import read_corpus
+from distill.data.corpus import read_corpus, task_texts, without_texts
 from distill.data.datasets import PreparedData
 from distill.models.teacher import build_classifier
 from distill.pipeline import Run
@@ -25,8 +25,10 @@ def general_texts(section: GeneralStage, language: str, data: PreparedData) -> S
     """The recipe's corpus; else the language's builtin corpus; else (English) the task's unlabelled training texts."""
     sources = section.corpus or DEFAULT_CORPUS.get(language, [])
     if sources:
-        texts = read_corpus(sources, section.corpus_limit)
-        return StageTexts(texts, [None] * len(texts), f"corpus {', '.join(sources)} ({len(texts)} texts)")
+        texts, removed = without_texts(read_corpus(sources, section.corpus_limit), task_texts(data.dev + data.test))
+        source = f"corpus {', '.join(sources)} ({len(texts)} texts"
+        source += f"; {removed} texts of the task's dev/test split removed)" if removed else ")"
+        return StageTexts(texts, [None] * len(texts), source)
     examples = data.train[: section.corpus_limit]
     return StageTexts(
         [e.text for e in examples],

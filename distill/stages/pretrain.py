@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.data.corpus import read_corpus
+from distill.data.corpus import read_corpus, task_texts, without_texts
 from distill.data.datasets import Example
 from distill.data.mlm import IGNORE_INDEX, MaskingCollator, build_char_vocab, make_char_tokenizer
 from distill.errors import UserError
@@ -38,14 +38,18 @@ HELD_OUT_MAX = 1000  # texts; enough for a stable perplexity, cheap to evaluate
 WHERE = "[stages.pretrain] corpus"
 
 
-def pretraining_texts(section: PretrainStage, train_examples: Sequence[Example]) -> list[str]:
-    """The corpus sources (at most `corpus_limit` texts), then the task's training texts.
+def pretraining_texts(
+    section: PretrainStage, train_examples: Sequence[Example], held_out_examples: Sequence[Example] = ()
+) -> list[str]:
+    """The corpus sources (at most `corpus_limit` texts) less the task's dev and test texts, then
+    the task's training texts.
 
-    Only training texts join, unlabelled: dev and test texts stay unseen until evaluation.
-    Duplicates are dropped so that no held-out text is also trained on.
+    Only training texts join, unlabelled: dev and test texts stay unseen until evaluation, even
+    when the corpus holds them. Duplicates are dropped so that no held-out text is also trained on.
     """
     texts = read_corpus(section.corpus, section.corpus_limit) if section.corpus else []
-    texts += [text for example in train_examples for text in (example.text, example.text_pair) if text]
+    texts, _ = without_texts(texts, task_texts(held_out_examples))
+    texts += task_texts(train_examples)
     return list(dict.fromkeys(texts))
 
 
@@ -150,7 +154,8 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     recipe = run.recipe
     section = recipe.stages.pretrain
     seed = recipe.run.seed
-    texts = pretraining_texts(section, run.data().train)
+    data = run.data()
+    texts = pretraining_texts(section, data.train, data.dev + data.test)
     train_texts, held_out = split_held_out(texts, seed)
     model, tokenizer = mlm_model_and_tokenizer(recipe, texts, work)
 
