@@ -325,11 +325,18 @@ def starter_recipe(data_file: Path, teacher: str | None, recipe_path: Path) -> s
         "lr = 1e-4",
         "batch_size = 32",
         "",
-        _commented("[stages.data_distill]", "BOW and CNN students, on augmented texts the teacher labels"),
-        'students = ["bow", "cnn"]',
-        "epochs = 4",
-        _commented(f"augment = {{ unk = 0.1, pos_swap = {pos_swap}, n_sampling = 0.3, multiplier = 4 }}", pos_note),
-        "",
+    ]
+    if found.pair is None:  # word-level students read one text
+        lines += [
+            _commented("[stages.data_distill]", "BOW and CNN students, on augmented texts the teacher labels"),
+            'students = ["bow", "cnn"]',
+            "epochs = 4",
+            _commented(f"augment = {{ unk = 0.1, pos_swap = {pos_swap}, n_sampling = 0.3, multiplier = 4 }}", pos_note),
+            "",
+        ]
+    else:
+        lines += ["# no [stages.data_distill]: its BOW/CNN students read single texts, not pairs", ""]
+    lines += [
         "[export]",
         'quantize = "int8"',
         "",

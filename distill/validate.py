@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.data.datasets import PreparedData, TaskData
 from distill.errors import UserError
 from distill.recipe import BUILTIN_PREFIX, AugmentSettings, Recipe
 from distill.stages.relations import AttentionShape, relation_heads
@@ -140,6 +141,32 @@ def _check_nlpaug(recipe: Recipe, augment: bool) -> list[str]:
     return [f"nlpaug character noise: {entries} of the {settings.multiplier} copies of each training text"]
 
 
+def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str]:
+    """What the task's family or shape rules out: word-level students of text pairs, seed repeats
+    of students outside single-label tasks."""
+    section = recipe.stages.data_distill
+    if section is not None and section.enabled and any(e.text_pair is not None for e in data.train):
+        raise UserError(
+            "data distillation trains single-text students, but the task has text pairs",
+            "[stages.data_distill]",
+            "remove [stages.data_distill] from the recipe for a text-pair task",
+        )
+    if recipe.report.seeds and data.family.name != "classification":
+        raise UserError(
+            f"[report] seeds repeats students of single-label tasks only, not {data.family.name}",
+            "[report] seeds",
+            "remove [report] seeds",
+        )
+    return [f"decisions: {_DECISIONS[data.family.name]}; primary metric {data.family.primary}"]
+
+
+_DECISIONS = {
+    "classification": "argmax",
+    "multi_label": "per-label thresholds tuned on dev at export",
+    "regression": "the output score",
+}
+
+
 def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     """Run every check that needs no training; raise UserError on the first problem.
 
@@ -150,7 +177,11 @@ def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     from distill.data.datasets import load_task
 
     data = load_task(recipe.task, recipe.run.seed)
-    lines = [f"data: {len(data.train)}/{len(data.dev)}/{len(data.test)} train/dev/test rows, labels {', '.join(data.labels)}"]
+    lines = [
+        f"data: {len(data.train)}/{len(data.dev)}/{len(data.test)} train/dev/test rows, "
+        f"{data.family.name} task, outputs {', '.join(data.labels)}"
+    ]
+    lines += check_task_family(recipe, data)
     pretrain = recipe.stages.pretrain
     if pretrain is not None and pretrain.enabled and pretrain.from_scratch:
         lines.append("teacher: built from scratch by the pretrain stage")

@@ -187,7 +187,7 @@ def test_validate_accepts_a_good_recipe(tmp_path, distill_main):
     recipe.write_text(GOOD_TASK + "[stages.finetune]\n", encoding="utf-8")
     code, out, err = distill_main("validate", recipe)
     assert code == 0, err
-    assert "ok: data: 40/5/5 train/dev/test rows, labels negative, neutral, positive" in out
+    assert "ok: data: 40/5/5 train/dev/test rows, classification task, outputs negative, neutral, positive" in out
     assert out.strip().splitlines()[-1].endswith("valid; stages: prepare, finetune, export, report")
 
 
@@ -264,3 +264,18 @@ def test_augment_and_label_take_overrides(tmp_path, distill_main, command):
     recipe.write_text(GOOD_TASK, encoding="utf-8")
     code, out, err = distill_main(command, recipe, "--set", "stages.data_distill.augment.unk=2")
     assert code == 2 and "stages.data_distill.augment.unk" in error_line(err)
+
+
+def test_validate_refuses_what_the_task_family_rules_out(tmp_path, distill_main):
+    write_rows(tmp_path / "data.csv", [{**row, "label": str(i / 10)} for i, row in enumerate(tiny_rows())])
+    recipe = tmp_path / "scores.toml"
+    recipe.write_text(GOOD_TASK + 'type = "regression"\n[report]\nseeds = [1, 2]\n', encoding="utf-8")
+    code, _, err = distill_main("validate", recipe)
+    assert code == 2 and "[report] seeds repeats students of single-label tasks only, not regression" in error_line(err)
+    recipe.write_text(GOOD_TASK + 'type = "regression"\ntext_pair_column = "pair"\n[stages.data_distill]\n', encoding="utf-8")
+    code, _, err = distill_main("validate", recipe)
+    assert code == 2 and "data distillation trains single-text students, but the task has text pairs" in error_line(err)
+    recipe.write_text(GOOD_TASK + 'type = "regression"\n', encoding="utf-8")
+    code, out, err = distill_main("validate", recipe)
+    assert code == 0, err
+    assert "regression task, outputs score" in out and "decisions: the output score; primary metric pearson" in out

@@ -343,3 +343,59 @@ def test_prepared_split_round_trips(tmp_path):
     assert prepared.labels == ["x", "y"]
     assert prepared.test == parts["test"]
     assert prepared.targets("train") == [0, 1, 1]
+
+
+# --------------------------------------------------------------------------- task families
+
+
+def test_multi_label_cells_split_at_the_delimiter_and_json_lists_are_sets(tmp_path):
+    rows = [{"text": f"text {i}", "label": ("PER;LOC", "", "ORG", "LOC")[i % 4]} for i in range(40)]
+    path = write_rows(tmp_path / "multi.csv", rows)
+    data = load_task(task(str(path), type="multi_label", label_delimiter=";"), seed=0)
+    assert data.labels == ["LOC", "ORG", "PER"]
+    assert {e.label for e in data.train + data.dev + data.test} == {("LOC", "PER"), (), ("ORG",), ("LOC",)}
+    assert data.stats()["label_counts"]["train"].keys() == {"(none)", "LOC", "ORG", "PER"}
+    jsonl = tmp_path / "multi.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"t{i}", "label": [["b", "a"], []][i % 2]}) + "\n" for i in range(20)))
+    data = load_task(task(str(jsonl), type="multi_label"), seed=0)
+    assert data.labels == ["a", "b"] and {e.label for e in data.train} == {("a", "b"), ()}
+
+
+def test_multi_label_prepared_split_round_trips_and_rejects_unknown_names(tmp_path):
+    from distill.tasks import family
+
+    multi = family("multi_label")
+    parts = {"train": [Example("a", ("x", "y")), Example("b", ())], "dev": [Example("c", ("x",))], "test": [Example("d", ("y",))]}
+    for name, part in parts.items():
+        write_split(part, tmp_path / f"{name}.jsonl")
+    (tmp_path / "labels.json").write_text(json.dumps(["x", "y"]), encoding="utf-8")
+    prepared = load_prepared(tmp_path, multi)
+    assert prepared.train == parts["train"] and prepared.targets("train") == [[1.0, 1.0], [0.0, 0.0]]
+    (tmp_path / "test.jsonl").write_text(json.dumps({"text": "d", "label": ["z"]}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="label 'z' is not in labels.json") as error:
+        load_prepared(tmp_path, multi)
+    assert "test.jsonl:1" in error.value.where
+
+
+def test_regression_targets_must_be_finite_numbers_named_by_line(tmp_path):
+    rows = [{"text": f"text {i}", "label": str(i / 10)} for i in range(30)]
+    data = load_task(task(str(write_rows(tmp_path / "scores.csv", rows)), type="regression"), seed=3)
+    assert data.labels == ["score"] and len(data.train) + len(data.dev) + len(data.test) == 30
+    assert sorted(e.label for e in data.train + data.dev + data.test) == [i / 10 for i in range(30)]
+    for bad, message in (("n/a", "is not a number"), ("nan", "not a finite number"), ("9", "outside")):
+        broken = rows[:5] + [{"text": "odd", "label": bad}] + rows[5:]
+        path = write_rows(tmp_path / "bad.csv", broken)
+        with pytest.raises(UserError, match=f"line 7: .*{message}"):
+            load_task(task(str(path), type="regression", target_range=[0.0, 5.0]), seed=0)
+
+
+def test_regression_with_one_target_value_is_refused(tmp_path):
+    rows = [{"text": f"text {i}", "label": "1.0"} for i in range(30)]
+    with pytest.raises(UserError, match="every training row has the same target"):
+        load_task(task(str(write_rows(tmp_path / "flat.csv", rows)), type="regression"), seed=0)
+
+
+def test_a_builtin_of_another_task_type_names_the_type_to_set():
+    with pytest.raises(UserError, match="'builtin:tweets' is a classification data set") as error:
+        load_task(task("builtin:tweets", type="multi_label"), seed=0)
+    assert 'type = "classification"' in error.value.fix

@@ -34,7 +34,7 @@ def test_init_writes_a_commented_recipe_that_validates(tmp_path, distill_main, t
     out = tmp_path / "recipes" / "starter.toml"
     code, stdout, stderr = distill_main("init", data, "--teacher", teacher, "--out", out)
     assert code == 0, stderr
-    assert "ok: data: 40/5/5 train/dev/test rows, labels negative, neutral, positive" in stdout
+    assert "ok: data: 40/5/5 train/dev/test rows, classification task, outputs negative, neutral, positive" in stdout
     text = out.read_text(encoding="utf-8")
     assert "# columns: text 'sentence', label 'label', pair 'pair'; ignored: id" in text
     assert "# task: single-label classification, 3 labels" in text

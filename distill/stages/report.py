@@ -45,6 +45,7 @@ from distill.stages.common import student_seed
 from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_logits
 from distill.stages.run_models import TWIN_DIR, RunModel, run_models, torch_predictions
 from distill.tasks import Label, TaskFamily
+from distill.validate import check_task_family
 
 # what a report's agreement figure is, per task family
 AGREEMENT = {
@@ -137,12 +138,7 @@ def build_report(run: Run) -> dict[str, Any]:
     timing = timing_settings(run)
 
     family = data.family
-    if run.recipe.report.seeds and family.name != "classification":
-        raise UserError(
-            f"[report] seeds repeats students of single-label tasks only, not {family.name}",
-            f"{run.recipe.source or 'recipe'}: [report] seeds",
-            "remove [report] seeds",
-        )
+    check_task_family(run.recipe, data)  # `distill report` on a run made without `distill validate`
     manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in ("manifest", "manifest_int8") if entry[key]]
     run.logger.info(f"[report] scoring {len(manifests)} models, then timing them in turns")
     measured = measure(manifests, test, family, timing)
