@@ -26,14 +26,16 @@ from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import STUDENT_STAGES, Run, stage_hashes
 from distill.recipe import Recipe, parse_recipe
 from distill.report.stats import (
-    agreement,
     mean_std,
-    paired_comparison,
     pooled_interval,
     pooled_paired_bootstrap,
+    pooled_statistic_bootstrap,
     significant,
 )
 from distill.stages.run_models import TWIN_DIR, RunModel, torch_predictions
+from distill.tasks import Label, TaskFamily, family
+
+CLASSIFICATION = family("classification")
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
 SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
@@ -132,20 +134,23 @@ def trained_students(run: Run) -> list[RunModel]:
 class SeedRun:
     """One model at one seed: its test figures and its test predictions."""
 
-    figures: dict[str, Any]  # seed, accuracy, macro_f1, agreement (with the teacher)
-    predictions: list[str]  # predicted label per test example, in split order
+    figures: dict[str, Any]  # seed, the task's metrics (accuracy, macro_f1, ...), agreement (with the teacher)
+    predictions: list[Label]  # the decision per test example, in split order
 
 
-def seed_run(run: Run, model: RunModel, seed: int, teacher_predictions: list[str]) -> SeedRun:
-    """A trained model's test metrics (from its metrics.json) and torch predictions on the test split."""
-    test = json.loads((model.directory / "metrics.json").read_text(encoding="utf-8"))["test"]
-    predictions = torch_predictions(run, model, run.data().test)
-    figures = {
-        "seed": seed,
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "agreement": agreement(teacher_predictions, predictions),
-    }
+def seed_run(run: Run, model: RunModel, seed: int, teacher_predictions: list[Label]) -> SeedRun:
+    """A trained model's test metrics and its torch decisions on the test split.
+
+    The metrics are computed from those decisions (a multi-label model's at thresholds tuned on
+    dev, as exported), not read from the stage's metrics.json, so every figure and paired test
+    agrees with the same decisions.
+    """
+    data = run.data()
+    family = data.family
+    predictions = torch_predictions(run, model, data.test)
+    metrics = family.score([e.label for e in data.test], predictions, data.labels)
+    figures = {"seed": seed, **{name: metrics[name] for name in family.metrics}}
+    figures["agreement"] = family.agreement(teacher_predictions, predictions)
     return SeedRun(figures, predictions)
 
 
@@ -162,21 +167,27 @@ def correctness(predictions: Sequence[str], examples: Sequence[Example]) -> list
     return [label == example.label for label, example in zip(predictions, examples, strict=True)]
 
 
-def versus(runs: list[SeedRun], reference: list[SeedRun], test: list[Example], seed: int) -> dict[str, Any]:
-    """Accuracy difference to a reference model trained at the same seeds on the same test texts.
+def versus(
+    runs: list[SeedRun], reference: list[SeedRun], test: list[Example], seed: int, family: TaskFamily | None = None
+) -> dict[str, Any]:
+    """Difference in the primary metric (accuracy unless `family` says otherwise) to a reference
+    model trained at the same seeds on the same test texts.
 
-    Per seed: paired bootstrap interval and exact McNemar p. Pooled: the mean difference over
-    seeds with a bootstrap interval over seeds and texts (over texts for one seed), named under
-    "interval"; significant only when it excludes zero.
+    Per seed: paired bootstrap interval (and exact McNemar p where the family has it). Pooled:
+    the mean difference over seeds with a bootstrap interval over seeds and texts (over texts for
+    one seed), named under "interval"; significant only when it excludes zero.
     """
-
-    def correct(run: SeedRun) -> list[bool]:
-        return correctness(run.predictions, test)
-
+    family = family or CLASSIFICATION
+    gold = [e.label for e in test]
     per_seed = [
-        {"seed": run.figures["seed"], **paired_comparison(correct(run), correct(other), seed)}
+        {"seed": run.figures["seed"], **family.paired(gold, run.predictions, other.predictions, seed)}
         for run, other in zip(runs, reference, strict=True)
     ]
-    diff, low, high = pooled_paired_bootstrap([correct(r) for r in runs], [correct(r) for r in reference], seed=seed)
+    if family is CLASSIFICATION:  # accuracy is a mean over texts: the same interval as every earlier table
+        correct = [correctness(r.predictions, test) for r in runs], [correctness(r.predictions, test) for r in reference]
+        diff, low, high = pooled_paired_bootstrap(*correct, seed=seed)
+    else:
+        rows = [family.paired_rows(gold, r.predictions) for r in runs], [family.paired_rows(gold, r.predictions) for r in reference]
+        diff, low, high = pooled_statistic_bootstrap(family.statistic, *rows, seed=seed)
     pooled = {"diff": diff, "low": low, "high": high, "interval": pooled_interval(len(runs)), "significant": significant(low, high)}
     return {"pooled": pooled, "per_seed": per_seed}

@@ -169,3 +169,32 @@ def test_every_family_answers_for_its_metrics_and_names():
     assert [f.primary for f in FAMILIES.values()] == ["accuracy", "micro_f1", "pearson"]
     with pytest.raises(ValueError, match="unknown task type"):
         family("ner")
+
+
+def test_pooled_statistic_bootstrap_with_a_mean_matches_the_hierarchical_bootstrap_of_differences():
+    from distill.report.stats import pooled_paired_bootstrap, pooled_statistic_bootstrap
+
+    rng = np.random.default_rng(2)
+    a = [rng.random(300) < 0.8 for _ in range(3)]
+    b = [rng.random(300) < 0.7 for _ in range(3)]
+
+    def mean(rows: np.ndarray) -> np.ndarray:
+        return rows[..., 0].mean(-1)
+
+    pooled = pooled_statistic_bootstrap(mean, [x[:, None] for x in a], [x[:, None] for x in b], resamples=2000, seed=0)
+    reference = pooled_paired_bootstrap(a, b, resamples=2000, seed=0)
+    assert pooled[0] == pytest.approx(reference[0])
+    assert pooled[1] == pytest.approx(reference[1], abs=0.01) and pooled[2] == pytest.approx(reference[2], abs=0.01)
+
+
+def test_seed_comparisons_of_a_multi_label_student_use_micro_f1():
+    from distill.seeds import SeedRun, versus
+
+    gold = [("LOC",), ("PER",), ("ORG",), ()] * 10
+    test = [SimpleNamespace(label=g) for g in gold]
+    good = [SeedRun({"seed": s}, gold) for s in (1, 2)]
+    worse = [SeedRun({"seed": s}, [("LOC",), (), ("ORG",), ()] * 10) for s in (1, 2)]
+    result = versus(good, worse, test, seed=0, family=MULTI)
+    expected = 1.0 - MULTI.score(gold, worse[0].predictions, LABELS)["micro_f1"]
+    assert result["pooled"]["diff"] == pytest.approx(expected) and result["pooled"]["significant"]
+    assert [t["seed"] for t in result["per_seed"]] == [1, 2] and all(t["p_value"] < 0.01 for t in result["per_seed"])

@@ -8,9 +8,10 @@
 
 Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
 its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and the stages a
-variant does not name are off. Writes ablation.json and ablation.md: test accuracy, macro-F1,
+variant does not name are off. Writes ablation.json and ablation.md: the task's test metrics
+(accuracy and macro-F1; micro-F1, macro-F1 and subset accuracy; Pearson and Spearman),
 agreement with the teacher and minutes of the variant's stages (mean ± std over seeds), and
-each model's accuracy difference to the same student trained on gold labels only (`gold_only`
+each model's difference in the primary metric to the same student trained on gold labels only (`gold_only`
 for the transformer, `data_gold` for the word-level students; `data_soft_typos` against
 `data_soft`, to test nlpaug's typo copies): per seed with a paired
 bootstrap interval and an exact McNemar p-value, and pooled over seeds with a bootstrap
@@ -35,6 +36,7 @@ from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.pipeline import Run
 from distill.recipe import Recipe, load_recipe
+from distill.report.schema import METRIC_TITLES
 from distill.report.sections import update_section
 from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import student_seed
@@ -96,7 +98,7 @@ def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> 
     return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages)
 
 
-def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list[str]) -> dict[str, SeedRun]:
+def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list) -> dict[str, SeedRun]:
     """Run one variant at one seed; per model: test metrics, predictions and minutes of its stages."""
     run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir))
     minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
@@ -113,8 +115,8 @@ def row_name(variant: str, model: str) -> str:
     return variant if model == "student" else f"{variant}/{model}"
 
 
-def summarise(name: str, variant: Variant, runs: list[SeedRun]) -> dict[str, Any]:
-    spread = summary(runs, ("accuracy", "macro_f1", "agreement", "minutes"))
+def summarise(name: str, variant: Variant, runs: list[SeedRun], metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, Any]:
+    spread = summary(runs, (*metrics, "agreement", "minutes"))
     return {"name": name, "description": variant.description, "runs": [run.figures for run in runs], **spread}
 
 
@@ -122,9 +124,14 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) -> str:
-    """ablation.md: the summary table, then the per-seed paired tests; `source` names recipe and date."""
+def markdown_table(
+    rows: list[dict[str, Any]], seeds: list[int], source: str, metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+) -> str:
+    """ablation.md: the summary table, then the per-seed paired tests; `source` names recipe and date.
+    `metrics` are the task family's, primary first (the Δ column's)."""
     spread = len(seeds) > 1
+    titles = [METRIC_TITLES[name] for name in metrics]
+    primary = titles[0]
 
     def cell(row: dict[str, Any], key: str) -> str:
         mean = f"{row[key + '_mean']:.4f}"
@@ -143,31 +150,32 @@ def markdown_table(rows: list[dict[str, Any]], seeds: list[int], source: str) ->
         f"Student ablation of {source}, test split, seeds {', '.join(map(str, seeds))}"
         + (" (mean ± std)" if spread else ""),
         "",
-        "| variant | stages | accuracy | macro-F1 | agreement with teacher | Δ accuracy (points, 95% CI) | minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| variant | stages | {' | '.join(titles)} | agreement with teacher | Δ {primary} (points, 95% CI) | minutes |",
+        "| --- | --- |" + " --- |" * len(titles) + " --- | --- | --- |",
     ]
     for row in rows:
         minutes = f"{row['minutes_mean']:.1f}"
-        cells = [row["name"], row["description"], cell(row, "accuracy"), cell(row, "macro_f1"), cell(row, "agreement")]
+        cells = [row["name"], row["description"], *(cell(row, name) for name in metrics), cell(row, "agreement")]
         lines.append(f"| {' | '.join([*cells, versus(row), minutes])} |")
     compared = [row for row in rows if "vs_reference" in row]
     if compared:
         lines += [
             "",
-            "Δ accuracy: against the same student of the variant named after `vs` (gold labels only, "
+            f"Δ {primary}: against the same student of the variant named after `vs` (gold labels only, "
             "unless a variant names another), the mean difference over "
             f"seeds with its 95% interval from a {compared[0]['vs_reference']['pooled']['interval']} "
             "(1,000 resamples); significant only when the interval excludes 0. Per seed, against that "
             "seed's run of that variant, with a paired bootstrap over examples:",
             "",
-            "| variant | versus | seed | Δ accuracy (points) | 95% CI | exact McNemar p |",
+            f"| variant | versus | seed | Δ {primary} (points) | 95% CI | exact McNemar p |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for row in compared:
             for test in row["vs_reference"]["per_seed"]:
                 interval = f"[{_points(test['low'])}, {_points(test['high'])}]"
                 reference = row["vs_reference"]["reference"]
-                cells = [row["name"], reference, str(test["seed"]), _points(test["diff"]), interval, f"{test['p_value']:.3g}"]
+                exact = f"{test['p_value']:.3g}" if "p_value" in test else "—"
+                cells = [row["name"], reference, str(test["seed"]), _points(test["diff"]), interval, exact]
                 lines.append(f"| {' | '.join(cells)} |")
     minutes = "minutes: the variant's stages, shared by the word-level students of one data variant."
     return "\n".join([*lines, "", minutes]) + "\n"
@@ -203,12 +211,13 @@ def ablate(
                 name = row_name(variant.name, model)
                 runs.setdefault(name, []).append(measured)
                 origin[name] = (variant, model)
-    rows = [summarise(name, origin[name][0], seed_runs) for name, seed_runs in runs.items()]
+    family = base.data().family
+    rows = [summarise(name, origin[name][0], seed_runs, family.metrics) for name, seed_runs in runs.items()]
     for row in rows:
         variant, model = origin[row["name"]]
         reference = row_name(variant.reference, model)
         if variant.reference != variant.name and reference in runs:
-            comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed)
+            comparison = versus(runs[row["name"]], runs[reference], test, base.recipe.run.seed, family)
             row["vs_reference"] = {"reference": reference, **comparison}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = {
@@ -218,7 +227,7 @@ def ablate(
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     settings = f" with {', '.join(f'`{assignment}`' for assignment in overrides)}" if overrides else ""
     source = f"`{recipe_path.name}`{settings} (measured {created[:10]} by `tools/ablate.py`)"
-    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source), encoding="utf-8")
+    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source, family.metrics), encoding="utf-8")
     return out_dir
 
 

@@ -174,3 +174,39 @@ def paired_statistic_bootstrap(
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(replicates, [alpha, 1 - alpha])
     return float(statistic(a) - statistic(b)), float(low), float(high)
+
+
+def pooled_statistic_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    rows_a_runs: Sequence[np.ndarray],
+    rows_b_runs: Sequence[np.ndarray],
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """`paired_statistic_bootstrap` pooled over paired runs (one a and one b per seed).
+
+    The statistic of run s of a minus that of run s of b, averaged over seeds. With several
+    seeds each replicate draws seeds with replacement and, as in `_hierarchical_bootstrap`,
+    one set of example indices for all of them. Returns (mean difference, low, high).
+    """
+    if len(rows_a_runs) != len(rows_b_runs) or not len(rows_a_runs):
+        raise ValueError(f"need as many runs of a as of b, at least one, got {len(rows_a_runs)} and {len(rows_b_runs)}")
+    if len(rows_a_runs) == 1:
+        return paired_statistic_bootstrap(statistic, rows_a_runs[0], rows_b_runs[0], resamples, seed, confidence)
+    a = np.stack([np.asarray(rows, dtype=float) for rows in rows_a_runs])  # (seeds, examples, k)
+    b = np.stack([np.asarray(rows, dtype=float) for rows in rows_b_runs])
+    if a.shape != b.shape:
+        raise ValueError("every run must be scored on the same test examples")
+    seeds, examples = a.shape[:2]
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))
+    example_draws = rng.integers(0, examples, size=(resamples, examples))
+    replicates = np.empty(resamples)
+    for index in range(resamples):  # the statistic is not a mean over examples: score each side
+        rows = np.ix_(seed_draws[index], example_draws[index])
+        replicates[index] = float(np.mean(statistic(a[rows]) - statistic(b[rows])))
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(replicates, [alpha, 1 - alpha])
+    observed = float(np.mean(statistic(a) - statistic(b)))
+    return observed, float(low), float(high)

@@ -101,8 +101,28 @@ class TaskFamily(ABC):
         """Every metric in `metrics` (plus details such as per-label F1), from decisions."""
 
     @abstractmethod
+    def paired_rows(self, gold: Sequence[Label], predicted: Sequence[Label]) -> np.ndarray:
+        """(rows, k) per-row values from which `statistic` computes the primary metric."""
+
+    @abstractmethod
+    def statistic(self, rows: np.ndarray) -> np.ndarray:
+        """The primary metric from (..., rows, k) `paired_rows`, one value per leading index."""
+
+    def exactly_right(self, gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool] | None:
+        """Per row, whether the decision is wholly right (McNemar's input); None when no such notion fits."""
+        return None
+
     def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
-        """Primary metric of a minus that of b on the same rows: diff, low, high (and p_value when exact)."""
+        """Primary metric of a minus that of b on the same rows: diff, low, high of a bootstrap over
+        rows, and McNemar's exact p on wholly right rows where the family has them."""
+        from distill.report.stats import mcnemar_exact, paired_statistic_bootstrap
+
+        diff, low, high = paired_statistic_bootstrap(self.statistic, self.paired_rows(gold, a), self.paired_rows(gold, b), seed=seed)
+        result = {"diff": diff, "low": low, "high": high}
+        right_a, right_b = self.exactly_right(gold, a), self.exactly_right(gold, b)
+        if right_a is not None and right_b is not None:
+            result["p_value"] = mcnemar_exact(right_a, right_b)
+        return result
 
     @abstractmethod
     def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:

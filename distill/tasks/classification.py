@@ -72,7 +72,17 @@ class Classification(TaskFamily):
         index = {label: i for i, label in enumerate(labels)}
         return classification_metrics([index[g] for g in gold], [index.get(p, -1) for p in predicted], labels)
 
+    def paired_rows(self, gold: Sequence[Label], predicted: Sequence[Label]) -> np.ndarray:
+        return np.asarray(_correct(gold, predicted), dtype=float)[:, None]
+
+    def statistic(self, rows: np.ndarray) -> np.ndarray:
+        return rows[..., 0].mean(axis=-1)  # accuracy
+
+    def exactly_right(self, gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:
+        return _correct(gold, predicted)
+
     def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
+        """Accuracy is a mean over rows, so the interval is scipy's bootstrap of the mean difference."""
         from distill.report.stats import paired_comparison
 
         return paired_comparison(_correct(gold, a), _correct(gold, b), seed)

@@ -96,17 +96,22 @@ class MultiLabel(TaskFamily):
             "per_class_f1": {label: float(score) for label, score in zip(labels, per_label)},
         }
 
-    def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
-        """Micro-F1 difference, bootstrapped over rows; McNemar's p on rows whose whole set is right."""
-        from distill.report.stats import mcnemar_exact, paired_statistic_bootstrap
+    def paired_rows(self, gold: Sequence[Label], predicted: Sequence[Label]) -> np.ndarray:
+        """Per row: true positives, false positives, false negatives over its labels, (rows, 3)."""
+        labels = sorted({name for names in (*gold, *predicted) for name in names})
+        y_true, y_pred = indicator(gold, labels), indicator(predicted, labels)
+        return np.stack(
+            [(y_true & y_pred).sum(1), ((1 - y_true) & y_pred).sum(1), (y_true & (1 - y_pred)).sum(1)], axis=1
+        )
 
-        labels = sorted({name for names in (*gold, *a, *b) for name in names})
-        y_true = indicator(gold, labels)
-        rows_a, rows_b = _counts(y_true, indicator(a, labels)), _counts(y_true, indicator(b, labels))
-        diff, low, high = paired_statistic_bootstrap(_micro_f1, rows_a, rows_b, seed=seed)
-        exact_a = [set(p) == set(g) for p, g in zip(a, gold)]
-        exact_b = [set(p) == set(g) for p, g in zip(b, gold)]
-        return {"diff": diff, "low": low, "high": high, "p_value": mcnemar_exact(exact_a, exact_b)}
+    def statistic(self, rows: np.ndarray) -> np.ndarray:
+        """Micro-F1 = 2TP / (2TP + FP + FN) of the rows; 0 when there is nothing to find."""
+        tp, fp, fn = np.moveaxis(np.asarray(rows, dtype=float).sum(axis=-2), -1, 0)
+        denominator = 2 * tp + fp + fn
+        return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+    def exactly_right(self, gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:
+        return [set(p) == set(g) for p, g in zip(predicted, gold, strict=True)]
 
     def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:
         from distill.report.stats import agreement
@@ -166,15 +171,3 @@ def _thresholds(thresholds: Sequence[float] | None, labels: list[str]) -> list[f
     return list(thresholds)
 
 
-def _counts(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Per row: true positives, false positives, false negatives, (rows, 3)."""
-    return np.stack(
-        [(y_true & y_pred).sum(1), ((1 - y_true) & y_pred).sum(1), (y_true & (1 - y_pred)).sum(1)], axis=1
-    )
-
-
-def _micro_f1(rows: np.ndarray) -> np.ndarray:
-    """Micro-F1 from (..., rows, 3) counts: 2TP / (2TP + FP + FN), 0 when there is nothing to find."""
-    tp, fp, fn = np.moveaxis(rows.sum(axis=-2), -1, 0)
-    denominator = 2 * tp + fp + fn
-    return np.divide(2 * tp, denominator, out=np.zeros_like(denominator, dtype=float), where=denominator > 0)

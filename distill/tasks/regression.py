@@ -84,15 +84,12 @@ class Regression(TaskFamily):
             "mse": float(np.mean((y_pred - y_true) ** 2)),
         }
 
-    def paired(self, gold: Sequence[Label], a: Sequence[Label], b: Sequence[Label], seed: int) -> dict[str, float]:
-        """Pearson of a minus Pearson of b, bootstrapped over rows (no exact test exists for it)."""
-        from distill.report.stats import paired_statistic_bootstrap
+    def paired_rows(self, gold: Sequence[Label], predicted: Sequence[Label]) -> np.ndarray:
+        """Per row: prediction and gold score, (rows, 2); no exact test exists for a correlation."""
+        return np.stack([np.asarray(predicted, dtype=float), np.asarray(gold, dtype=float)], axis=1)
 
-        y = np.asarray(gold, dtype=float)
-        rows_a = np.stack([np.asarray(a, dtype=float), y], axis=1)
-        rows_b = np.stack([np.asarray(b, dtype=float), y], axis=1)
-        diff, low, high = paired_statistic_bootstrap(_pearson_rows, rows_a, rows_b, seed=seed)
-        return {"diff": diff, "low": low, "high": high}
+    def statistic(self, rows: np.ndarray) -> np.ndarray:
+        return _pearson_rows(rows)
 
     def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:
         return _correlation(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rank=False)
