@@ -8,9 +8,10 @@ annotation, so it can back tasks whose targets are exact rather than guessed:
 * `load_pd98_types`: multi-label, which entity types (PER from `nr`, LOC from `ns`, ORG from
   `nt`) a sentence mentions.
 * `load_pd98_similarity`: a text-pair regression target that is DERIVED, not judged by people:
-  the Jaccard overlap of the two sentences' content-word sets, taken from the corpus's gold
-  segmentation and POS tags. It measures shared vocabulary, not meaning; it exists to test a
-  similarity regressor honestly on offline data, and its scores must not be read as human
+  a sentence, a text mixed from part of its words and part of another sentence's, and the
+  Jaccard overlap of the two texts' content-word sets, from the corpus's gold segmentation and
+  POS tags. It measures shared vocabulary, not meaning; it exists to test a similarity
+  regressor honestly on offline data, and its scores must not be read as human
   semantic-similarity judgements.
 
 The full PKU release marks compound names with brackets (`[中央/n  电视台/n]nt`); the copy that
@@ -30,7 +31,6 @@ from distill.errors import UserError
 Sentence = list[tuple[str, str]]
 
 ENTITY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
-NEAR_LINES = 5  # a "near" pair is at most this many sentences apart: usually the same article
 MIN_CHARS, MAX_CHARS = 8, 60  # sentence lengths the similarity task draws from
 
 
@@ -88,7 +88,7 @@ def entity_spans(sentence: Sequence[tuple[str, str]]) -> list[tuple[int, int, st
         end = start + len(word)
         kind = ENTITY_TYPES.get(pos)
         if pos == "nr" and previous_pos == "nr":
-            spans[-1] = (spans[-1][0], end, kind)
+            spans[-1] = (spans[-1][0], end, "PER")
         elif kind:
             spans.append((start, end, kind))
         previous_pos, start = pos, end
@@ -96,14 +96,14 @@ def entity_spans(sentence: Sequence[tuple[str, str]]) -> list[tuple[int, int, st
 
 
 def load_pd98_types(path: str | Path | None = None) -> list[Example]:
-    """Multi-label examples: each sentence with the sorted entity types it mentions (maybe none)."""
-    examples = []
-    for sentence in read_pd98(path or pd98_path()):
-        text = sentence_text(sentence)
-        if text.strip():
-            types = tuple(sorted({kind for _, _, kind in entity_spans(sentence)}))
-            examples.append(Example(text=text, label=types))
-    return examples
+    """Multi-label examples: each sentence with the sorted entity types it mentions (maybe none).
+
+    No text is empty: `read_pd98` keeps only lines with a word, and a word holds no whitespace.
+    """
+    return [
+        Example(text=sentence_text(sentence), label=tuple(sorted({kind for _, _, kind in entity_spans(sentence)})))
+        for sentence in read_pd98(path or pd98_path())
+    ]
 
 
 def content_words(sentence: Sequence[tuple[str, str]]) -> frozenset[str]:
@@ -119,46 +119,44 @@ def jaccard(first: frozenset[str], second: frozenset[str]) -> float:
     return len(first & second) / len(first | second)
 
 
+def mixed_pair(first: Sentence, second: Sentence, share: float, rng: random.Random) -> Sentence:
+    """A text made of about `share` of `first`'s words (each kept with that chance, in order)
+    followed by about 1 - `share` of `second`'s words: the second text of a similarity pair."""
+    return [token for token in first if rng.random() < share] + [token for token in second if rng.random() >= share]
+
+
 def load_pd98_similarity(pairs: int = 8000, seed: int = 0, path: str | Path | None = None) -> list[Example]:
-    """Seeded sentence pairs scored by content-word Jaccard overlap (a derived target; see the
+    """Seeded text pairs scored by content-word Jaccard overlap (a derived target; see the
     module docstring).
 
-    Only sentences of 8..60 characters with at least one content word take part. Pairs alternate
-    between a "near" pair (two sentences at most 5 apart in the file, usually the same article, so
-    overlap is common) and a random pair (mostly no overlap), so the target is not almost always 0.
-    A pair of texts is used once, in one order, and never a text with itself.
+    A pair is a corpus sentence A (8..60 characters, at least one content word) and a text B
+    made by `mixed_pair` from A and another such sentence C with a share drawn uniformly from
+    [0, 1]: B keeps part of A's words and adds part of C's, so the overlap spreads over [0, 1]
+    instead of being 0 for almost every pair of real sentences (81 % of near-by sentence pairs
+    share no content word). B reads as two clipped sentences run together; the target says how
+    much of A's vocabulary it keeps, not how alike two sentences mean. Every pair is distinct, B
+    is never A itself, and B has at least one content word.
     """
     sentences = read_pd98(path or pd98_path())
-    texts = [sentence_text(s) for s in sentences]
-    words = [content_words(s) for s in sentences]
-    eligible = [i for i, text in enumerate(texts) if MIN_CHARS <= len(text) <= MAX_CHARS and words[i]]
-    near = {
-        i: [j for j in eligible[max(0, k - NEAR_LINES) : k + NEAR_LINES + 1] if 0 < abs(i - j) <= NEAR_LINES]
-        for k, i in enumerate(eligible)
-    }
-    with_neighbours = [i for i in eligible if near[i]]
+    eligible = [s for s in sentences if MIN_CHARS <= len(sentence_text(s)) <= MAX_CHARS and content_words(s)]
+    if len(eligible) < 2:
+        raise UserError(f"the corpus has {len(eligible)} sentence(s) of {MIN_CHARS}..{MAX_CHARS} characters", "People's Daily similarity task", "give a larger corpus")
     rng = random.Random(seed)
     examples: list[Example] = []
     seen: set[tuple[str, str]] = set()
     for _ in range(50 * pairs):
         if len(examples) == pairs:
             break
-        if len(examples) % 2 == 0 and with_neighbours:
-            first = rng.choice(with_neighbours)
-            second = rng.choice(near[first])
-        elif len(eligible) >= 2:
-            first, second = rng.sample(eligible, 2)
-        else:
-            break
-        key = (min(texts[first], texts[second]), max(texts[first], texts[second]))
-        if key[0] == key[1] or key in seen:
+        first, second = rng.sample(eligible, 2)
+        mixed = mixed_pair(first, second, rng.random(), rng)
+        text, other = sentence_text(first), sentence_text(mixed)
+        if not content_words(mixed) or other == text or (text, other) in seen:
             continue
-        seen.add(key)
-        score = round(jaccard(words[first], words[second]), 4)
-        examples.append(Example(text=texts[first], label=score, text_pair=texts[second]))
+        seen.add((text, other))
+        examples.append(Example(text=text, label=round(jaccard(content_words(first), content_words(mixed)), 4), text_pair=other))
     if len(examples) < pairs:
         raise UserError(
-            f"the corpus gives only {len(examples)} distinct sentence pairs, not {pairs}",
+            f"only {len(examples)} distinct sentence pairs found, not {pairs}",
             "People's Daily similarity task",
             "ask for fewer pairs",
         )
