@@ -198,3 +198,17 @@ def test_seed_comparisons_of_a_multi_label_student_use_micro_f1():
     expected = 1.0 - MULTI.score(gold, worse[0].predictions, LABELS)["micro_f1"]
     assert result["pooled"]["diff"] == pytest.approx(expected) and result["pooled"]["significant"]
     assert [t["seed"] for t in result["per_seed"]] == [1, 2] and all(t["p_value"] < 0.01 for t in result["per_seed"])
+
+
+def test_a_binary_classifier_takes_the_cut_off_that_maximises_dev_accuracy():
+    classification = family("classification")
+    labels = ["negative", "positive"]
+    p_positive = np.array([0.1, 0.25, 0.33, 0.45, 0.6, 0.8, 0.9])
+    logits = np.log(np.stack([1 - p_positive, p_positive], axis=1))
+    gold = ["negative", "negative", "positive", "positive", "positive", "positive", "positive"]
+    # only cut-offs in (0.25, 0.33] get every row right: 0.3 is the one grid value among them
+    assert classification.tune_thresholds(logits, gold, labels) == [0.7, 0.3]
+    assert classification.decide(logits, labels, [0.7, 0.3]) == gold
+    assert classification.decide(logits, labels)[:4] == ["negative"] * 4  # argmax without thresholds
+    assert classification.output(logits, labels, [0.7, 0.3])[2]["label"] == "positive"
+    assert classification.tune_thresholds(np.zeros((2, 3)), ["a", "b"], ["a", "b", "c"]) is None

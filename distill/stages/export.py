@@ -85,6 +85,8 @@ def tune_manifest_thresholds(manifest_path: Path, dev: Sequence[Example], thread
     """Per-label thresholds chosen on dev from the exported model's own logits, written into its
     manifest (so `predict`, `serve` and the report decide alike); None for families without them."""
     predictor = OnnxPredictor(manifest_path, threads)
+    if not predictor.family.tunes_thresholds(predictor.labels):
+        return None
     logits = predictor.predict_logits(*model_inputs(predictor.kind, dev))
     thresholds = predictor.family.tune_thresholds(logits, [e.label for e in dev], predictor.labels)
     if thresholds is not None:

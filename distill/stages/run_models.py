@@ -100,6 +100,6 @@ def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> lis
 
     data = run.data()
     thresholds = None
-    if data.family.thresholds_tuned:
+    if data.family.tunes_thresholds(labels):
         thresholds = data.family.tune_thresholds(logits_of(data.dev), [e.label for e in data.dev], labels)
     return data.family.decide(logits_of(examples), labels, thresholds)

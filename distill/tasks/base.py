@@ -28,7 +28,6 @@ class TaskFamily(ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]  # the report's metric keys, primary first
     metric_minimum: ClassVar[float] = 0.0  # the lowest value a metric (and agreement) can take
-    thresholds_tuned: ClassVar[bool] = False  # decisions depend on per-label thresholds chosen on dev
 
     @property
     def primary(self) -> str:
@@ -131,6 +130,10 @@ class TaskFamily(ABC):
     @abstractmethod
     def output(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
         """What `predict` and `serve` return for each row of (rows, outputs) logits."""
+
+    def tunes_thresholds(self, labels: list[str]) -> bool:
+        """Whether decisions follow thresholds chosen on dev (multi-label; binary single-label)."""
+        return False
 
     def tune_thresholds(self, logits: np.ndarray, gold: Sequence[Label], labels: list[str]) -> list[float] | None:
         """Decision thresholds chosen on dev, or None when the family decides without them."""

@@ -64,7 +64,26 @@ class Classification(TaskFamily):
         return teacher_logits.argmax(dim=-1).tolist()
 
     def decide(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[str]:
-        return [labels[index] for index in np.asarray(logits).argmax(axis=-1)]
+        """argmax; a binary task with tuned thresholds [1 - t, t] picks the second label where its
+        probability is at least t."""
+        if thresholds is None:
+            return [labels[index] for index in np.asarray(logits).argmax(axis=-1)]
+        second = _probabilities(logits)[:, 1] >= thresholds[1]
+        return [labels[1] if chosen else labels[0] for chosen in second]
+
+    def tunes_thresholds(self, labels: list[str]) -> bool:
+        return len(labels) == 2
+
+    def tune_thresholds(self, logits: np.ndarray, gold: Sequence[Label], labels: list[str]) -> list[float] | None:
+        """For a binary task, the cut-off on the second label's probability that maximises dev
+        accuracy (ties: closest to 0.5), stored as [1 - t, t]; None with three or more labels."""
+        from distill.tasks.thresholds import accuracy, tune_thresholds
+
+        if not self.tunes_thresholds(labels):
+            return None
+        second = _probabilities(logits)[:, 1:]  # (rows, 1)
+        (cut,) = tune_thresholds(second, np.array([[label == labels[1]] for label in gold], dtype=int), score=accuracy)
+        return [round(1 - cut, 10), cut]
 
     def score(self, gold: Sequence[Label], predicted: Sequence[Label], labels: list[str]) -> dict[str, Any]:
         from distill.report.evaluate import classification_metrics
@@ -93,17 +112,22 @@ class Classification(TaskFamily):
         return agreement(a, b)
 
     def output(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
-        from distill.export.runtime import softmax
-
+        chosen = self.decide(logits, labels, thresholds)
         return [
-            {"label": labels[int(row.argmax())], "probabilities": {label: float(p) for label, p in zip(labels, row, strict=True)}}
-            for row in softmax(np.asarray(logits))
+            {"label": label, "probabilities": {name: float(p) for name, p in zip(labels, row, strict=True)}}
+            for label, row in zip(chosen, _probabilities(logits))
         ]
 
     def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
         from distill.report.baseline import tfidf_baseline
 
         return tfidf_baseline(texts["train"], gold["train"], texts["test"], gold["test"], language, texts["dev"], gold["dev"])
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    from distill.export.runtime import softmax
+
+    return softmax(np.asarray(logits, dtype=np.float64))
 
 
 def _correct(gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:

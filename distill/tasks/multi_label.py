@@ -19,7 +19,6 @@ from distill.tasks.base import Label, TaskFamily
 class MultiLabel(TaskFamily):
     name = "multi_label"
     metrics = ("micro_f1", "macro_f1", "subset_accuracy")
-    thresholds_tuned = True
 
     def read_label(self, value: object, task: Any) -> tuple[str, ...]:
         """A JSON list of names, or a string of names split at `[task] label_delimiter` ("" is the empty set)."""
@@ -125,6 +124,9 @@ class MultiLabel(TaskFamily):
             {"labels": list(names), "probabilities": {label: float(p) for label, p in zip(labels, row, strict=True)}}
             for names, row in zip(chosen, probabilities)
         ]
+
+    def tunes_thresholds(self, labels: list[str]) -> bool:
+        return True
 
     def tune_thresholds(self, logits: np.ndarray, gold: Sequence[Label], labels: list[str]) -> list[float]:
         from distill.tasks.thresholds import tune_thresholds

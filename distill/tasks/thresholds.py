@@ -1,4 +1,4 @@
-"""Per-label decision thresholds for multi-label classifiers, tuned on dev.
+"""Per-label decision thresholds for multi-label (and binary) classifiers, tuned on dev.
 
 A single 0.5 cut-off suits a label only when the model is calibrated for it; rare labels
 usually need a lower one and noisy ones a higher one. Choosing each label's threshold on dev
@@ -7,7 +7,7 @@ to maximise that label's F1 recovers most of that gap without retraining.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -16,12 +16,25 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(1, 20))
 
 
+def f1(predicted: np.ndarray, positives: np.ndarray) -> float:
+    """F1 = 2TP / (2TP + FP + FN) of one label's decisions; equal ratios give equal floats, so ties compare exactly."""
+    true_pos = int(np.count_nonzero(predicted & positives))
+    return 2 * true_pos / (int(np.count_nonzero(predicted)) + int(np.count_nonzero(positives)))
+
+
+def accuracy(predicted: np.ndarray, positives: np.ndarray) -> float:
+    """Share of rows decided right: the metric a binary single-label task is judged by."""
+    return float(np.count_nonzero(predicted == positives)) / len(positives)
+
+
 def tune_thresholds(
     probabilities: np.ndarray,
     gold: np.ndarray,
     grid: Sequence[float] | None = None,
+    score: Callable[[np.ndarray, np.ndarray], float] = f1,
 ) -> list[float]:
-    """One threshold per label, the grid value that maximises that label's F1 on these rows.
+    """One threshold per label, the grid value that maximises that label's `score` (F1 by default)
+    on these rows.
 
     probabilities and gold are (rows, labels); gold holds 0/1. A row counts as positive for a
     label when its probability is >= the threshold (as in `apply_thresholds`). Ties go to the
@@ -49,12 +62,9 @@ def tune_thresholds(
             continue
         best_threshold, best_f1 = DEFAULT_THRESHOLD, -1.0
         for threshold in ordered:
-            predicted = probs[:, column] >= threshold
-            true_pos = int(np.count_nonzero(predicted & positives))
-            # F1 = 2TP / (2TP + FP + FN); equal ratios give equal floats, so ties compare exactly.
-            f1 = 2 * true_pos / (int(np.count_nonzero(predicted)) + int(np.count_nonzero(positives)))
-            if f1 > best_f1:
-                best_threshold, best_f1 = threshold, f1
+            value = score(probs[:, column] >= threshold, positives)
+            if value > best_f1:
+                best_threshold, best_f1 = threshold, value
         thresholds.append(best_threshold)
     return thresholds
 
