@@ -110,6 +110,7 @@ def test_multi_label_run_reports_the_tasks_metrics_for_every_model(multi_label_r
     assert report["baseline"]["name"] == "tfidf-ovr-logreg" and 0 <= report["baseline"]["micro_f1"] <= 1
     markdown = (run.dir / "report.md").read_text(encoding="utf-8")
     assert "| micro-F1 | macro-F1 | subset accuracy |" in markdown
+    assert "student: thresholds tuned on dev change test micro-F1 by" in markdown
 
 
 def test_multi_label_manifest_carries_dev_tuned_thresholds_that_predict_uses(multi_label_run):

@@ -271,6 +271,8 @@ def _significance_lines(report: dict) -> Iterator[str]:
     comparisons = (("vs_teacher", "the teacher"), ("vs_gold_twin", "its twin trained on gold labels only"))
     title = _title(task_metrics(report)[0])
     agreement = report.get("task", {}).get("agreement", "share of test texts with the same decision")
+    if "threshold_gain" in report["teacher"]:
+        yield f"teacher: thresholds tuned on dev change test {title} by {100 * report['teacher']['threshold_gain']:+.2f} points over the default rule"
     for student in report["students"]:
         for key, other in comparisons:
             if key in student:
@@ -283,6 +285,8 @@ def _significance_lines(report: dict) -> Iterator[str]:
                 )
         if "agreement" in student:
             yield f"{student['name']} agreement with the teacher ({agreement}): {student['agreement']:.3f}"
+        if "threshold_gain" in student:
+            yield f"{student['name']}: thresholds tuned on dev change test {title} by {100 * student['threshold_gain']:+.2f} points over the default rule"
         if "over_seeds" in student:
             yield _over_seeds_line(student["name"], student["over_seeds"])
 
