@@ -36,10 +36,11 @@ from distill import provenance
 from distill.errors import UserError
 from distill.pipeline import Run
 from distill.recipe import load_recipe
+from distill.report.schema import CLASSIFICATION_METRICS, METRIC_TITLES, task_metrics
 from distill.report.sections import update_section
 
 SECTION = "results"  # the README section this tool regenerates
-_MODEL_KEYS = ("accuracy", "macro_f1", "size_mb", "latency_ms", "throughput_per_s")
+_MODEL_KEYS = ("size_mb", "latency_ms", "throughput_per_s")  # and the task's metrics (report["task"])
 _STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
 MIXED_MARK = "⚠ MIXED CODE"
 
@@ -69,6 +70,7 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
     if not report_path.is_file():
         raise UserError("the run wrote no report.json", str(recipe_path), "enable the [report] stage in the recipe")
     report = json.loads(report_path.read_text(encoding="utf-8"))
+    metrics = task_metrics(report)
     row = {
         "recipe": str(recipe_path),
         "run_dir": str(run_dir),
@@ -81,8 +83,9 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
         "dataset": report["dataset"],
         "test_size": report["test_size"],
         "hardware": report["hardware"],
-        "teacher": {key: report["teacher"][key] for key in _MODEL_KEYS},
-        "students": [{key: student[key] for key in _STUDENT_KEYS} for student in report["students"]],
+        "metrics": list(metrics),
+        "teacher": {key: report["teacher"][key] for key in (*metrics, *_MODEL_KEYS)},
+        "students": [{key: student[key] for key in (*metrics, *_STUDENT_KEYS)} for student in report["students"]],
         # the code and recipe that measured the figures, without this machine's folders
         "provenance": provenance.shareable(report["provenance"]) if report.get("provenance") else None,
     }
@@ -167,25 +170,30 @@ def results_section(runs: list[dict[str, Any]]) -> str:
             f"| {recipe_cell(run)} | {run['measured'][:10]} | {run['hardware']['threads']} | {_load_cell(run)} "
             f"| {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {stages} |"
         )
-    lines += [
-        "",
-        "| recipe | dataset | model | accuracy | macro-F1 | retention | bs1 p50 ms | speed-up | size MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    tables: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one model table per set of task metrics
     for run in runs:
-        name = recipe_cell(run)
-        teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0}
-        for model in (teacher, *run["students"]):
-            lines.append(
-                f"| {name} | {run['dataset']} | {model['name']} | {model['accuracy']:.4f} "
-                f"| {model['macro_f1']:.4f} | {100 * model['retention']:.1f}% "
-                f"| {model['latency_ms']['bs1_p50']:.2f} | {model['speedup']:.1f}× | {model['size_mb']:.1f} |"
-            )
+        tables.setdefault(tuple(run.get("metrics", CLASSIFICATION_METRICS)), []).append(run)
+    for metrics, table_runs in tables.items():
+        titles = " | ".join(METRIC_TITLES[name] for name in metrics)
+        lines += [
+            "",
+            f"| recipe | dataset | model | {titles} | retention | bs1 p50 ms | speed-up | size MB |",
+            "|---|---|---|" + "---|" * len(metrics) + "---|---|---|---|",
+        ]
+        for run in table_runs:
+            name = recipe_cell(run)
+            teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0}
+            for model in (teacher, *run["students"]):
+                figures = " | ".join(f"{model[metric]:.4f}" for metric in metrics)
+                lines.append(
+                    f"| {name} | {run['dataset']} | {model['name']} | {figures} | {100 * model['retention']:.1f}% "
+                    f"| {model['latency_ms']['bs1_p50']:.2f} | {model['speedup']:.1f}× | {model['size_mb']:.1f} |"
+                )
     lines += [
         "",
         "Stage seconds marked * come from an earlier invocation (the stage was done already) and are not "
         "in that row's wall time or peak RSS. "
-        "Retention = accuracy / teacher accuracy; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
+        "Retention = model / teacher in the first metric column; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
     ]
