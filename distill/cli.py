@@ -173,12 +173,15 @@ def _model_manifest(model: Path) -> Path:
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
+@click.option("--pair", "pairs", multiple=True, help="The second text of a text-pair task, one per --text (repeatable).")
 @click.option("--file", "text_file", type=click.Path(dir_okay=False, path_type=Path), help="A UTF-8 file, one text per line.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int) -> None:
-    """Classify texts with an exported model (a manifest, an export folder with one, or a run
-    directory: its report's recommended model); JSON lines out."""
+def predict(
+    model_dir: Path, texts: tuple[str, ...], pairs: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int
+) -> None:
+    """Predict with an exported model (a manifest, an export folder with one, or a run directory:
+    its report's recommended model): a label, a label set or a score per text; JSON lines out."""
     from distill.export.runtime import OnnxPredictor
 
     inputs = list(texts)
@@ -191,9 +194,15 @@ def predict(model_dir: Path, texts: tuple[str, ...], text_file: Path | None, thr
             raise UserError("text file is not UTF-8", str(text_file), "re-save it as UTF-8") from None
     if not inputs:
         raise UserError("no texts to classify", None, "pass --text TEXT (repeatable) or --file FILE")
+    if pairs and (text_file is not None or len(pairs) != len(texts)):
+        raise UserError(
+            f"{len(pairs)} --pair for {len(inputs)} texts", "--pair", "give one --pair after each --text (not with --file)"
+        )
     predictor = OnnxPredictor(_model_manifest(model_dir), threads=threads, batch_size=batch_size)
-    for text, prediction in zip(inputs, predictor.predict(inputs)):
-        click.echo(json.dumps({"text": text, **prediction}, ensure_ascii=False))
+    second = list(pairs) or None
+    for index, prediction in enumerate(predictor.predict(inputs, second)):
+        shown = {"text": inputs[index], **({"text_pair": second[index]} if second else {})}
+        click.echo(json.dumps({**shown, **prediction}, ensure_ascii=False))
 
 
 @cli.command()

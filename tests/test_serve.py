@@ -153,7 +153,7 @@ def test_concurrent_requests_agree_with_predictor(client, predictor):
 def test_internal_failure_is_logged_and_500_without_details(manifest_path, monkeypatch, caplog):
     broken = OnnxPredictor(manifest_path)
 
-    def fail(texts):
+    def fail(texts, pairs=None):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(broken, "predict", fail)

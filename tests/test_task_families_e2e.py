@@ -117,6 +117,8 @@ def test_multi_label_manifest_carries_dev_tuned_thresholds_that_predict_uses(mul
     run = multi_label_run
     summary = json.loads((run.dir / "onnx" / "summary.json").read_text(encoding="utf-8"))
     assert summary["task"] == "multi_label" and summary["metric"] == "micro_f1"
+    for entry in summary["models"]:  # sigmoid heads: ONNX logits match torch on real batches
+        assert entry["parity_max_abs_diff"] <= entry["parity_tolerance"] and entry["parity_rows"] > 0
     manifest = json.loads((run.dir / "onnx" / "student.json").read_text(encoding="utf-8"))
     assert manifest["task"] == "multi_label" and len(manifest["thresholds"]) == 2
     predictor = OnnxPredictor(run.dir / "onnx" / "student.json")
@@ -139,9 +141,39 @@ def test_regression_run_reports_correlations_and_predicts_scores(regression_run)
     for student in report["students"]:
         assert "p_value" not in student["vs_teacher"] and -1 <= student["agreement"] <= 1
     assert report["baseline"]["name"] == "tfidf-ridge"
+    summary = json.loads((run.dir / "onnx" / "summary.json").read_text(encoding="utf-8"))
+    for entry in summary["models"]:  # one linear output: ONNX scores match torch on real batches
+        assert entry["parity_max_abs_diff"] <= entry["parity_tolerance"] and entry["test_pearson"] is not None
     predictor = OnnxPredictor(run.dir / "onnx" / "bow.json")
     results = predictor.predict(["the film was good great fine", "the book was not not not"])
     assert [set(r) for r in results] == [{"score"}, {"score"}]
     assert np.isfinite([r["score"] for r in results]).all()
     table = evaluate_run(run)
     assert "Pearson" in table and "Spearman" in table and "onnx Pearson" in table
+
+
+def test_serve_answers_with_label_sets_and_scores(multi_label_run, regression_run):
+    from fastapi.testclient import TestClient
+
+    from distill.export.serve import create_app
+
+    multi = OnnxPredictor(multi_label_run.dir / "onnx" / "student.json")
+    client = TestClient(create_app(multi))
+    body = client.post("/predict", json={"texts": ["the film was good", "a book was awful"]}).json()
+    assert body["predictions"] == multi.predict(["the film was good", "a book was awful"])
+    metadata = client.get("/metadata").json()
+    assert metadata["task"] == "multi_label" and metadata["thresholds"] == multi.thresholds
+    mismatched = client.post("/predict", json={"texts": ["a", "b"], "pairs": ["c"]})
+    assert mismatched.status_code == 422 and "1 pairs for 2 texts" in mismatched.json()["detail"]
+    scores = OnnxPredictor(regression_run.dir / "onnx" / "student.json")
+    body = TestClient(create_app(scores)).post("/predict", json={"texts": ["the film was good great"]}).json()
+    assert body["predictions"] == [{"score": pytest.approx(scores.predict(["the film was good great"])[0]["score"])}]
+
+
+def test_predict_command_prints_label_sets(multi_label_run, distill_main):
+    code, out, err = distill_main("predict", str(multi_label_run.dir / "onnx" / "bow.json"), "--text", "the film was good")
+    assert code == 0, err
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["text"] == "the film was good" and set(line) == {"text", "labels", "probabilities"}
+    code, _, err = distill_main("predict", str(multi_label_run.dir / "onnx" / "bow.json"), "--text", "a", "--pair", "b", "--pair", "c")
+    assert code == 2 and "2 --pair for 1 texts" in err

@@ -32,15 +32,36 @@ class PredictRequest(BaseModel):
     texts: list[StrictStr] = Field(
         min_length=1, description="texts to classify, at most the server's max_batch"
     )
+    pairs: list[StrictStr] | None = Field(
+        default=None, description="the second text of each text, for a text-pair task"
+    )
 
 
-class Prediction(BaseModel):
+class LabelPrediction(BaseModel):
+    """A single-label task's answer."""
+
+    model_config = ConfigDict(extra="forbid")
     label: str
     probabilities: dict[str, float]
 
 
+class LabelSetPrediction(BaseModel):
+    """A multi-label task's answer, at the manifest's tuned thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str]
+    probabilities: dict[str, float]
+
+
+class ScorePrediction(BaseModel):
+    """A regression task's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    score: float
+
+
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[LabelPrediction | LabelSetPrediction | ScorePrediction]
 
 
 def create_app(
@@ -66,7 +87,9 @@ def create_app(
         return {
             "name": predictor.name,
             "kind": predictor.kind,
+            "task": predictor.family.name,
             "labels": predictor.labels,
+            "thresholds": predictor.thresholds,
             "quantization": predictor.manifest.get("quantization", "none"),
             "max_length": predictor.manifest["max_length"],
             "limits": {"max_batch": max_batch, "max_text_chars": max_text_chars},
@@ -78,13 +101,16 @@ def create_app(
             raise HTTPException(
                 413, f"{len(request.texts)} texts in one request; send at most {max_batch}"
             )
-        for index, text in enumerate(request.texts):
-            if len(text) > max_text_chars:
-                raise HTTPException(
-                    413, f"text {index} has {len(text)} characters; the limit is {max_text_chars}"
-                )
+        if request.pairs is not None and len(request.pairs) != len(request.texts):
+            raise HTTPException(422, f"{len(request.pairs)} pairs for {len(request.texts)} texts; send one pair per text")
+        for name, items in (("text", request.texts), ("pair", request.pairs or [])):
+            for index, text in enumerate(items):
+                if len(text) > max_text_chars:
+                    raise HTTPException(
+                        413, f"{name} {index} has {len(text)} characters; the limit is {max_text_chars}"
+                    )
         # onnxruntime's run() is thread-safe and releases the GIL: keep the event loop free.
-        return {"predictions": await run_in_threadpool(predictor.predict, request.texts)}
+        return {"predictions": await run_in_threadpool(predictor.predict, request.texts, request.pairs)}
 
     return app
 
