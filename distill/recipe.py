@@ -97,9 +97,9 @@ class DataFiles(Section):
 
 class TaskSection(Section):
     dataset: str | DataFiles = "builtin:tweets"
-    # the task family (distill/tasks): one class per text, a set of labels, or a number
-    type: Literal["classification", "multi_label", "regression"] = "classification"
-    format: Literal["csv", "tsv", "jsonl"] | None = None  # guessed from the suffix when absent
+    # the task family (distill/tasks): one class per text, a set of labels, a number, or a tag per token
+    type: Literal["classification", "multi_label", "regression", "token_classification"] = "classification"
+    format: Literal["csv", "tsv", "jsonl", "conll"] | None = None  # guessed from the suffix when absent
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -112,7 +112,9 @@ class TaskSection(Section):
     language: Literal["en", "zh"] = "en"
     label_delimiter: str = Field(default="|", min_length=1)  # multi_label: between names in a CSV/TSV cell
     target_range: list[float] | None = None  # regression: [low, high] every target must lie in
-    ADDED_LATER = frozenset({"type", "label_delimiter", "target_range"})
+    tokens_column: str = "tokens"  # token_classification, JSON lines: the list of tokens (label_column: their tags)
+    tag_scheme: Literal["BIO", "BIOES"] = "BIO"  # token_classification: how tags mark entity spans
+    ADDED_LATER = frozenset({"type", "label_delimiter", "target_range", "tokens_column", "tag_scheme"})
 
     @field_validator("target_range")
     @classmethod
@@ -555,7 +557,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         raise UserError(f"recipe is not valid TOML: {exc}", str(path), "fix the TOML syntax") from None
     recipe = parse_recipe(data, str(path))
     recipe.source = str(path.resolve())
-    if recipe.run.name is None:
+    if not recipe.run.name:  # absent or empty: the file name
         recipe.run.name = path.stem  # recorded, so the resolved recipe names the same run
     _resolve_paths(recipe, path.resolve().parent)
     for assignment in overrides:

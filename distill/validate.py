@@ -151,6 +151,15 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
             "[stages.data_distill]",
             "remove [stages.data_distill] from the recipe for a text-pair task",
         )
+    if data.family.head == "token":
+        beyond = [name for name in TOKEN_TASKS_LACK if recipe.stage_enabled(name)]
+        if beyond:
+            tables = [f"[{name}]" if name in ("export", "report") else f"[stages.{name}]" for name in beyond]
+            raise UserError(
+                f"token classification runs the teacher and the transformer stages only; {', '.join(beyond)} cannot take it yet",
+                tables[0],
+                f"set enabled = false in {', '.join(tables)}",
+            )
     if recipe.report.seeds and data.family.name != "classification":
         raise UserError(
             f"[report] seeds repeats students of single-label tasks only, not {data.family.name}",
@@ -164,7 +173,9 @@ _DECISIONS = {
     "classification": "argmax",
     "multi_label": "per-label thresholds tuned on dev at export",
     "regression": "the output score",
+    "token_classification": "argmax tag per word, entities read from the tags as seqeval reads them",
 }
+TOKEN_TASKS_LACK = ("data_distill", "export", "report")  # stages without a per-token path yet
 
 
 def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from conftest import tiny_rows, write_rows
 from tiny_architectures import ARCHITECTURES, HIDDEN, LAYERS, tiny_classifier, tiny_encoder_dir, tokenizer_for
 
-from distill.data.encoded import EncodedDataset
+from distill.data.encoded import EncodedDataset, word_logits
 from distill.data.tokenize import TextEncoder
 from distill.errors import UserError
 from distill.models.architectures import architecture
@@ -97,6 +97,31 @@ def test_student_shrinks_the_teacher_and_starts_from_its_layers(name):
     input_ids = torch.tensor([[teacher.config.pad_token_id + 3] * 5])  # (1, 5)
     with FeatureExtractor(student) as extractor, torch.no_grad():
         assert extractor.extract(input_ids=input_ids).num_layers == 2
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_token_classification_head_on_every_architecture_reads_each_words_first_piece(name, encoder_dirs):
+    """NER: a per-token head on each teacher, its students keep it, and the per-word outputs
+    are the model's outputs at the pieces the tokenizer made for each word's start."""
+    tags = ["O", "B-X", "I-X"]
+    teacher = build_classifier(encoder_dirs[name], tags, head="token").eval()
+    encoder = TextEncoder.from_pretrained_dir(encoder_dirs[name], 16, token_types=architecture(teacher).uses_token_types(teacher.config))
+    words = [["good", "film", "12"], ["the", "negative", "context", "7", "bad"]]
+    dataset = EncodedDataset(encoder, [" ".join(w) for w in words], [[0, 1, 2], [0, 1, 2, 0, 0]], words=words)
+    batch = dataset.collate([dataset[0], dataset[1]])
+    encodings = encoder.tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+    lead = batch["inputs"]["input_ids"][0].tolist().index(encodings[0].ids[0])  # the specials before the text
+    for row, encoding in enumerate(encodings):
+        expected = [lead + encoding.word_ids.index(w) for w in range(len(words[row]))]
+        assert batch["words"][row, : len(expected)].tolist() == expected
+    student = make_student(teacher, "teacher-layers", layers=2).eval()
+    for model in (teacher, student):
+        assert model.config.distill_head == "token"
+        with torch.no_grad():
+            pieces = model(**batch["inputs"]).logits  # (batch, pieces, tags)
+        per_word = word_logits(pieces, batch)
+        assert per_word.shape == (2, 5, 3)
+        assert torch.equal(per_word[1, 2], pieces[1, batch["words"][1, 2]])
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -165,8 +165,9 @@ def test_regression_reads_finite_numbers_inside_the_declared_range():
 
 
 def test_every_family_answers_for_its_metrics_and_names():
-    assert set(FAMILIES) == {"classification", "multi_label", "regression"}
-    assert [f.primary for f in FAMILIES.values()] == ["accuracy", "micro_f1", "pearson"]
+    assert set(FAMILIES) == {"classification", "multi_label", "regression", "token_classification"}
+    assert [f.primary for f in FAMILIES.values()] == ["accuracy", "micro_f1", "pearson", "entity_f1"]
+    assert [f.head for f in FAMILIES.values()] == ["sequence", "sequence", "sequence", "token"]
     with pytest.raises(ValueError, match="unknown task type"):
         family("ner")
 

@@ -11,9 +11,9 @@ import importlib.util
 import io
 import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Hashable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from distill.errors import UserError
@@ -26,11 +26,18 @@ SPLITS = ("train", "dev", "test")
 @dataclass(frozen=True)
 class Example:
     """One labelled text; `label` is as every file the run writes it: a class NAME, a tuple of
-    names (multi-label) or a number (regression), per the task family."""
+    names (multi-label), a number (regression) or a tuple of tags, one per token (token
+    classification), per the task family.
+
+    `tokens` is set for token classification only: the words (or, for Chinese, characters) the
+    tags belong to; `text` is then those tokens joined (with no separator for Chinese
+    characters), the form a user sends to `predict` and the leak filters compare.
+    """
 
     text: str
     label: Label
     text_pair: str | None = None
+    tokens: tuple[str, ...] | None = None
 
     @property
     def joined(self) -> str:
@@ -41,6 +48,8 @@ class Example:
         row = {"text": self.text, "label": list(self.label) if isinstance(self.label, tuple) else self.label}
         if self.text_pair is not None:
             row["text_pair"] = self.text_pair
+        if self.tokens is not None:
+            row["tokens"] = list(self.tokens)
         return json.dumps(row, ensure_ascii=False)
 
 
@@ -77,13 +86,8 @@ class TaskData:
 
 
 def label_counts(task_family: TaskFamily, labels: list[Label]) -> dict[str, float]:
-    """Rows per label name (a multi-label row counts once for each of its names, "(none)" for
-    the empty set); for scores, their mean, minimum and maximum."""
-    if task_family.name == "regression":
-        return {"mean": sum(labels) / len(labels), "min": min(labels), "max": max(labels)} if labels else {}
-    if task_family.name == "multi_label":
-        return dict(sorted(Counter(name for names in labels for name in (names or ("(none)",))).items()))
-    return dict(sorted(Counter(labels).items()))
+    """The family's summary of a split's labels (rows per class, entities per type, score range)."""
+    return task_family.label_counts(labels)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -105,12 +109,12 @@ def guess_format(path: Path, declared: str | None) -> str:
     if declared:
         return declared
     suffix = path.suffix.lower()
-    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".conll": "conll"}
     if suffix not in formats:
         raise UserError(
             f"cannot tell the format of '{path.name}' from its suffix",
             str(path),
-            "set [task] format = \"csv\" | \"tsv\" | \"jsonl\"",
+            "set [task] format = \"csv\" | \"tsv\" | \"jsonl\" | \"conll\"",
         )
     return formats[suffix]
 
@@ -165,8 +169,90 @@ def read_rows(path: Path, declared_format: str | None = None) -> tuple[str, list
     return fmt, rows, _column_names(rows)
 
 
+def token_separator(language: str) -> str:
+    """How a token-classification sentence's tokens join into its text: Chinese characters
+    without a space, words of other languages with one."""
+    return "" if language == "zh" else " "
+
+
+def tagged_example(tokens: object, tags: object, task: TaskSection) -> Example:
+    """A token-classification example from its tokens and tags (ValueError says what is wrong)."""
+    if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+        raise ValueError(f"tokens must be a list of strings, got {json.dumps(tokens, ensure_ascii=False)[:80]}")
+    bad = next((token for token in tokens if not token or token != "".join(token.split())), None)
+    if bad is not None:
+        raise ValueError(f"token {bad!r} is empty or holds whitespace")
+    label = family(task.type).read_label(tags, task)
+    if len(label) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(label)} tags")
+    return Example(text=token_separator(task.language).join(tokens), label=label, tokens=tuple(tokens))
+
+
+def read_conll(path: Path, task: TaskSection) -> list[Example]:
+    """CoNLL-style text: a token and its tag per line (first and last whitespace-separated
+    field, so the 4-column CoNLL-2003 layout reads too), a blank line between sentences,
+    `-DOCSTART-` lines skipped."""
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}", "[task] dataset", "check the path (relative paths start at the recipe's folder)")
+    examples: list[Example] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+
+    def finish() -> None:
+        if tokens:
+            try:
+                examples.append(tagged_example(tokens[:], tags[:], task))
+            except ValueError as exc:
+                raise UserError(f"sentence starting on line {first}: {exc}", str(path), "fix its tags") from None
+            tokens.clear()
+            tags.clear()
+
+    for number, line in enumerate(_decode(path.read_bytes(), path).split("\n"), start=1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            finish()
+            continue
+        if len(fields) < 2:
+            raise UserError(f"line {number} has a token but no tag", str(path), "write a token and its tag per line")
+        if not tokens:
+            first = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    finish()
+    if not examples:
+        raise UserError("data file has no sentences", str(path), "give tokens and tags, a blank line between sentences")
+    return examples
+
+
+def _read_tagged_rows(path: Path, task: TaskSection) -> list[Example]:
+    """Token-classification JSON lines: a list of tokens and a list of tags per row."""
+    fmt, rows, _ = read_rows(path, task.format)
+    if fmt != "jsonl":
+        raise UserError(
+            f"token classification reads JSON lines or CoNLL files, not {fmt.upper()}",
+            str(path),
+            'give rows {"tokens": [...], "tags": [...]} or a CoNLL file ([task] format = "conll")',
+        )
+    examples = []
+    for number, row in rows:
+        missing = [column for column in (task.tokens_column, task.label_column) if row.get(column) is None]
+        if missing:
+            raise UserError(f"line {number} has no '{missing[0]}' field", str(path), "give every row its tokens and tags")
+        try:
+            examples.append(tagged_example(row[task.tokens_column], row[task.label_column], task))
+        except ValueError as exc:
+            raise UserError(f"line {number}: {exc}", str(path), f"fix the '{task.label_column}' value") from None
+    return examples
+
+
 def read_examples(path: Path, task: TaskSection) -> list[Example]:
     """Read one data file into examples, checking columns and values."""
+    fmt = guess_format(path, task.format)
+    if family(task.type).head == "token":
+        return read_conll(path, task) if fmt == "conll" else _read_tagged_rows(path, task)
+    if fmt == "conll":
+        raise UserError("a CoNLL file holds tagged tokens", str(path), 'set [task] type = "token_classification", or give CSV/TSV/JSON lines')
     fmt, rows, columns = read_rows(path, task.format)
     wanted = [("text_column", task.text_column), ("label_column", task.label_column)]
     if task.text_pair_column:
@@ -248,12 +334,19 @@ def _load_pd98_similarity() -> list[Example]:
     return load_pd98_similarity()
 
 
+def _load_pd98_ner() -> list[Example]:
+    from distill.data.pd98 import load_pd98_ner
+
+    return load_pd98_ner()
+
+
 # name -> (loader, [task] type it is for)
 BUILTIN_DATASETS = {
     "tweets": (_load_tweets, "classification"),
     "zh-reviews": (_load_zh_reviews, "classification"),
     "pd98-types": (_load_pd98_types, "multi_label"),
     "pd98-similarity": (_load_pd98_similarity, "regression"),
+    "pd98-ner": (_load_pd98_ner, "token_classification"),
 }
 
 
@@ -283,7 +376,7 @@ def clean(examples: list[Example], task_family: TaskFamily | None = None) -> tup
         if not text or task_family.is_empty(example.label):
             counts.empty += 1
             continue
-        stripped.append(Example(text=text, label=example.label, text_pair=pair))
+        stripped.append(replace(example, text=text, text_pair=pair))
     labels_of: dict[tuple[str, str | None], set[Label]] = defaultdict(set)
     for example in stripped:
         labels_of[(example.text, example.text_pair)].add(example.label)
@@ -436,7 +529,10 @@ def read_split(path: Path, labels: list[str] | None = None, task_family: TaskFam
         unknown = [name for name in task_family.names_in(label) if known is not None and name not in known]
         if unknown:
             raise UserError(f"label {unknown[0]!r} is not in labels.json", where, f"use one of {sorted(known)}")
-        examples.append(Example(text=row["text"], label=label, text_pair=row.get("text_pair")))
+        tokens = row.get("tokens")
+        if tokens is not None and (not isinstance(tokens, list) or len(tokens) != len(label)):
+            raise UserError('"tokens" must list one token per tag', where, "rerun the prepare stage (distill run --fresh)")
+        examples.append(Example(text=row["text"], label=label, text_pair=row.get("text_pair"), tokens=None if tokens is None else tuple(tokens)))
     return examples
 
 

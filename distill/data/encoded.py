@@ -2,7 +2,9 @@
 
 Every batch is a dict: `inputs` (what `model(**inputs)` takes), `labels` (gold targets, or -1
 for unlabelled texts) and `index` (row numbers, so a loss can look up cached teacher
-outputs for the same rows).
+outputs for the same rows). Token-classification batches add `words`: each word's first-piece
+position (-1 for none), which `word_logits` reads to turn per-piece outputs into per-word ones;
+their `labels` are (batch, words) tag ids, IGNORED where there is none.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch.utils.data import Dataset
 
 from distill.data.tokenize import TextEncoder
 from distill.data.words import UNK_ID, WordTokenizer, WordVocab
+from distill.tasks.token_classification import IGNORED
 
 NO_LABEL = -1
 ENCODE_CHUNK = 2048
@@ -25,6 +28,23 @@ def targets_tensor(targets: Sequence) -> torch.Tensor:
     if isinstance(targets[0], (float, list)):
         return torch.tensor(targets, dtype=torch.float32)
     return torch.tensor(targets, dtype=torch.long)
+
+
+def word_logits(logits: torch.Tensor, batch: dict, inference: bool = False) -> torch.Tensor:
+    """A model's outputs as losses and decisions read them: per text as they are, or, for a
+    token-classification batch, (batch, words, tags) gathered at each word's first piece.
+
+    A word without a piece gets NaN at inference (decided `O`); in training it keeps a finite
+    value, since its target is already IGNORED and NaN would poison the gradients.
+    """
+    positions = batch.get("words")
+    if positions is None:
+        return logits
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # (batch, words, tags)
+    gathered = torch.gather(logits, 1, index)
+    if inference:
+        gathered = gathered.masked_fill((positions < 0).unsqueeze(-1), float("nan"))
+    return gathered
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -44,10 +64,17 @@ class EncodedDataset(Dataset):
         texts: Sequence[str],
         labels: Sequence[int] | None = None,
         pairs: Sequence[str | None] | None = None,
+        words: Sequence[Sequence[str]] | None = None,
     ) -> None:
+        """`words`: the texts' tokens, for token classification (then `labels` are tag-id lists)."""
         self.pad_id = encoder.pad_id
         self.ids: list[list[int]] = []
         self.types: list[list[int]] | None = [] if encoder.token_types else None  # only for models that read them
+        self.first_pieces: list[list[int]] | None = None
+        self.labels = list(labels) if labels is not None else [NO_LABEL] * len(texts)
+        if words is not None:
+            self._encode_words(encoder, words)
+            return
         has_pairs = pairs is not None and any(p is not None for p in pairs)
         for start in range(0, len(texts), ENCODE_CHUNK):
             chunk = list(texts[start : start + ENCODE_CHUNK])
@@ -58,12 +85,23 @@ class EncodedDataset(Dataset):
                 self.ids.append(encoded["input_ids"][row, :length].tolist())
                 if self.types is not None:
                     self.types.append(encoded["token_type_ids"][row, :length].tolist())
-        self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.ids)
+
+    def _encode_words(self, encoder: TextEncoder, words: Sequence[Sequence[str]]) -> None:
+        self.first_pieces = []
+        for ids, types, first in encoder.encode_words(words):
+            self.ids.append(ids)
+            if self.types is not None:
+                self.types.append(types)
+            self.first_pieces.append(first)
+        self.labels = [
+            [IGNORED] * len(first) if tags == NO_LABEL else [tag if position >= 0 else IGNORED for tag, position in zip(tags, first, strict=True)]
+            for tags, first in zip(self.labels, self.first_pieces, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[int, list[int], list[int] | None, int]:
+    def __getitem__(self, index: int) -> tuple[int, list[int], list[int] | None, object]:
         types = None if self.types is None else self.types[index]
         return index, self.ids[index], types, self.labels[index]
 
@@ -78,11 +116,13 @@ class EncodedDataset(Dataset):
         }
         if self.types is not None:
             inputs["token_type_ids"] = _pad(types, 0)
-        return {
-            "inputs": inputs,
-            "labels": targets_tensor(labels),
-            "index": torch.tensor(indices, dtype=torch.long),
-        }
+        batch = {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long)}
+        if self.first_pieces is None:
+            batch["labels"] = targets_tensor(labels)
+        else:
+            batch["labels"] = _pad(labels, IGNORED)  # (batch, words)
+            batch["words"] = _pad([self.first_pieces[i] for i in indices], -1)  # (batch, words)
+        return batch
 
 
 class WordDataset(Dataset):

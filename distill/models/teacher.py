@@ -6,6 +6,10 @@ architecture's own ``AutoModelForSequenceClassification`` (its head as the famil
 are BERT's own (``bert.encoder.layer.N.attention.self.query``) so forward hooks, layer-wise decay and
 ONNX export work unchanged. Call :func:`register_pooled_bert` (``build_classifier`` / ``load_classifier``
 do) before loading a ``mean`` / ``last4`` directory with the Auto classes.
+
+A token-classification task (NER) gives the same encoders a per-token head instead
+(``AutoModelForTokenClassification``): the config's ``distill_head`` entry says which head a
+model has, so students built from a teacher's config, and every saved directory, keep it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     BertConfig,
     BertModel,
@@ -36,6 +41,13 @@ POOLED_MODEL_TYPE = POOLED_BERT
 BERT_FAMILY = ("bert", POOLED_MODEL_TYPE)  # what mean / last4 pooling (a BERT of distill's own) can hold
 LAST_LAYERS_POOLED = 4
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+HEAD_KEY = "distill_head"  # config entry: "sequence" (one output row per text) or "token" (one per token)
+HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+
+
+def head_class(config: PreTrainedConfig) -> type:
+    """The Auto class of a classifier config's head (sequence unless the config says token)."""
+    return HEADS[getattr(config, HEAD_KEY, "sequence")]
 
 
 def _builtin_minilm_l6() -> Path:
@@ -194,23 +206,29 @@ def label_names(config: PreTrainedConfig) -> list[str]:
 
 def _encoder_settings(config: PreTrainedConfig) -> dict:
     """Config entries that describe the encoder alone (no head, labels, pooling or class identity)."""
-    head_keys = ("model_type", "architectures", "pooling", "id2label", "label2id", "num_labels")
+    head_keys = ("model_type", "architectures", "pooling", "id2label", "label2id", "num_labels", HEAD_KEY)
     return {key: value for key, value in config.to_dict().items() if key not in head_keys}
 
 
 def _classifier_config(
-    encoder_config: PreTrainedConfig, labels: list[str], pooling: str, dropout: float | None
+    encoder_config: PreTrainedConfig, labels: list[str], pooling: str, dropout: float | None, head: str = "sequence"
 ) -> PreTrainedConfig:
-    """The encoder's config turned into a classifier config with labels, pooling and head dropout."""
+    """The encoder's config turned into a classifier config with labels, pooling, head kind and head dropout."""
     _check_pooling(pooling)
     family = encoder_config.model_type
+    if head == "token" and pooling != "cls":
+        raise UserError(
+            f"pooling {pooling!r} pools a text into one vector; a token-classification head reads every token",
+            "[teacher] pooling",
+            "leave [teacher] pooling out for a token-classification task",
+        )
     if pooling != "cls" and family not in BERT_FAMILY:
         raise UserError(
             f"pooling {pooling!r} needs a BERT-family teacher, got model_type {family!r}",
             "[teacher] pooling",
             "use pooling = \"cls\" with this teacher, or a BERT teacher",
         )
-    settings = {**_encoder_settings(encoder_config), **label_maps(labels)}
+    settings = {**_encoder_settings(encoder_config), **label_maps(labels), HEAD_KEY: head}
     if dropout is not None:
         dropout_key = architecture(encoder_config).head_dropout
         if dropout_key is None:
@@ -228,9 +246,10 @@ def _classifier_config(
 
 
 def build_classifier(
-    model_path: str | Path, labels: list[str], pooling: str = "cls", dropout: float | None = None
+    model_path: str | Path, labels: list[str], pooling: str = "cls", dropout: float | None = None, head: str = "sequence"
 ) -> PreTrainedModel:
-    """Encoder weights from ``model_path`` plus a new, randomly initialised classification head.
+    """Encoder weights from ``model_path`` plus a new, randomly initialised classification head
+    (``head`` "sequence": one output row per text; "token": one per token).
 
     The encoder is loaded on its own and copied strictly into the classifier, so a directory that
     already holds a classifier never leaks its old head, and a checkpoint missing encoder weights fails
@@ -240,8 +259,8 @@ def build_classifier(
     register_pooled_bert()
     path = resolve_model_path(str(model_path))
     encoder_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    config = _classifier_config(encoder_config, labels, pooling, dropout)
-    model = AutoModelForSequenceClassification.from_config(config)
+    config = _classifier_config(encoder_config, labels, pooling, dropout, head)
+    model = head_class(config).from_config(config)
     base = model.base_model
     encoder, info = type(base).from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
     pooler = architecture(config).pooler
@@ -267,7 +286,8 @@ def load_classifier(model_dir: str | Path) -> PreTrainedModel:
     """A saved classifier (teacher or student) from a local directory, in eval mode."""
     register_pooled_bert()
     path = resolve_model_path(str(model_dir), where="classifier directory")
-    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).eval()
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    return head_class(config).from_pretrained(path, local_files_only=True).eval()
 
 
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:

@@ -238,10 +238,9 @@ def baseline_for_run(run_dir: str | Path) -> dict:
         raise UserError("the run has no prepared data (data/labels.json)", str(run_dir), "run the prepare stage first")
     task = _recipe_task(run_dir / "recipe.toml")
     data = load_prepared(data_dir, family(task.get("type", "classification")))
-    texts = {split: [e.joined for e in getattr(data, split)] for split in ("train", "dev", "test")}
-    gold = {split: [e.label for e in getattr(data, split)] for split in ("train", "dev", "test")}
-    language = task.get("language") or guess_language(texts["train"])
-    result = data.family.baseline(texts, gold, data.labels, language)
+    examples = {split: getattr(data, split) for split in ("train", "dev", "test")}
+    language = task.get("language") or guess_language([e.joined for e in data.train])
+    result = data.family.baseline(examples, data.labels, language)
     result["test_size"] = len(data.test)
     return result
 

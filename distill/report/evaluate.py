@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from distill.data.datasets import Example, PreparedData
-from distill.data.encoded import EncodedDataset, WordDataset, length_sorted_batches
+from distill.data.encoded import EncodedDataset, WordDataset, length_sorted_batches, word_logits
 from distill.train.loop import move_to_device
 
 
@@ -24,20 +24,29 @@ def predict_logits(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Logits (N, C) for every row, in dataset order, from length-sorted batches."""
+    """Logits (N, C) for every row, in dataset order, from length-sorted batches; for token
+    classification (N, words, C), NaN past each sentence's end and for words without logits."""
     was_training = model.training
     model.eval()
     chunks: list[torch.Tensor] = []
     order: list[int] = []
     for indices in length_sorted_batches(dataset, batch_size):
         batch = move_to_device(dataset.collate([dataset[i] for i in indices]), device)
-        chunks.append(output_logits(model(**batch["inputs"])).float().cpu())
+        chunks.append(word_logits(output_logits(model(**batch["inputs"])), batch, inference=True).float().cpu())
         order.extend(indices)
     model.train(was_training)
-    logits = torch.cat(chunks)  # (N, C) in length order
+    logits = torch.cat(_padded_to_longest(chunks))  # (N, C) or (N, words, C), in length order
     result = torch.empty_like(logits)
     result[torch.tensor(order)] = logits
     return result
+
+
+def _padded_to_longest(chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-word chunks (batch, words, C) NaN-padded to the most words of any chunk; others as they are."""
+    if chunks[0].dim() < 3:
+        return chunks
+    longest = max(chunk.shape[1] for chunk in chunks)
+    return [torch.nn.functional.pad(chunk, (0, 0, 0, longest - chunk.shape[1]), value=float("nan")) for chunk in chunks]
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:

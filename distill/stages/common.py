@@ -56,7 +56,8 @@ def text_encoder(recipe: Recipe, model_dir: Path, config: Any = None) -> TextEnc
 def task_dataset(encoder: TextEncoder, examples: list, data: PreparedData | None = None) -> EncodedDataset:
     """Examples encoded for a transformer, with the training targets of `data`'s task (None: unlabelled)."""
     labels = data.family.targets([e.label for e in examples], data.labels) if data is not None else None
-    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples])
+    words = [e.tokens for e in examples] if examples and examples[0].tokens is not None else None
+    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples], words)
 
 
 def dev_evaluator(

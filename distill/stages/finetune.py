@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from distill.data.encoded import word_logits
 from distill.models.teacher import build_classifier, resolve_model_path
 from distill.pipeline import Run
 from distill.stages.common import (
@@ -35,13 +36,13 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     data = run.data()
     source = teacher_source(run)
     encoder = text_encoder(recipe, source)
-    model = build_classifier(source, data.labels, recipe.teacher.pooling, recipe.teacher.dropout)
+    model = build_classifier(source, data.labels, recipe.teacher.pooling, recipe.teacher.dropout, data.family.head)
     train_set = task_dataset(encoder, data.train, data)
     dev_set = task_dataset(encoder, data.dev, data)
     smoothing = section.label_smoothing
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(**batch["inputs"]).logits
+        logits = word_logits(model(**batch["inputs"]).logits, batch)
         return data.family.hard_loss(logits, batch["labels"], smoothing), {}
 
     result = train(

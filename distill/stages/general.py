@@ -43,7 +43,7 @@ def run_general(run: Run, work: Path) -> dict[str, Any]:
     data = run.data()
     source = teacher_source(run)
     # The encoder with a new head: the relation loss reads q/k/v only, so the head is never used.
-    teacher = frozen_teacher(build_classifier(source, data.labels, recipe.teacher.pooling), run.device)
+    teacher = frozen_teacher(build_classifier(source, data.labels, recipe.teacher.pooling, head=data.family.head), run.device)
     return relation_stage(run, work, section, data, teacher, source, general_texts(section, recipe.task.language, data))
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data.datasets import PreparedData
-from distill.data.encoded import EncodedDataset
+from distill.data.encoded import EncodedDataset, word_logits
 from distill.errors import UserError
 from distill.losses import combine
 from distill.pipeline import Run
@@ -114,10 +114,10 @@ def label_loss_fn(
         terms: dict[str, tuple[float, Tensor]] = {}
         if transfer is not None:
             features_T, features_S = transfer.features(model, inputs_T, inputs_S)
-            logits_S, logits_T = features_S.logits, features_T.logits
+            logits_S, logits_T = word_logits(features_S.logits, batch), word_logits(features_T.logits, batch)
             terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
         else:
-            logits_S = model(**inputs_S).logits  # (batch, classes)
+            logits_S = word_logits(model(**inputs_S).logits, batch)  # (batch, classes) or (batch, words, tags)
             logits_T = cache.logits[batch["index"]] if cache is not None else None  # (batch, classes)
         if weights.soft:
             terms["soft"] = (weights.soft, family.soft_loss(logits_S, logits_T, temperature))

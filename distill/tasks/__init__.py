@@ -1,4 +1,5 @@
-"""Task families: what each kind of task (single-label, multi-label, regression) means for every stage.
+"""Task families: what each kind of task (single-label, multi-label, regression, token
+classification) means for every stage.
 
 `family(name)` is the only place that maps `[task] type` to its family; see base.TaskFamily for
 the questions a family answers.
@@ -10,8 +11,9 @@ from distill.tasks.base import Label, TaskFamily
 from distill.tasks.classification import Classification
 from distill.tasks.multi_label import MultiLabel
 from distill.tasks.regression import Regression
+from distill.tasks.token_classification import TokenClassification
 
-FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (Classification(), MultiLabel(), Regression())}
+FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (Classification(), MultiLabel(), Regression(), TokenClassification())}
 TASK_TYPES = tuple(FAMILIES)
 
 __all__ = ["FAMILIES", "TASK_TYPES", "Label", "TaskFamily", "family"]

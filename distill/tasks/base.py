@@ -9,6 +9,7 @@ models are compared on the same examples, and which cheap baseline it must beat.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,7 @@ class TaskFamily(ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]  # the report's metric keys, primary first
     metric_minimum: ClassVar[float] = 0.0  # the lowest value a metric (and agreement) can take
+    head: ClassVar[str] = "sequence"  # a transformer's head: one output row per text ("token": per token)
 
     @property
     def primary(self) -> str:
@@ -59,6 +61,16 @@ class TaskFamily(ABC):
         """The label names a label mentions (each must be in labels.json)."""
         return ()
 
+    def refuse_unseen(self, labels: list[str], splits: dict[str, Sequence[Label]], where: str, fix: str) -> None:
+        """A dev or test label name that training never shows cannot be learnt: UserError."""
+        from distill.errors import UserError
+
+        known = set(labels)
+        for name in ("dev", "test"):
+            unknown = sorted({n for label in splits[name] for n in self.names_in(label)} - known)
+            if unknown:
+                raise UserError(f"{name} data has labels absent from training: {', '.join(unknown[:5])}", where, fix)
+
     def is_empty(self, label: Label) -> bool:
         """A row that carries no label at all (dropped when cleaning)."""
         return label == ""
@@ -66,6 +78,10 @@ class TaskFamily(ABC):
     def stratum(self, label: Label) -> Hashable:
         """The group a seeded split keeps in proportion."""
         return label
+
+    def label_counts(self, labels: Sequence[Label]) -> dict[str, float]:
+        """prepare's summary of a split's labels: rows per label."""
+        return dict(sorted(Counter(labels).items()))
 
     def outputs(self, labels: list[str]) -> int:
         """Width of the model's output layer."""
@@ -142,5 +158,14 @@ class TaskFamily(ABC):
     # ------------------------------------------------------------------ baseline
 
     @abstractmethod
-    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
-        """A cheap model on the same split (train, dev for its setting, test for its metrics)."""
+    def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
+        """A cheap model on `examples` (train, dev for its setting, test for its metrics)."""
+
+
+def split_texts(examples: dict[str, Sequence[Any]]) -> dict[str, list[str]]:
+    """Each split's texts, a pair joined to its text with a space (how one-text readers see it)."""
+    return {split: [example.joined for example in rows] for split, rows in examples.items()}
+
+
+def split_labels(examples: dict[str, Sequence[Any]]) -> dict[str, list[Label]]:
+    return {split: [example.label for example in rows] for split, rows in examples.items()}

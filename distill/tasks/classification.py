@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Label, TaskFamily
+from distill.tasks.base import Label, TaskFamily, split_labels, split_texts
 
 
 class Classification(TaskFamily):
@@ -36,15 +36,7 @@ class Classification(TaskFamily):
                 where,
                 "a classifier needs at least two labels; check [task] label_column",
             )
-        known = set(labels)
-        for name in ("dev", "test"):
-            unknown = sorted(set(splits[name]) - known)
-            if unknown:
-                raise UserError(
-                    f"{name} data has labels absent from training: {', '.join(unknown[:5])}",
-                    where,
-                    "every label must occur in the training data",
-                )
+        self.refuse_unseen(labels, splits, where, "every label must occur in the training data")
 
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list[int]:
         index = {label: i for i, label in enumerate(labels)}
@@ -118,9 +110,10 @@ class Classification(TaskFamily):
             for label, row in zip(chosen, _probabilities(logits))
         ]
 
-    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
+    def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
         from distill.report.baseline import tfidf_baseline
 
+        texts, gold = split_texts(examples), split_labels(examples)
         return tfidf_baseline(texts["train"], gold["train"], texts["test"], gold["test"], language, texts["dev"], gold["dev"])
 
 

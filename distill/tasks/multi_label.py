@@ -7,13 +7,14 @@ none is given); micro-F1 over all label decisions is the primary metric.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Label, TaskFamily
+from distill.tasks.base import Label, TaskFamily, split_labels, split_texts
 
 
 class MultiLabel(TaskFamily):
@@ -48,18 +49,14 @@ class MultiLabel(TaskFamily):
     def label_names(self, train: Sequence[Label]) -> list[str]:
         return sorted({name for names in train for name in names})
 
+    def label_counts(self, labels: Sequence[Label]) -> dict[str, float]:
+        """Rows per label name, a row once for each of its names ("(none)" for the empty set)."""
+        return dict(sorted(Counter(name for names in labels for name in (names or ("(none)",))).items()))
+
     def check(self, labels: list[str], splits: dict[str, Sequence[Label]], where: str) -> None:
         if not labels:
             raise UserError("no training row has any label", where, "check [task] label_column and label_delimiter")
-        known = set(labels)
-        for name in ("dev", "test"):
-            unknown = sorted({label for names in splits[name] for label in names} - known)
-            if unknown:
-                raise UserError(
-                    f"{name} data has labels absent from training: {', '.join(unknown[:5])}",
-                    where,
-                    "every label must occur in the training data",
-                )
+        self.refuse_unseen(labels, splits, where, "every label must occur in the training data")
 
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list[list[float]]:
         return indicator(examples_labels, labels).astype(np.float32).tolist()
@@ -133,9 +130,10 @@ class MultiLabel(TaskFamily):
 
         return tune_thresholds(sigmoid(logits), indicator(gold, labels))
 
-    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
+    def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
         from distill.report.baseline import multilabel_baseline
 
+        texts, gold = split_texts(examples), split_labels(examples)
         return multilabel_baseline(
             texts["train"], gold["train"], texts["test"], gold["test"], labels, language, texts["dev"], gold["dev"]
         )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Label, TaskFamily
+from distill.tasks.base import Label, TaskFamily, split_labels, split_texts
 
 SCORE = "score"  # the single output column's name (labels.json)
 
@@ -46,6 +46,10 @@ class Regression(TaskFamily):
 
     def stratum(self, label: Label) -> Hashable:
         return None  # one group: every score is its own value, so the split is a seeded shuffle
+
+    def label_counts(self, labels: Sequence[Label]) -> dict[str, float]:
+        """The scores' mean, minimum and maximum."""
+        return {"mean": sum(labels) / len(labels), "min": min(labels), "max": max(labels)} if labels else {}
 
     def label_names(self, train: Sequence[Label]) -> list[str]:
         return [SCORE]
@@ -97,9 +101,10 @@ class Regression(TaskFamily):
     def output(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
         return [{SCORE: score} for score in self.decide(logits, labels)]
 
-    def baseline(self, texts: dict[str, list[str]], gold: dict[str, list[Label]], labels: list[str], language: str) -> dict[str, Any]:
+    def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
         from distill.report.baseline import regression_baseline
 
+        texts, gold = split_texts(examples), split_labels(examples)
         return regression_baseline(texts["train"], gold["train"], texts["test"], gold["test"], language, texts["dev"], gold["dev"])
 
 
