@@ -178,13 +178,24 @@ class TrainSettings(Section):
     adv_alpha: float = Field(default=0.3, gt=0)
     adv_steps: int = Field(default=3, ge=1)
     ema: float | None = Field(default=None, gt=0, lt=1)
+    # stochastic weight averaging: from this share of the steps on, the mean of the weights every
+    # swa_every steps, at a constant rate (swa_lr, default the schedule's rate there); not with ema
+    swa_start: float | None = Field(default=None, gt=0, lt=1)
+    swa_lr: float | None = Field(default=None, gt=0)
+    swa_every: int = Field(default=50, ge=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     early_stop_patience: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     checkpoint_every: int = Field(default=200, ge=1)
     # batches of similar lengths (shuffled windows sorted by length): less padding, faster steps
     group_by_length: bool = False
-    ADDED_LATER = frozenset({"group_by_length"})
+    ADDED_LATER = frozenset({"group_by_length", "swa_start", "swa_lr", "swa_every"})
+
+    @model_validator(mode="after")
+    def _one_average(self) -> TrainSettings:
+        if self.ema is not None and self.swa_start is not None:
+            raise ValueError("ema and swa_start both average the weights: set one of them")
+        return self
 
 
 class RelationSettings(Section):

@@ -120,7 +120,7 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_parameters(tmp_path: P
         run_with_projection(tmp_path / "run", cfg, crash_at_call=22)
     saved = torch.load(checkpoint_path(tmp_path / "run") / "state.pt", weights_only=True)
     assert (saved["progress"]["global_step"], saved["progress"]["batches_done"]) == (4, 2)
-    assert saved["ema"]["num_updates"] == 4  # the EMA warm-up resumes at update 5
+    assert saved["average"]["num_updates"] == 4  # the EMA warm-up resumes at update 5
     model, projection, result = run_with_projection(tmp_path / "run", cfg)
 
     assert reference_result.global_steps == result.global_steps == 9

@@ -346,3 +346,10 @@ def test_override_sets_a_nested_key_keeps_the_rest_and_the_source(tmp_path, monk
 def test_bad_override_is_a_user_error(assignment, message):
     with pytest.raises(UserError, match=re.escape(message)):
         override_recipe(parse_recipe({}), assignment)
+
+
+def test_ema_and_swa_together_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "both.toml"
+    path.write_text("[stages.finetune]\nema = 0.99\nswa_start = 0.5\n", encoding="utf-8")
+    with pytest.raises(UserError, match="ema and swa_start both average the weights"):
+        load_recipe(path)

@@ -1,7 +1,7 @@
-"""The one training loop and its pieces: optimiser groups, schedules, FGM/PGD, EMA, checkpoints."""
+"""The one training loop and its pieces: optimiser groups, schedules, FGM/PGD, EMA/SWA, checkpoints."""
 
 from distill.train.adversarial import FGM, PGD
-from distill.train.ema import EMA
+from distill.train.averaging import EMA, SWA
 from distill.train.loop import (
     TrainConfig,
     TrainResult,
@@ -16,6 +16,7 @@ __all__ = [
     "EMA",
     "FGM",
     "PGD",
+    "SWA",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",

@@ -37,7 +37,7 @@ from distill.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from distill.train.ema import EMA
+from distill.train.averaging import EMA, SWA, WeightAverage
 from distill.train.optim import SCHEDULES, build_optimizer, build_scheduler
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, float]]]
@@ -66,6 +66,9 @@ class TrainConfig:
     adv_alpha: float = 0.3
     adv_steps: int = 3
     ema: float | None = None  # decay, e.g. 0.999, after a warm-up (see EMA)
+    swa_start: float | None = None  # share of the steps after which SWA averages the weights (see SWA)
+    swa_lr: float | None = None  # learning rate held from swa_start on; None: the schedule's rate there
+    swa_every: int = 50  # steps between the weights SWA averages
     early_stop_patience: int | None = None  # evaluations without improvement
     eval_every: int | None = None  # steps; None = once per epoch
     checkpoint_every: int = 200  # steps; also at each epoch end
@@ -94,6 +97,10 @@ class TrainConfig:
         require(self.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0 turns clipping off)")
         require(self.adversarial in ADVERSARIAL, "adversarial", f"one of {', '.join(ADVERSARIAL)}")
         require(self.ema is None or 0 < self.ema < 1, "ema", "in (0, 1) or unset")
+        require(self.swa_start is None or 0 < self.swa_start < 1, "swa_start", "in (0, 1) or unset")
+        require(self.swa_start is None or self.ema is None, "swa_start", "unset when ema is set (both average the weights)")
+        require(self.swa_lr is None or self.swa_lr > 0, "swa_lr", "> 0 or unset")
+        require(self.swa_every >= 1, "swa_every", ">= 1")
         require(
             self.early_stop_patience is None or self.early_stop_patience >= 1,
             "early_stop_patience",
@@ -106,7 +113,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a stage gets back; `model` holds the best (EMA if on) weights."""
+    """What a stage gets back; `model` holds the best (EMA or SWA if on) weights."""
 
     model: nn.Module
     best_metrics: dict[str, float]  # empty without an eval_fn
@@ -280,22 +287,28 @@ class _Trainer:
         self.total_steps = cfg.max_steps or math.ceil(round(cfg.epochs * self.steps_per_epoch, 6))
 
     def _build_optimisation(self) -> None:
-        """Optimizer, schedule, mixed precision, EMA and the adversary: what a step uses."""
+        """Optimizer, schedule, mixed precision, the weight average and the adversary: what a step uses."""
         cfg = self.cfg
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay, self.extra_modules
         )
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.extra_params = [p for m in self.extra_modules for p in m.parameters() if p.requires_grad]
+        swa_start = self._swa_start_step()
         self.scheduler = build_scheduler(
-            self.optimizer, cfg.schedule, self.total_steps, cfg.warmup_ratio
+            self.optimizer, cfg.schedule, self.total_steps, cfg.warmup_ratio,
+            hold_from=swa_start, hold_lr_ratio=None if cfg.swa_lr is None else cfg.swa_lr / cfg.lr,
         )
         amp_dtype = _amp_dtype(self.device, cfg.mixed_precision)
         self.autocast: Callable[[], AbstractContextManager] = (
             partial(torch.autocast, self.device.type, dtype=amp_dtype) if amp_dtype else nullcontext
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        self.ema = EMA(self.model, cfg.ema) if cfg.ema is not None else None
+        self.average: WeightAverage | None = None
+        if cfg.ema is not None:
+            self.average = EMA(self.model, cfg.ema)
+        elif swa_start is not None:
+            self.average = SWA(self.model, swa_start, cfg.swa_every)
         self.adversary = self._build_adversary()
 
     def _num_samples(self, train_data: Dataset) -> int:
@@ -321,6 +334,12 @@ class _Trainer:
             )
         return [length(index) for index in range(self.num_samples)]
 
+    def _swa_start_step(self) -> int | None:
+        """The optimiser step from which SWA averages and holds the learning rate (at least 1)."""
+        if self.cfg.swa_start is None:
+            return None
+        return max(1, math.floor(self.cfg.swa_start * self.total_steps))
+
     def _build_adversary(self) -> FGM | PGD | None:
         cfg = self.cfg
         if cfg.adversarial == "fgm":
@@ -341,8 +360,8 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+        if self.average is not None:
+            self.average.load_state_dict(state.get("average") or state["ema"])  # "ema": checkpoints before SWA
         restore_rng_state(state["rng"])
         self.progress = _Progress(**state["progress"])
         self.best_state = files.get("best")
@@ -489,7 +508,7 @@ class _Trainer:
         self.scaler.scale(loss / num_micro).backward()
 
     def _update(self) -> None:
-        """Clip, step optimiser and schedule, update the EMA."""
+        """Clip, step optimiser and schedule, update the weight average."""
         if self.distributed:  # DDP synchronises the model; extra modules are averaged here
             for param in self.extra_params:
                 if param.grad is not None:
@@ -503,8 +522,8 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update()
+        if self.average is not None:
+            self.average.update(self.progress.global_step + 1)  # the step just taken
 
     def _after_step(self, epoch_ended: bool) -> None:
         cfg, progress = self.cfg, self.progress
@@ -525,7 +544,8 @@ class _Trainer:
 
     def _evaluate(self, eval_fn: EvalFn) -> None:
         progress = self.progress
-        with self.ema.apply_to(self.model) if self.ema is not None else nullcontext():
+        averaged = self.average is not None and self.average.ready
+        with self.average.apply_to(self.model) if averaged else nullcontext():
             metrics = self._run_eval_fn(eval_fn)
             if self.metric not in metrics:
                 raise UserError(
@@ -565,8 +585,8 @@ class _Trainer:
     def _leave_best_weights(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        elif self.ema is not None:
-            self.ema.copy_to(self.model)
+        elif self.average is not None and self.average.ready:
+            self.average.copy_to(self.model)
 
     # ------------------------------------------------------ logs, checkpoints
 
@@ -605,7 +625,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "average": self.average.state_dict() if self.average is not None else None,
             "rng": rng if rng is not None else capture_rng_state(),
         }
         files: dict[str, Any] = {"state": state}
@@ -635,7 +655,7 @@ def train(
 
     `loss_fn(model, batch) -> (loss, logs)` gets the batch on the device and the model to
     call: under torch.distributed a DDP wrapper, whose `.module` is the model itself. `eval_fn(model) -> metrics` is called
-    every `cfg.eval_every` steps or once per epoch, under EMA weights when EMA is on; the
+    every `cfg.eval_every` steps or once per epoch, under the EMA or SWA weights when on; the
     best state by `metric` is kept. Training resumes from `work_dir/checkpoint/` when it
     exists and ends with the same weights an uninterrupted run would have. `device=None`
     follows the model's device.

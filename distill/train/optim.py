@@ -7,7 +7,7 @@ their pretrained values while the top layers and the new head adapt at the full 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -139,9 +139,19 @@ def warmup_steps(num_training_steps: int, warmup_ratio: float) -> int:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, num_training_steps: int, warmup_ratio: float
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    num_training_steps: int,
+    warmup_ratio: float,
+    hold_from: int | None = None,
+    hold_lr_ratio: float | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `transformers` schedule stepped once per optimiser step."""
+    """A `transformers` schedule stepped once per optimiser step.
+
+    `hold_from` (SWA's first averaged step): every later step runs at one constant rate,
+    `hold_lr_ratio` × each group's base rate, or the schedule's rate after `hold_from` steps
+    when the ratio is None.
+    """
     if name not in SCHEDULES:
         raise UserError(
             f"unknown schedule {name!r}",
@@ -154,9 +164,18 @@ def build_scheduler(
             "warmup_ratio",
             "use e.g. 0.1 (10% of the steps)",
         )
-    return get_scheduler(
+    scheduler = get_scheduler(
         name,
         optimizer,
         num_warmup_steps=warmup_steps(num_training_steps, warmup_ratio),
         num_training_steps=num_training_steps,
     )
+    if hold_from is None:
+        return scheduler
+    # a new LambdaLR on the same optimiser starts again from each group's initial rate
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [_held(factor, hold_from, hold_lr_ratio) for factor in scheduler.lr_lambdas])
+
+
+def _held(factor: Callable[[int], float], hold_from: int, ratio: float | None) -> Callable[[int], float]:
+    held = factor(hold_from) if ratio is None else ratio
+    return lambda step: factor(step) if step < hold_from else held

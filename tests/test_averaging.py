@@ -1,4 +1,4 @@
-"""Exponential moving average of weights."""
+"""Weight averages by hand: EMA with its warm-up and SWA's running mean, saved and resumed; SWA in the loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
-from distill.train.ema import EMA
+from distill.train.averaging import EMA, SWA
 
 
 class Tiny(nn.Module):
@@ -112,3 +112,60 @@ def test_state_without_an_update_count_is_a_user_error() -> None:
 def test_decay_outside_unit_interval_is_a_user_error() -> None:
     with pytest.raises(UserError, match="decay"):
         EMA(Tiny(), decay=1.0)
+
+
+def test_swa_is_the_plain_mean_of_the_weights_at_its_steps() -> None:
+    model = Tiny()
+    swa = SWA(model, start=4, every=3)
+    assert not swa.ready
+    for step in range(1, 11):
+        set_weight(model, [float(step), float(step * step)])
+        swa.update(step)
+    # steps 4, 7 and 10: weights (4, 16), (7, 49), (10, 100)
+    assert swa.num_updates == 3 and swa.ready
+    assert torch.allclose(swa.shadow["weight"], torch.tensor([(4 + 7 + 10) / 3, (16 + 49 + 100) / 3]))
+    resumed_model = Tiny()
+    resumed = SWA(resumed_model, start=4, every=3)
+    resumed.load_state_dict(swa.state_dict())
+    for each_model, each in ((model, swa), (resumed_model, resumed)):
+        set_weight(each_model, [13.0, 0.0])
+        each.update(13)
+    assert torch.equal(resumed.shadow["weight"], swa.shadow["weight"])
+    assert torch.allclose(swa.shadow["weight"], torch.tensor([(4 + 7 + 10 + 13) / 4, (16 + 49 + 100) / 4]))
+
+
+def test_swa_needs_steps_inside_the_run() -> None:
+    with pytest.raises(UserError, match="start step >= 1"):
+        SWA(Tiny(), start=0, every=5)
+
+
+def test_swa_in_the_loop_leaves_the_mean_of_the_weights_it_saw_and_holds_the_rate(tmp_path) -> None:
+    """9 steps, swa_start 0.3 -> step 2, every 3: the weights after steps 2, 5 and 8 (seen by
+    the loss of steps 3, 6 and 9) are averaged; the steps after the first averaged one run at
+    one constant rate."""
+    from torch.nn import functional as F
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from distill.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    data = [{"x": torch.randn(3), "y": torch.tensor(i % 2)} for i in range(18)]
+    seen: list[torch.Tensor] = []
+    rates: list[float] = []
+
+    def loss_fn(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        seen.append(net.weight.detach().clone())
+        return F.cross_entropy(net(batch["x"]), batch["y"]), {}
+
+    def collate(items: list[dict]) -> dict:
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    cfg = TrainConfig(epochs=1, lr=0.1, batch_size=2, warmup_ratio=0.0, swa_start=0.3, swa_every=3, checkpoint_every=100)
+    with register_optimizer_step_post_hook(lambda optimizer, args, kwargs: rates.append(optimizer.param_groups[0]["lr"])):
+        result = train(model, loss_fn, data, cfg, collate=collate, work_dir=tmp_path)
+    assert result.global_steps == 9 and len(seen) == 9
+    expected = (seen[2] + seen[5] + seen[8]) / 3  # seen[k] = the weights after step k
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-6)
+    # linear decay over 9 steps: 0.1, 0.1·8/9, then held at the schedule's rate after 2 steps (0.1·7/9)
+    assert rates[:2] == pytest.approx([0.1, 0.1 * 8 / 9]) and rates[2:] == pytest.approx([0.1 * 7 / 9] * 7)
