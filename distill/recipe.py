@@ -208,8 +208,15 @@ class RelationSettings(Section):
     student_layer: int = -1
 
 
-class FinetuneStage(TrainSettings):
+class MixupSettings(Section):
+    # embedding mixup (distill/train/mixup.py): two texts' word embeddings and targets mixed with λ ~ Beta(α, α)
+    mixup_alpha: float | None = Field(default=None, gt=0)
+    ADDED_LATER = frozenset({"mixup_alpha"})
+
+
+class FinetuneStage(TrainSettings, MixupSettings):
     layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
+    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER
 
 
 class PretrainStage(TrainSettings):
@@ -247,7 +254,8 @@ class TaskAdaptiveStage(TrainSettings, RelationSettings):
     lr: float = Field(default=1e-4, gt=0)
 
 
-class TaskSpecificStage(TrainSettings, RelationSettings):
+class TaskSpecificStage(TrainSettings, RelationSettings, MixupSettings):
+    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER
     temperature: float = Field(default=2.0, gt=0)
     soft_weight: float = Field(default=1.0, ge=0)
     hard_weight: float = Field(default=1.0, ge=0)

@@ -166,7 +166,28 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
             "[report] seeds",
             "remove [report] seeds",
         )
+    _check_mixup(recipe, data)
     return [f"decisions: {_DECISIONS[data.family.name]}; primary metric {data.family.primary}"]
+
+
+def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
+    """Mixup blends two texts' embeddings and targets: not per-word tags, not a live teacher."""
+    stages = {"finetune": recipe.stages.finetune, "task_specific": recipe.stages.task_specific}
+    for name, section in stages.items():
+        if section is None or not section.enabled or section.mixup_alpha is None:
+            continue
+        if data.family.head == "token":
+            raise UserError(
+                "mixup blends whole texts; a token-classification task's tags belong to word positions",
+                f"[stages.{name}] mixup_alpha",
+                "remove mixup_alpha for this task",
+            )
+        if name == "task_specific" and section.relation_weight:
+            raise UserError(
+                "mixup feeds the student mixed embeddings, but the relation loss needs the teacher on the same inputs",
+                "[stages.task_specific] mixup_alpha",
+                "set relation_weight = 0 or remove mixup_alpha",
+            )
 
 
 _DECISIONS = {

@@ -21,6 +21,7 @@ from distill.stages.common import (
     write_metrics,
 )
 from distill.train.loop import train
+from distill.train.mixup import mix_inputs
 
 
 def teacher_source(run: Run) -> Path:
@@ -42,8 +43,13 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     smoothing = section.label_smoothing
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = word_logits(model(**batch["inputs"]).logits, batch)
-        return data.family.hard_loss(logits, batch["labels"], smoothing), {}
+        if section.mixup_alpha is None:
+            logits = word_logits(model(**batch["inputs"]).logits, batch)
+            return data.family.hard_loss(logits, batch["labels"], smoothing), {}
+        mixed = mix_inputs(model, batch["inputs"], section.mixup_alpha)
+        logits = model(**mixed.inputs).logits
+        loss = mixed.loss(lambda rows: data.family.hard_loss(logits, batch["labels"][rows], smoothing))
+        return loss, {"mixup_weight": mixed.weight}
 
     result = train(
         model,

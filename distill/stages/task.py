@@ -48,6 +48,7 @@ from distill.stages.distillation import (
 from distill.stages.run_models import TWIN_DIR
 from distill.tasks import TaskFamily
 from distill.train.loop import LossFn, TrainResult, train
+from distill.train.mixup import mix_inputs
 
 
 def run_task_adaptive(run: Run, work: Path) -> dict[str, Any]:
@@ -97,13 +98,15 @@ def label_loss_fn(
     pair: TeacherStudent,
     cache: TeacherLogitCache | None = None,
     transfer: RelationTransfer | None = None,
+    mixup_alpha: float | None = None,
 ) -> LossFn:
     """TSD's loss: soft·(the family's soft loss, e.g. KL(teacher ‖ student at τ)·τ²) + hard·(its gold
     loss, e.g. CE) + relation·relation loss.
 
     With a `transfer` the teacher runs live (its q/k/v are needed) and its logits come from the
     same pass; else they come from `cache`, looked up by the batch's row indices. Terms of zero
-    weight are not computed.
+    weight are not computed. With `mixup_alpha` (no live teacher) the student reads mixed
+    embeddings and every term mixes the two rows' targets (distill.train.mixup).
     """
     if weights.soft and cache is None and transfer is None:
         raise ValueError("soft labels need cached teacher logits or a live teacher")
@@ -116,6 +119,15 @@ def label_loss_fn(
             features_T, features_S = transfer.features(model, inputs_T, inputs_S)
             logits_S, logits_T = word_logits(features_S.logits, batch), word_logits(features_T.logits, batch)
             terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
+        elif mixup_alpha is not None:
+            mixed = mix_inputs(model, inputs_S, mixup_alpha)
+            logits_S = model(**mixed.inputs).logits
+            logits_T = cache.logits[batch["index"]] if cache is not None else None
+            if weights.soft:
+                terms["soft"] = (weights.soft, mixed.loss(lambda rows: family.soft_loss(logits_S, logits_T[rows], temperature)))
+            if weights.hard:
+                terms["hard"] = (weights.hard, mixed.loss(lambda rows: family.hard_loss(logits_S, batch["labels"][rows], label_smoothing)))
+            return combine(terms)
         else:
             logits_S = word_logits(model(**inputs_S).logits, batch)  # (batch, classes) or (batch, words, tags)
             logits_T = cache.logits[batch["index"]] if cache is not None else None  # (batch, classes)
@@ -182,7 +194,9 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
         )
 
     try:
-        loss_fn = label_loss_fn(data.family, weights, section.temperature, section.label_smoothing, pair, cache, transfer)
+        loss_fn = label_loss_fn(
+            data.family, weights, section.temperature, section.label_smoothing, pair, cache, transfer, section.mixup_alpha
+        )
         result = fit(pair.student, loss_fn, "task_specific", run.checkpoints)
     finally:
         if transfer is not None:
@@ -201,7 +215,9 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     save_student(pair.student, work, {**metrics, **headline, **notes})
 
     if twin is not None:
-        gold_loss = label_loss_fn(data.family, GOLD_ONLY, section.temperature, section.label_smoothing, pair)
+        gold_loss = label_loss_fn(
+            data.family, GOLD_ONLY, section.temperature, section.label_smoothing, pair, mixup_alpha=section.mixup_alpha
+        )
         twin_result = fit(twin, gold_loss, "task_specific twin", run.checkpoints / TWIN_DIR)
         twin_metrics = _classifier_metrics(run, twin, eval_sets, data, twin_result)
         (work / TWIN_DIR).mkdir(exist_ok=True)
