@@ -211,3 +211,24 @@ def test_make_student_checks_the_general_student_shape(teacher, tmp_path):
         make_student(teacher, str(tmp_path), layers=3)
     with pytest.raises(UserError, match="does not exist"):
         make_student(teacher, str(tmp_path / "missing"), layers=2)
+
+
+def test_a_born_again_student_starts_from_the_teachers_pretrained_encoder(tmp_path):
+    """Self-distillation: `init` = the encoder the teacher was fine-tuned from gives a student of
+    the teacher's shape with the pretrained (not the fine-tuned) weights and a new head."""
+    from tiny_models import tiny_teacher_dir
+
+    from distill.models.teacher import build_classifier
+
+    encoder_dir = tiny_teacher_dir(tmp_path / "encoder")
+    teacher = build_classifier(encoder_dir, ["neg", "pos"])
+    with torch.no_grad():
+        for param in teacher.parameters():
+            param.add_(1.0)  # stands for fine-tuning: the student must not start from these
+    student = make_student(teacher, str(encoder_dir), layers=2)
+    pretrained = BertForSequenceClassification.from_pretrained(encoder_dir, num_labels=2)
+    assert student.config.num_hidden_layers == teacher.config.num_hidden_layers == 2
+    for (name, param), (_, reference) in zip(student.bert.named_parameters(), pretrained.bert.named_parameters()):
+        if not name.startswith("pooler."):
+            assert torch.equal(param, reference), name
+    assert not torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
