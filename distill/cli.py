@@ -181,7 +181,7 @@ def predict(
     model_dir: Path, texts: tuple[str, ...], pairs: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int
 ) -> None:
     """Predict with an exported model (a manifest, an export folder with one, or a run directory:
-    its report's recommended model): a label, a label set or a score per text; JSON lines out."""
+    its report's recommended model): a label, a label set, a score or the entities per text; JSON lines out."""
     from distill.export.runtime import OnnxPredictor
 
     inputs = list(texts)

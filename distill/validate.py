@@ -156,7 +156,7 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
         if beyond:
             tables = [f"[{name}]" if name in ("export", "report") else f"[stages.{name}]" for name in beyond]
             raise UserError(
-                f"token classification runs the teacher and the transformer stages only; {', '.join(beyond)} cannot take it yet",
+                f"token classification runs the teacher, the transformer stages and the export only; {', '.join(beyond)} cannot take it yet",
                 tables[0],
                 f"set enabled = false in {', '.join(tables)}",
             )
@@ -196,7 +196,7 @@ _DECISIONS = {
     "regression": "the output score",
     "token_classification": "argmax tag per word, entities read from the tags as seqeval reads them",
 }
-TOKEN_TASKS_LACK = ("data_distill", "export", "report")  # stages without a per-token path yet
+TOKEN_TASKS_LACK = ("data_distill", "report")  # stages without a per-token path yet
 
 
 def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:

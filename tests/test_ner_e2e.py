@@ -88,6 +88,6 @@ def test_ner_teacher_and_students_learn_entities(tmp_path):
 
 
 def test_stages_without_a_token_path_are_refused_before_any_stage(tmp_path):
-    recipe = load_recipe(write_recipe(tmp_path, export={"enabled": True}))
-    with pytest.raises(UserError, match="export cannot take it yet"):
+    recipe = load_recipe(write_recipe(tmp_path, report={"enabled": True}))
+    with pytest.raises(UserError, match="report cannot take it yet"):
         check_recipe(recipe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
@@ -10,15 +11,18 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "ok", "film", "book", "plot", "the", "a", "was", "very", "not"]
 
 
-def tiny_teacher_dir(path: Path, *, dropout: float = 0.0, layers: int = 2, seed: int = 0) -> Path:
-    """A BERT encoder (hidden 32) with its tokenizer, loadable like `builtin:minilm-l6`."""
+def tiny_teacher_dir(
+    path: Path, *, dropout: float = 0.0, layers: int = 2, seed: int = 0, words: Sequence[str] = WORDS
+) -> Path:
+    """A BERT encoder (hidden 32) with its tokenizer, loadable like `builtin:minilm-l6`; `words`
+    are its vocabulary besides the special tokens (Chinese characters for a Chinese teacher)."""
     import torch
 
     path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
+    (path / "vocab.txt").write_text("\n".join(SPECIALS + list(words)) + "\n", encoding="utf-8")
     BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(
-        vocab_size=len(SPECIALS) + len(WORDS),
+        vocab_size=len(SPECIALS) + len(words),
         hidden_size=32,
         num_hidden_layers=layers,
         num_attention_heads=4,

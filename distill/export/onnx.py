@@ -36,6 +36,7 @@ from distill.export.runtime import (
     TRANSFORMER_KIND,
     InputEncoder,
     OnnxPredictor,
+    first_piece_logits,
     input_encoder,
     non_finite_rows,
     read_manifest,
@@ -63,11 +64,13 @@ class ParityError(UserError):
 
 @dataclass(frozen=True)
 class ParityBatch:
-    """Real texts (and second segments) run through torch and onnxruntime as one batch."""
+    """Real texts (and second segments) run through torch and onnxruntime as one batch; a
+    per-token model's are its tokens (`words`), encoded as the run's stages encode them."""
 
     name: str  # mixed | short | long | single: what the batch exercises, for error messages
     texts: list[str]
     pairs: list[str] | None = None
+    words: list[list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class _LogitsOnly(nn.Module):
     """Presents any classifier as (input_ids[, attention_mask[, token_type_ids]]) -> logits.
 
     Hugging Face models return an output record and shallow students a tensor; the ONNX graph
-    has exactly one output, `logits` (batch, num_labels).
+    has exactly one output, `logits` (batch, num_labels), or a per-token head's (batch, pieces, tags).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -116,12 +119,17 @@ def export_transformer(
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
     task: str = "classification",
+    words: Sequence[Sequence[str]] | None = None,
+    task_fields: dict[str, Any] | None = None,
 ) -> ExportedModel:
     """Exports a transformer classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
     `labels` are the output columns' names in logit order, `task` the family that reads them; `texts` (and `pairs`, the second segments of a
     text-pair task) are real examples for the parity check, which raises `ParityError` (and
-    removes the export) above `parity_tolerance` or on NaN/inf logits.
+    removes the export) above `parity_tolerance` or on NaN/inf logits. A per-token model
+    (token classification) also takes the texts' tokens as `words`, on which parity compares
+    the logits at each token's first piece, and its family's `task_fields` (`token_split`)
+    for the manifest.
     """
     _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
@@ -135,10 +143,11 @@ def export_transformer(
         "truncation": encoder.truncation,
         "head_tokens": encoder.head_tokens,
         "tokenizer_file": tokenizer_file,
+        **(task_fields or {}),
     }
     side_file = ("tokenizer", tokenizer_file)
     return _export_checked(
-        model, manifest, out_dir, texts, pairs, side_file, opset, parity_tolerance
+        model, manifest, out_dir, texts, pairs, side_file, opset, parity_tolerance, words
     )
 
 
@@ -175,6 +184,7 @@ def parity_batches(
     texts: Sequence[str],
     pairs: Sequence[str] | None = None,
     batch_size: int = PARITY_BATCH_SIZE,
+    words: Sequence[Sequence[str]] | None = None,
 ) -> list[ParityBatch]:
     """Batches of real `texts` (and `pairs`) that exercise what the one traced batch cannot.
 
@@ -182,9 +192,10 @@ def parity_batches(
     where rows are padded: so parity runs on texts spread over all lengths (padding), the
     shortest and the longest texts (other sequence lengths), and the longest alone (batch size
     1). Length is characters of text and pair, the order OnnxPredictor batches by; a batch with
-    the same rows as an earlier one is left out, as happens when there are few texts.
+    the same rows as an earlier one is left out, as happens when there are few texts. A
+    per-token model's batches carry each text's tokens (`words`) as well.
     """
-    texts = _require_texts(texts, pairs)
+    texts = _require_texts(texts, pairs, words)
     lengths = [
         len(text) + (0 if pairs is None else len(pairs[row])) for row, text in enumerate(texts)
     ]
@@ -203,7 +214,8 @@ def parity_batches(
         if frozenset(rows) not in seen:
             seen.add(frozenset(rows))
             batch_pairs = None if pairs is None else [pairs[row] for row in rows]
-            batches.append(ParityBatch(name, [texts[row] for row in rows], batch_pairs))
+            batch_words = None if words is None else [list(words[row]) for row in rows]
+            batches.append(ParityBatch(name, [texts[row] for row in rows], batch_pairs, batch_words))
     return batches
 
 
@@ -212,23 +224,28 @@ def check_parity(
     manifest_path: str | Path,
     texts: Sequence[str],
     pairs: Sequence[str] | None = None,
+    words: Sequence[Sequence[str]] | None = None,
 ) -> Parity:
-    """Torch against onnxruntime logits on each of the `parity_batches` of `texts` and `pairs`.
+    """Torch against onnxruntime logits on each of the `parity_batches` of `texts` and `pairs`;
+    a per-token model's at every token's first piece of `words`, the logits its decisions read.
 
     NaN or inf logits on either side raise `ParityError` (NaN would compare within any
     tolerance), naming the likely culprit: the weights for torch, the graph for ONNX.
     """
-    batches = parity_batches(texts, pairs)
+    batches = parity_batches(texts, pairs, words=words)
     predictor = OnnxPredictor(manifest_path)
     onnx_path = str(Path(manifest_path).with_name(predictor.manifest["model_file"]))
     device = _device_of(model)
     weights_fix = _non_finite_weights_fix(model)
     differences: dict[str, float] = {}
     for batch in batches:
-        inputs = predictor.encode(batch.texts, batch.pairs)
+        if batch.words is None:
+            inputs, first = predictor.encode(batch.texts, batch.pairs), None
+        else:
+            inputs, first = predictor.encode_words(batch.words)
         with _eval_mode(model), torch.no_grad():
             tensors = {key: torch.from_numpy(value).to(device) for key, value in inputs.items()}
-            expected = _LogitsOnly(model)(**tensors).float().cpu().numpy()  # (rows, num_labels)
+            expected = _LogitsOnly(model)(**tensors).float().cpu().numpy()  # (rows, num_labels) or (rows, pieces, tags)
         outputs, labels = expected.shape[-1], len(predictor.labels)
         if outputs != labels:
             raise UserError(
@@ -236,8 +253,10 @@ def check_parity(
                 str(manifest_path),
                 "pass one label name per model output, in id order",
             )
+        actual = predictor.run(inputs)
+        if first is not None:  # (tokens with a piece, tags)
+            expected, actual = (first_piece_logits(logits, first)[first >= 0] for logits in (expected, actual))
         _require_finite(expected, "torch", batch, onnx_path, weights_fix)
-        actual = predictor.run(inputs)  # (rows, num_labels)
         _require_finite(actual, "ONNX", batch, onnx_path, _GRAPH_FIX)
         differences[batch.name] = float(np.abs(actual - expected).max())
     worst = max(differences, key=differences.__getitem__)
@@ -282,9 +301,10 @@ def _export_checked(
     side_file: tuple[str, str],
     opset: int,
     parity_tolerance: float,
+    words: Sequence[Sequence[str]] | None = None,
 ) -> ExportedModel:
     """Builds the graph from `texts`, writes the manifest, and keeps both only if parity holds."""
-    texts = _require_texts(texts, pairs)
+    texts = _require_texts(texts, pairs, words)
     onnx_path = out_dir / manifest["model_file"]
     role, file_name = side_file
     manifest_path = onnx_path.with_suffix(".json")
@@ -298,7 +318,7 @@ def _export_checked(
             role: (out_dir / file_name).stat().st_size,
         }
         _write_manifest(manifest, onnx_path)
-        parity = check_parity(model, manifest_path, texts, pairs)
+        parity = check_parity(model, manifest_path, texts, pairs, words)
         if not parity.max_abs_diff <= parity_tolerance:  # written so that NaN fails as well
             raise ParityError(
                 f"ONNX logits differ from torch by {parity.max_abs_diff:.2e} (tolerance"
@@ -329,11 +349,12 @@ def _removed_on_failure(paths: Sequence[Path]) -> Iterator[None]:
 def _require_finite(
     logits: np.ndarray, side: str, batch: ParityBatch, where: str, fix: str
 ) -> None:
-    """Raises ParityError when `side`'s logits of `batch` hold NaN or inf."""
+    """Raises ParityError when `side`'s logits of `batch` (per row, or per token) hold NaN or inf."""
     bad = non_finite_rows(logits)
     if bad:
+        unit = "rows" if batch.words is None else "tokens"
         raise ParityError(
-            f"{side} logits are NaN or inf on {bad} of {len(batch.texts)} rows of the"
+            f"{side} logits are NaN or inf on {bad} of {len(logits)} {unit} of the"
             f" {batch.name} parity batch",
             where,
             fix,
@@ -468,8 +489,10 @@ def _check_tolerance(parity_tolerance: float) -> None:
         )
 
 
-def _require_texts(texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[str]:
-    """`texts` as a list, refusing none at all or a second segment count that does not match."""
+def _require_texts(
+    texts: Sequence[str], pairs: Sequence[str] | None = None, words: Sequence[Sequence[str]] | None = None
+) -> list[str]:
+    """`texts` as a list, refusing none at all or a second segment (or token list) count that does not match."""
     texts = list(texts)
     if not texts:
         raise UserError(
@@ -480,6 +503,10 @@ def _require_texts(texts: Sequence[str], pairs: Sequence[str] | None = None) -> 
             f"got {len(texts)} parity texts but {len(pairs)} pairs",
             "export",
             "give one second segment per text",
+        )
+    if words is not None and len(words) != len(texts):
+        raise UserError(
+            f"got {len(texts)} parity texts but {len(words)} token lists", "export", "give the tokens of each text"
         )
     return texts
 

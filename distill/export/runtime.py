@@ -2,13 +2,15 @@
 
 Serving machines need neither torch nor the training code, so this module imports only
 onnxruntime, numpy and the torch-free text encoders. The manifest `NAME.json` beside `NAME.onnx`
-holds everything needed to turn raw text into the model's inputs.
+holds everything needed to turn raw text into the model's inputs. A per-token (NER) model's
+manifest also says how raw text splits into tokens (`token_split`); its predictor encodes the
+tokens as the run's stages did and reads each one's logits at its first piece.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from distill.data.tokenize import TextEncoder
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.tasks import FAMILIES, TaskFamily, family
+from distill.tasks.token_classification import TOKEN_PATTERNS, in_text, split_tokens
 
 MANIFEST_FORMAT = "distill-onnx"
 MANIFEST_VERSION = 1
@@ -36,6 +39,9 @@ _KIND_KEYS = {
 
 # Encodes a batch of texts (and optional second texts) as the ONNX model's named inputs.
 InputEncoder = Callable[[Sequence[str], Sequence[str] | None], dict[str, np.ndarray]]
+# Encodes pre-split sentences as a per-token model's named inputs, with each token's first-piece
+# position, (batch, longest sentence), -1 for a token without one.
+WordsEncoder = Callable[[Sequence[Sequence[str]]], tuple[dict[str, np.ndarray], np.ndarray]]
 
 
 def find_manifest(manifest_or_dir: str | Path) -> Path:
@@ -55,6 +61,13 @@ def find_manifest(manifest_or_dir: str | Path) -> Path:
     manifests = sorted(p for p in path.glob("*.json") if p.with_suffix(".onnx").is_file())
     if len(manifests) == 1:
         return manifests[0]
+    exported = sorted(p for p in (path / "onnx").glob("*.json") if p.with_suffix(".onnx").is_file())
+    if not manifests and exported:  # a run without a report (token classification has none yet)
+        raise UserError(
+            "the run has no report to recommend one of its exported models",
+            str(path),
+            f"give one manifest: {', '.join(str(p) for p in exported)}",
+        )
     if not manifests:
         raise UserError(
             "no ONNX manifest (NAME.json beside NAME.onnx) found",
@@ -132,7 +145,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)
     ):
         raise UserError("thresholds must be one number in [0, 1] per label", str(path), "re-export the model")
+    if family(task).head == "token" and manifest.get("token_split") not in TOKEN_PATTERNS:
+        raise UserError(
+            f"a {task} manifest needs token_split, one of {', '.join(TOKEN_PATTERNS)}", str(path), "re-export the model"
+        )
     return manifest
+
+
+def token_split_of(manifest: dict[str, Any]) -> str | None:
+    """How raw text splits into tokens for a per-token model; None for a model with one output per text."""
+    return manifest["token_split"] if family(manifest.get("task", "classification")).head == "token" else None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -141,13 +163,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def non_finite_rows(logits: np.ndarray) -> int:
-    """How many rows of (batch, num_labels) logits hold NaN or inf.
+def non_finite_rows(logits: np.ndarray, seen: np.ndarray | None = None) -> int:
+    """How many rows of (batch, num_labels) logits hold NaN or inf; of per-token (batch, tokens,
+    tags) logits, counting only the `seen` (batch, tokens) ones (the others are NaN by design).
 
     Such logits must be refused by name: NaN compares false with any tolerance and argmax
     still picks a label, so both a parity check and an accuracy would pass them silently.
     """
-    return int((~np.isfinite(logits)).any(axis=-1).sum())
+    bad = ~np.isfinite(logits)
+    if seen is not None:
+        bad &= seen[..., None]
+    return int(bad.reshape(len(bad), -1).any(axis=1).sum())
+
+
+def first_piece_logits(logits: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per-piece (batch, pieces, tags) logits read at each token's first piece, (batch, tokens,
+    tags), NaN for a token without one (-1 in `first`): the torch-free twin of
+    `distill.data.encoded.word_logits` at inference, so ONNX decisions match the run's."""
+    gathered = np.take_along_axis(logits, np.maximum(first, 0)[..., None], axis=1)
+    return np.where((first >= 0)[..., None], gathered, np.nan).astype(np.float32)
 
 
 class OnnxPredictor:
@@ -155,7 +189,8 @@ class OnnxPredictor:
 
     `threads` sets onnxruntime's intra-op threads (None: onnxruntime's default, all cores).
     Texts are sorted by length and run `batch_size` at a time, so short texts are not padded
-    to the longest of the whole request; results come back in input order.
+    to the longest of the whole request; results come back in input order. A per-token model
+    (`token_split` set) splits each raw text into tokens and answers per token.
     """
 
     def __init__(
@@ -179,6 +214,7 @@ class OnnxPredictor:
         # manifests written before task families existed are single-label classifiers
         self.family: TaskFamily = family(self.manifest.get("task", "classification"))
         self.thresholds: list[float] | None = self.manifest.get("thresholds")
+        self.token_split: str | None = token_split_of(self.manifest)
         self.batch_size = batch_size
         directory = self.manifest_path.parent
         options = onnxruntime.SessionOptions()
@@ -190,6 +226,7 @@ class OnnxPredictor:
             providers=["CPUExecutionProvider"],
         )
         self._encode_inputs = input_encoder(self.manifest, directory)
+        self._encode_words = None if self.token_split is None else words_encoder(self.manifest, directory)
 
     @property
     def name(self) -> str:
@@ -199,6 +236,12 @@ class OnnxPredictor:
     def kind(self) -> str:
         return self.manifest["kind"]
 
+    @property
+    def reads_pairs(self) -> bool:
+        """Whether the model takes text pairs: transformers with one output per text do, word-level
+        students and per-token models read single texts."""
+        return self.kind == TRANSFORMER_KIND and self.token_split is None
+
     def encode(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
@@ -207,15 +250,27 @@ class OnnxPredictor:
             _as_text_list(texts), None if pairs is None else _as_text_list(pairs)
         )
 
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A per-token model's named inputs for pre-split sentences, as the run's stages encode
+        them, and each token's first-piece position (batch, longest sentence), -1 for none."""
+        if self._encode_words is None:
+            raise UserError(
+                "this model gives one output per text, not per token", str(self.manifest_path), "send it raw texts"
+            )
+        return self._encode_words([_as_text_list(sentence) for sentence in _as_text_list(sentences)])
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits (batch, num_labels) of one encoded batch."""
+        """Logits of one encoded batch: (batch, num_labels), or (batch, pieces, tags) per token."""
         return self.session.run([OUTPUT_NAME], inputs)[0]
 
     def predict_logits(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Logits (len(texts), num_labels) in input order."""
+        """Logits in input order: (len(texts), num_labels), or a per-token model's
+        (len(texts), tokens, tags) of the texts split into tokens (see `predict_word_logits`)."""
         texts = _as_text_list(texts)
+        if self.token_split is not None:
+            return self.predict_word_logits(_tokens(texts, _split(texts, pairs, self.token_split)))[0]
         pairs = None if pairs is None else _as_text_list(pairs)
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(
@@ -225,21 +280,61 @@ class OnnxPredictor:
             len(text) + (0 if pairs is None else len(pairs[index]))
             for index, text in enumerate(texts)
         ]
-        order = np.argsort(lengths, kind="stable")
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)  # (texts, num_labels)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in self._batches(lengths):
             batch_pairs = None if pairs is None else [pairs[row] for row in rows]
             logits[rows] = self.run(self.encode([texts[row] for row in rows], batch_pairs))
         return logits
+
+    def predict_word_logits(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """A per-token model's logits of pre-split sentences, in input order, and which tokens have them.
+
+        Logits are (sentences, longest, tags), read at each token's first piece as the run's
+        stages read them; NaN for a token without a piece (cut by max_length, or a character
+        the tokenizer drops) and past a sentence's end. `seen` (sentences, longest) marks the
+        tokens with a piece.
+        """
+        sentences = [_as_text_list(sentence) for sentence in _as_text_list(sentences)]
+        longest = max(map(len, sentences), default=0)
+        logits = np.full((len(sentences), longest, len(self.labels)), np.nan, dtype=np.float32)
+        seen = np.zeros((len(sentences), longest), dtype=bool)
+        for rows in self._batches([sum(map(len, sentence)) for sentence in sentences]):
+            inputs, first = self.encode_words([sentences[row] for row in rows])
+            logits[rows, : first.shape[1]] = first_piece_logits(self.run(inputs), first)
+            seen[rows, : first.shape[1]] = first >= 0
+        return logits, seen
 
     def predict(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
         """One result per text, in input order, as the task family gives it: single-label
         `{"label", "probabilities"}`, multi-label `{"labels", "probabilities"}` (at the
-        manifest's tuned thresholds), regression `{"score"}`."""
-        return self.family.output(self.predict_logits(texts, pairs), self.labels, self.thresholds)
+        manifest's tuned thresholds), regression `{"score"}`, token classification
+        `{"text", "tokens", "tags", "entities"}` with each entity's character offsets in its text."""
+        texts = _as_text_list(texts)
+        if self.token_split is None:
+            return self.family.output(self.predict_logits(texts, pairs), self.labels, self.thresholds)
+        spans = _split(texts, pairs, self.token_split)
+        logits, _ = self.predict_word_logits(_tokens(texts, spans))
+        results = self.family.output(logits, self.labels)
+        return [in_text(result, text, row) for result, text, row in zip(results, texts, spans, strict=True)]
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[np.ndarray]:
+        """Row numbers, `batch_size` at a time, in order of length (so a batch pads little)."""
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def _split(texts: Sequence[str], pairs: Sequence[str] | None, how: str) -> list[list[tuple[int, int]]]:
+    """Each raw text's tokens as character spans, split `how` (the manifest's `token_split`)."""
+    if pairs is not None:
+        raise UserError("a per-token model reads single texts, not text pairs", "pairs", "send single texts")
+    return [split_tokens(text, how) for text in texts]
+
+
+def _tokens(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]) -> list[list[str]]:
+    return [[text[start:end] for start, end in row] for text, row in zip(texts, spans, strict=True)]
 
 
 def _as_text_list(texts: Sequence[str]) -> list[str]:
@@ -250,22 +345,57 @@ def _as_text_list(texts: Sequence[str]) -> list[str]:
 
 
 def input_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
-    """The text -> inputs function a manifest describes; its tokenizer/vocab is in `directory`."""
-    if manifest["kind"] == TRANSFORMER_KIND:
-        return _transformer_encoder(manifest, directory)
-    return _word_encoder(manifest, directory)
+    """The text -> inputs function a manifest describes; its tokenizer/vocab is in `directory`.
+    A per-token model's texts are split into tokens first, as its predictor splits them."""
+    if manifest["kind"] != TRANSFORMER_KIND:
+        return _word_encoder(manifest, directory)
+    how = token_split_of(manifest)
+    if how is not None:
+        encode_words = words_encoder(manifest, directory)
+        return lambda texts, pairs: encode_words(_tokens(texts, _split(texts, pairs, how)))[0]
+    return _transformer_encoder(manifest, directory)
 
 
-def _transformer_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
-    tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer_file"]))
+def words_encoder(manifest: dict[str, Any], directory: Path) -> WordsEncoder:
+    """The sentences -> (inputs, first-piece positions) function of a per-token model's manifest:
+    `TextEncoder.encode_words`, as the run's stages encoded its data, padded to the batch's longest."""
+    encoder = _text_encoder(manifest, directory)
     input_names = manifest["inputs"]
-    encoder = TextEncoder(
+
+    def encode(sentences: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        rows = encoder.encode_words(sentences)
+        batch = {
+            "input_ids": _padded([ids for ids, _, _ in rows], encoder.pad_id),  # (batch, longest)
+            "attention_mask": _padded([[1] * len(ids) for ids, _, _ in rows], 0),
+            "token_type_ids": _padded([types for _, types, _ in rows], 0),
+        }
+        return {name: batch[name] for name in input_names}, _padded([first for _, _, first in rows], -1)
+
+    return encode
+
+
+def _padded(rows: Sequence[Sequence[int]], value: int) -> np.ndarray:
+    """int64 (len(rows), longest row), `value` past each row's end."""
+    out = np.full((len(rows), max(map(len, rows), default=0)), value, dtype=np.int64)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = row
+    return out
+
+
+def _text_encoder(manifest: dict[str, Any], directory: Path) -> TextEncoder:
+    tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer_file"]))
+    return TextEncoder(
         tokenizer,
         manifest["max_length"],
         manifest["truncation"],
         manifest["head_tokens"],
-        token_types="token_type_ids" in input_names,
+        token_types="token_type_ids" in manifest["inputs"],
     )
+
+
+def _transformer_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
+    encoder = _text_encoder(manifest, directory)
+    input_names = manifest["inputs"]
 
     def encode(texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, np.ndarray]:
         batch = encoder.encode(texts, pairs)

@@ -1,9 +1,9 @@
 """HTTP JSON endpoint over an exported student (FastAPI + uvicorn, no torch).
 
 Status codes a client can act on: 400 body is not valid JSON; 422 valid JSON of the wrong
-shape (missing `texts`, not a list of strings, empty list, unknown keys); 413 too many texts
-in one request or a text longer than the character limit. A 500 means a bug on the server
-side, never bad input.
+shape (missing `texts`, not a list of strings, empty list, unknown keys, pairs for a model
+that reads single texts); 413 too many texts in one request or a text longer than the
+character limit. A 500 means a bug on the server side, never bad input.
 """
 
 from __future__ import annotations
@@ -60,8 +60,30 @@ class ScorePrediction(BaseModel):
     score: float
 
 
+class Entity(BaseModel):
+    """An entity found in a text: character offsets into it (end exclusive), so `text` is
+    `text[start:end]`, and the mean probability of its tags."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: int
+    end: int
+    type: str
+    score: float
+    text: str
+
+
+class EntityPrediction(BaseModel):
+    """A token-classification task's answer: the text's tokens, a tag per token, the entities."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    tokens: list[str]
+    tags: list[str]
+    entities: list[Entity]
+
+
 class PredictResponse(BaseModel):
-    predictions: list[LabelPrediction | LabelSetPrediction | ScorePrediction]
+    predictions: list[LabelPrediction | LabelSetPrediction | ScorePrediction | EntityPrediction]
 
 
 def create_app(
@@ -90,6 +112,7 @@ def create_app(
             "task": predictor.family.name,
             "labels": predictor.labels,
             "thresholds": predictor.thresholds,
+            "token_split": predictor.token_split,
             "quantization": predictor.manifest.get("quantization", "none"),
             "max_length": predictor.manifest["max_length"],
             "limits": {"max_batch": max_batch, "max_text_chars": max_text_chars},
@@ -101,6 +124,8 @@ def create_app(
             raise HTTPException(
                 413, f"{len(request.texts)} texts in one request; send at most {max_batch}"
             )
+        if request.pairs is not None and not predictor.reads_pairs:
+            raise HTTPException(422, "this model reads single texts; send no pairs")
         if request.pairs is not None and len(request.pairs) != len(request.texts):
             raise HTTPException(422, f"{len(request.pairs)} pairs for {len(request.texts)} texts; send one pair per text")
         for name, items in (("text", request.texts), ("pair", request.pairs or [])):

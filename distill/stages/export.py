@@ -4,11 +4,12 @@ The teacher, the final transformer student and each shallow student become `onnx
 with a manifest (and `NAME.int8.onnx` when quantizing and int8 pays: faster at batch size 1 on
 dev texts at equal dev accuracy, unless `[export] int8_keep = "always"`; the reason is kept).
 Each manifest names its task family, and a multi-label model's manifest carries the per-label
-decision thresholds tuned on dev (its int8 copy shares them). `onnx/summary.json` records, per
-model, where its files are, their sizes, the torch/ONNX parity (and how many batches and rows
-it covered) and what int8 costs in the task's primary test metric (`test_accuracy`,
-`test_micro_f1`, `test_pearson`, ...), so the report and tools read one file instead of
-re-deriving it.
+decision thresholds tuned on dev (its int8 copy shares them); a token-classification model's
+says how raw text splits into tokens, and its parity and metrics read the examples' own tokens.
+`onnx/summary.json` records, per model, where its files are, their sizes, the torch/ONNX parity
+(and how many batches and rows it covered) and what int8 costs in the task's primary test
+metric (`test_accuracy`, `test_micro_f1`, `test_pearson`, `test_entity_f1`, ...), so the report
+and tools read one file instead of re-deriving it.
 """
 
 from __future__ import annotations
@@ -49,14 +50,19 @@ def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> l
 
 
 def onnx_logits(predictor: OnnxPredictor, examples: Sequence[Example]) -> np.ndarray:
-    """(examples, outputs) logits of an exported model on raw texts (tokenisation included).
+    """(examples, outputs) logits of an exported model on raw texts (tokenisation included), or
+    for token classification (examples, tokens, tags) on the examples' own tokens, the ones
+    their gold tags belong to, NaN where a token has no piece (decided `O`).
 
     NaN or inf logits are refused: argmax would still pick a label, and an int8 model (which
     no parity check covers) would get an accuracy it does not have.
     """
-    texts, pairs = model_inputs(predictor.kind, examples)
-    logits = predictor.predict_logits(texts, pairs)  # (examples, num_labels)
-    bad = non_finite_rows(logits)
+    tokens = _tokens_of(examples)
+    if tokens is None:
+        logits, seen = predictor.predict_logits(*model_inputs(predictor.kind, examples)), None
+    else:
+        logits, seen = predictor.predict_word_logits(tokens)  # (examples, tokens, tags)
+    bad = non_finite_rows(logits, seen)
     if bad:
         int8 = predictor.manifest.get("quantization") == "int8"
         raise UserError(
@@ -67,6 +73,11 @@ def onnx_logits(predictor: OnnxPredictor, examples: Sequence[Example]) -> np.nda
             else "check the model's weights for NaN or inf, then retrain or re-export",
         )
     return logits
+
+
+def _tokens_of(examples: Sequence[Example]) -> list[tuple[str, ...]] | None:
+    """The examples' tokens (token classification: what the tags belong to), else None."""
+    return [example.tokens for example in examples] if examples and examples[0].tokens is not None else None
 
 
 def example_predictor(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
@@ -166,8 +177,9 @@ def _export(
     """(parameter count, ExportedModel, cost) of one model; torch is imported only here.
 
     Parity runs on `parity_examples` as the model reads them: a transformer gets text pairs
-    as two segments, a word-level student their joined text. The cost is the mean tokens per
-    test text and the forward FLOPs of one text of that (rounded) length.
+    as two segments (a per-token one the examples' tokens), a word-level student their joined
+    text. The cost is the mean tokens per test text and the forward FLOPs of one text of that
+    (rounded) length.
     """
     from distill.export.onnx import export_shallow, export_transformer
     from distill.models.flops import forward_flops
@@ -184,7 +196,8 @@ def _export(
         encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
         exported = export_transformer(
-            network, encoder, out_dir, model.name, labels, texts, pairs, task=family.name, **checks
+            network, encoder, out_dir, model.name, labels, texts, pairs, task=family.name,
+            words=_tokens_of(parity_examples), task_fields=family.manifest_fields(run.recipe.task), **checks,
         )
     else:
         network, config, vocab = load_shallow(model.directory)

@@ -87,6 +87,11 @@ class TaskFamily(ABC):
         """Width of the model's output layer."""
         return len(labels)
 
+    def manifest_fields(self, task: TaskSection) -> dict[str, Any]:
+        """What an exported model's manifest adds so that its predictor reads raw text as the
+        run's data did (token classification: how text splits into tokens)."""
+        return {}
+
     @abstractmethod
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list:
         """Training targets, one per row, in the form `hard_loss` reads (collated with torch.as_tensor)."""

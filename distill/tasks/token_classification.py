@@ -6,11 +6,16 @@ each word's first piece (`distill.data.encoded.word_logits`), so losses, cached 
 decisions and metrics all see (rows, words, tags). A word the model never saw (cut by max_length, or a character the
 tokenizer drops) has NaN logits at inference and no loss in training; it is decided `O`.
 The primary metric is entity-level F1 (exact span and type, as seqeval scores it).
+
+An exported model reads RAW text: `split_tokens` cuts it into tokens as the data holds them
+(the manifest's `token_split`), and `in_text` places a row of `output` back in the text, its
+entities as character offsets.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +28,36 @@ from distill.tasks.tags import check_tags, entity_counts, entity_f1_from_counts,
 
 IGNORED = -100  # target of a word without logits (and of padding): no loss, as cross_entropy's default ignore_index
 OUTSIDE = "O"
+# How raw text splits into tokens, by the manifest's `token_split`: every non-whitespace
+# character (Chinese data tags characters), or runs of word characters and single punctuation marks.
+TOKEN_PATTERNS = {"chars": re.compile(r"\S"), "words": re.compile(r"\w+|[^\w\s]")}
+
+
+def token_split(language: str) -> str:
+    """The `token_split` of a `[task] language`: Chinese data tags characters, others words."""
+    return "chars" if language == "zh" else "words"
+
+
+def split_tokens(text: str, how: str) -> list[tuple[int, int]]:
+    """Character spans (start, end exclusive) of the tokens of raw `text`, split `how` (a key of
+    TOKEN_PATTERNS), so a predictor reads a user's text in the units its tags belong to.
+
+    Whitespace belongs to no token; "words" keeps punctuation marks apart ("Paris," is two
+    tokens), as CoNLL-style data does.
+    """
+    return [match.span() for match in TOKEN_PATTERNS[how].finditer(text)]
+
+
+def in_text(result: dict[str, Any], text: str, spans: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """A row of `TokenClassification.output` placed in the raw `text` its tokens were cut from
+    (`spans`, as `split_tokens` gives them): one tag per token (`O` for tokens past the last one
+    the model saw) and each entity as character offsets with its text."""
+    tags = result["tags"] + [OUTSIDE] * (len(spans) - len(result["tags"]))
+    entities = []
+    for entity in result["entities"]:
+        start, end = spans[entity["start"]][0], spans[entity["end"] - 1][1]
+        entities.append({"start": start, "end": end, "type": entity["type"], "score": entity["score"], "text": text[start:end]})
+    return {"text": text, "tokens": [text[start:end] for start, end in spans], "tags": tags, "entities": entities}
 
 
 def scheme_of(labels: Sequence[str]) -> str:
@@ -83,6 +118,10 @@ class TokenClassification(TaskFamily):
         if labels == [OUTSIDE]:
             raise UserError("no training sentence has an entity", where, "check [task] label_column and the tags")
         self.refuse_unseen(labels, splits, where, "give the training split sentences of every entity type")
+
+    def manifest_fields(self, task: Any) -> dict[str, Any]:
+        """How the predictor splits raw text into tokens: as the run's data holds them."""
+        return {"token_split": token_split(task.language)}
 
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list:
         index = {name: i for i, name in enumerate(labels)}
@@ -174,11 +213,11 @@ class TokenClassification(TaskFamily):
     # ------------------------------------------------------------------ baseline
 
     def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
-        raise UserError(
-            "no baseline is defined for token classification yet",
-            "[report]",
-            "token-classification runs stop after task_specific for now",
-        )
+        from distill.report.crf_baseline import crf_baseline
+
+        tokens = {split: [example.tokens for example in rows] for split, rows in examples.items()}
+        tags = {split: [example.label for example in rows] for split, rows in examples.items()}
+        return crf_baseline(tokens["train"], tags["train"], tokens["test"], tags["test"], language, tokens["dev"], tags["dev"])
 
 
 def _scheme_in(*tag_lists: Sequence[Label]) -> str:
