@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill import distributed, provenance
 from distill.errors import TrainingError, UserError
 from distill.recipe import STAGE_ORDER, Recipe
 from distill.storage import digest, replace_directory, write_json_atomic
+
+if TYPE_CHECKING:
+    from distill.models.ensemble import Ensemble
 
 LOGGER_NAME = "distill"
 CHECKPOINTS = ".train"  # inside a stage's work dir; removed when the stage is published
@@ -216,12 +219,25 @@ class Run:
         return load_prepared(self.require("data", "prepare"), family(self.recipe.task.type))
 
     def teacher_dir(self) -> Path:
-        """The fine-tuned teacher: this run's, or the recipe's model when it is already fine-tuned."""
+        """The fine-tuned teacher: this run's, or the recipe's model when it is already fine-tuned.
+        Of an ensemble, the relation member: the one model that relations, student init and the
+        teacher's export use (its outputs come from `teacher_ensemble`)."""
+        ensemble = self.teacher_ensemble()
+        if ensemble is not None:
+            return ensemble.member_dir(ensemble.relation_member)
         if self.recipe.stage_enabled("finetune"):
             return self.require("teacher", "finetune")
         from distill.models.teacher import resolve_model_path
 
         return resolve_model_path(self.recipe.teacher.model)
+
+    def teacher_ensemble(self) -> Ensemble | None:
+        """The fine-tuned teacher ensemble, or None when the run has one teacher."""
+        from distill.models.ensemble import read_ensemble
+
+        if self.recipe.teacher.ensemble is None:
+            return None
+        return read_ensemble(self.require("teacher", "finetune"))
 
     def newest_student(self, stage: str) -> Path | None:
         """The student `stage` continues from: the output of the last enabled distillation stage before it.

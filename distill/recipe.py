@@ -141,10 +141,51 @@ class TaskSection(Section):
         return self.head_tokens if self.head_tokens is not None else max(1, self.max_length // 4)
 
 
+class EnsembleSettings(Section):
+    """Several fine-tuned teachers whose combined outputs teach the students (docs/design.md)."""
+
+    seeds: int = Field(default=1, ge=1)  # fine-tuning seeds of each model: run.seed, run.seed + 1, ...
+    models: list[str] = []  # more teachers to fine-tune beside [teacher] model, each `seeds` times
+    combine: Literal["probabilities", "logits"] = "probabilities"  # mean of probabilities, or of logits
+    weights: list[float] | None = None  # one per member in member order; None = equal
+    # the member whose attention relations and layers the relation stages and student init use:
+    # "best" = the best on dev, or a member's 1-based number
+    relation_member: Literal["best"] | int = "best"
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(weight < 0 for weight in value) or sum(value) <= 0):
+            raise ValueError("expected non-negative weights, one per member, with a positive sum")
+        return value
+
+    @field_validator("relation_member")
+    @classmethod
+    def _relation_member(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError('expected "best" or a member number from 1')
+        return value
+
+    def sources(self, model: str) -> list[str]:
+        """The fine-tuned models in member order: each source once per seed."""
+        return [source for source in [model, *self.models] for _ in range(self.seeds)]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EnsembleSettings:
+        members = (1 + len(self.models)) * self.seeds
+        if self.weights is not None and len(self.weights) != members:
+            raise ValueError(f"{len(self.weights)} weights for {members} members ((1 + len(models)) x seeds)")
+        if isinstance(self.relation_member, int) and self.relation_member > members:
+            raise ValueError(f"relation_member {self.relation_member} but the ensemble has {members} members")
+        return self
+
+
 class TeacherSection(Section):
     model: str = "builtin:minilm-l6"  # builtin name or a local Hugging Face directory
     pooling: Literal["cls", "mean", "last4"] = "cls"
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    ensemble: EnsembleSettings | None = None  # several fine-tuned teachers (finetune stage)
+    ADDED_LATER = frozenset({"ensemble"})
 
 
 class StudentSection(Section):
@@ -443,6 +484,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     else:
         task.dataset = _resolve(task.dataset, base)
     recipe.teacher.model = _resolve(recipe.teacher.model, base)
+    if recipe.teacher.ensemble is not None:
+        recipe.teacher.ensemble.models = [_resolve(model, base) for model in recipe.teacher.ensemble.models]
     recipe.student.init = _resolve(recipe.student.init, base)
     for name in ("pretrain", "general", "general_enhanced"):
         section = getattr(recipe.stages, name)

@@ -199,6 +199,29 @@ _DECISIONS = {
 TOKEN_TASKS_LACK = ("data_distill", "report")  # stages without a per-token path yet
 
 
+def _check_ensemble(recipe: Recipe) -> list[str]:
+    """An ensemble is made by fine-tuning, from models that exist; a line saying what it will be."""
+    from distill.models.teacher import resolve_model_path
+
+    settings = recipe.teacher.ensemble
+    if settings is None:
+        return []
+    if not recipe.stage_enabled("finetune"):
+        raise UserError(
+            "a teacher ensemble is made by the finetune stage, which is off",
+            "[teacher.ensemble]",
+            "enable [stages.finetune] or remove [teacher.ensemble]",
+        )
+    for model in settings.models:
+        resolve_model_path(model, "[teacher.ensemble] models")
+    members = len(settings.sources(recipe.teacher.model))
+    relation = "the best on dev" if settings.relation_member == "best" else f"member {settings.relation_member}"
+    return [
+        f"teacher ensemble: {members} members ({1 + len(settings.models)} models x {settings.seeds} seeds), "
+        f"mean of their {settings.combine} for every label; relations, student init and the teacher's export use {relation}"
+    ]
+
+
 def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     """Run every check that needs no training; raise UserError on the first problem.
 
@@ -221,6 +244,7 @@ def check_recipe(recipe: Recipe, augment: bool = False) -> list[str]:
     else:
         description, teacher = _check_teacher(recipe)
         lines += description
+    lines += _check_ensemble(recipe)
     lines += _check_relation_heads(recipe, teacher)
     lines += _check_corpora(recipe)
     lines += _check_pos_swap(recipe, augment)

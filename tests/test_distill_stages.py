@@ -364,7 +364,7 @@ def test_pruning_never_reads_dev_or_test_texts(prepared, teacher_dir):
 def test_cached_teacher_logits_equal_live_ones(prepared, teacher_dir):
     run, _, teacher = prepared()
     dataset = task_dataset(text_encoder(run.recipe, teacher_dir), run.data().train)
-    cache = cache_teacher_logits(teacher, dataset, run.device)
+    cache = cache_teacher_logits(run, teacher, dataset, run.data())
     rows = [7, 0, 31, 12, 39]  # shuffled, mixed lengths: the cache is in dataset order, not length order
     batch = dataset.collate([dataset[i] for i in rows])
     with torch.no_grad():
@@ -379,7 +379,7 @@ def test_task_specific_loss_is_the_weighted_sum_of_soft_and_hard_terms(prepared,
     data = run.data()
     pair = teacher_and_student(run, work, teacher, teacher_dir, data)
     dataset = task_dataset(pair.teacher_encoder, data.train, data)
-    cache = cache_teacher_logits(teacher, dataset, run.device)
+    cache = cache_teacher_logits(run, teacher, dataset, run.data())
     batch = dataset.collate([dataset[i] for i in (3, 18, 25, 36)])
     student = pair.student.eval()
     with torch.no_grad():

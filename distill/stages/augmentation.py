@@ -164,8 +164,8 @@ class Labelling:
     directory: Path  # the chunk files
 
 
-def _label_with_cache(run: Run, texts: list[str], chunk_size: int) -> Labelling:
-    """Teacher logits for `texts`, running the teacher only on texts the cache lacks.
+def _label_with_cache(run: Run, texts: list[str], chunk_size: int, teacher_dir: Path) -> Labelling:
+    """The logits of the teacher in `teacher_dir` for `texts`, running it only on texts the cache lacks.
 
     The cache holds logits per text (keyed by a hash of the text), so a text labelled once
     by this teacher is never labelled again, whatever list it came in: raising the
@@ -175,7 +175,6 @@ def _label_with_cache(run: Run, texts: list[str], chunk_size: int) -> Labelling:
     """
     if not texts:
         raise ValueError("no texts to label")
-    teacher_dir = run.teacher_dir()
     _check_teacher_labels(run, teacher_dir)
     directory = _labels_dir(run, teacher_dir)
     keys = [_text_key(text) for text in texts]
@@ -218,7 +217,23 @@ def teacher_logits(run: Run, texts: list[str], chunk_size: int = LABEL_CHUNK) ->
 
     Logits, not probabilities, are stored: soft labels at temperature τ need logits / τ.
     """
-    return _label_with_cache(run, texts, chunk_size).logits
+    return _labelled(run, texts, chunk_size)[0]
+
+
+def _labelled(run: Run, texts: list[str], chunk_size: int) -> tuple[np.ndarray, list[Labelling]]:
+    """The teacher's logits for `texts` and how each model's labelling went: one teacher's, or
+    every ensemble member's (each with its own cache) combined as the ensemble combines them."""
+    ensemble = run.teacher_ensemble()
+    if ensemble is None:
+        labelling = _label_with_cache(run, texts, chunk_size, run.teacher_dir())
+        return labelling.logits, [labelling]
+    members: list[Labelling] = []
+
+    def member_logits(member_dir: Path) -> np.ndarray:
+        members.append(_label_with_cache(run, texts, chunk_size, member_dir))
+        return members[-1].logits
+
+    return ensemble.combined(run.data().family, member_logits), members
 
 
 def teacher_labels(run: Run, texts: list[str], chunk_size: int = LABEL_CHUNK) -> np.ndarray:
@@ -242,14 +257,16 @@ def run_augment(run: Run) -> dict[str, Any]:
 def run_label(run: Run) -> dict[str, Any]:
     """`distill label`: teacher logits for the training and augmented texts; a summary."""
     texts = distillation_texts(run)
-    result = _label_with_cache(run, texts, LABEL_CHUNK)
+    logits, labellings = _labelled(run, texts, LABEL_CHUNK)
     data = run.data()
-    decisions = data.family.decide(result.logits, data.labels)
+    decisions = data.family.decide(logits, data.labels)
+    labelled = sum(result.labelled for result in labellings)
+    seconds = sum(result.seconds for result in labellings)
     return {
         "texts": len(texts),
-        "labelled_now": result.labelled,
-        "directory": str(result.directory),
-        "seconds": round(result.seconds, 2),
-        "texts_per_s": round(result.labelled / result.seconds, 1) if result.labelled else None,
+        "labelled_now": labelled,
+        "directory": ", ".join(str(result.directory) for result in labellings),
+        "seconds": round(seconds, 2),
+        "texts_per_s": round(labelled / seconds, 1) if labelled else None,
         "teacher_label_counts": label_counts(data.family, decisions),
     }

@@ -14,7 +14,7 @@ from distill.data.datasets import PreparedData
 from distill.data.encoded import EncodedDataset, WordDataset
 from distill.data.tokenize import TextEncoder
 from distill.recipe import Recipe, TrainSettings
-from distill.report.evaluate import evaluate_model
+from distill.report.evaluate import evaluate_model, predict_logits
 from distill.tasks import TaskFamily
 from distill.train.loop import TrainConfig
 
@@ -96,3 +96,11 @@ def split_metrics(
 ) -> dict:
     """The task's full metrics (e.g. accuracy, macro-F1, per-class F1, confusion matrix) per split."""
     return {name: evaluate_model(model, dataset, getattr(data, name), data, device) for name, dataset in datasets.items()}
+
+
+def model_logits(recipe: Recipe, model_dir: Path, examples: list, data: PreparedData, device: torch.device) -> Any:
+    """A saved transformer's logits (numpy, rows in `examples` order) on examples it encodes itself."""
+    from distill.models.teacher import load_classifier
+
+    model = load_classifier(model_dir).to(device)
+    return predict_logits(model, task_dataset(text_encoder(recipe, model_dir), examples, data), device).numpy()

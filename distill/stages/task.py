@@ -31,6 +31,7 @@ from distill.stages.common import (
     copy_tokenizer,
     dev_evaluator,
     headline_metrics,
+    model_logits,
     split_metrics,
     student_seed,
     task_dataset,
@@ -83,11 +84,17 @@ class TeacherLogitCache:
     seconds: float  # one teacher pass over the training rows
 
 
-def cache_teacher_logits(teacher: nn.Module, dataset: EncodedDataset, device: torch.device) -> TeacherLogitCache:
-    """One eval-mode teacher pass over `dataset`, timed (predict_logits returns on the CPU, so it is synchronised)."""
+def cache_teacher_logits(run: Run, teacher: nn.Module, dataset: EncodedDataset, data: PreparedData) -> TeacherLogitCache:
+    """One eval-mode teacher pass over the training rows (`dataset`), timed (predict_logits
+    returns on the CPU, so it is synchronised); of an ensemble, each member's pass, combined."""
     started = time.perf_counter()
-    logits = predict_logits(teacher, dataset, device)  # (rows, classes)
-    return TeacherLogitCache(logits.to(device), time.perf_counter() - started)
+    ensemble = run.teacher_ensemble()
+    if ensemble is None:
+        logits = predict_logits(teacher, dataset, run.device)  # (rows, classes)
+    else:
+        combined = ensemble.combined(data.family, lambda member: model_logits(run.recipe, member, data.train, data, run.device))
+        logits = torch.from_numpy(combined)
+    return TeacherLogitCache(logits.to(run.device), time.perf_counter() - started)
 
 
 def label_loss_fn(
@@ -104,7 +111,8 @@ def label_loss_fn(
     loss, e.g. CE) + relation·relation loss.
 
     With a `transfer` the teacher runs live (its q/k/v are needed) and its logits come from the
-    same pass; else they come from `cache`, looked up by the batch's row indices. Terms of zero
+    same pass unless a `cache` is given (a teacher ensemble's combined logits); else they come
+    from `cache`, looked up by the batch's row indices. Terms of zero
     weight are not computed. With `mixup_alpha` (no live teacher) the student reads mixed
     embeddings and every term mixes the two rows' targets (distill.train.mixup).
     """
@@ -117,7 +125,8 @@ def label_loss_fn(
         terms: dict[str, tuple[float, Tensor]] = {}
         if transfer is not None:
             features_T, features_S = transfer.features(model, inputs_T, inputs_S)
-            logits_S, logits_T = word_logits(features_S.logits, batch), word_logits(features_T.logits, batch)
+            logits_S = word_logits(features_S.logits, batch)
+            logits_T = cache.logits[batch["index"]] if cache is not None else word_logits(features_T.logits, batch)
             terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
         elif mixup_alpha is not None:
             mixed = mix_inputs(model, inputs_S, mixup_alpha)
@@ -176,7 +185,9 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     twin = copy.deepcopy(pair.student) if section.baseline_twin else None  # before any hook is attached
 
     transfer = RelationTransfer(teacher, pair.student, section, "[stages.task_specific]") if weights.relation else None
-    cache = cache_teacher_logits(teacher, train_set, run.device) if weights.soft and transfer is None else None
+    # soft labels from the cache, unless a live teacher gives them; an ensemble's always come from the cache
+    cache_soft = weights.soft and (transfer is None or run.teacher_ensemble() is not None)
+    cache = cache_teacher_logits(run, teacher, train_set, data) if cache_soft else None
 
     def fit(model: nn.Module, loss_fn: LossFn, desc: str, checkpoints: Path) -> TrainResult:
         return train(

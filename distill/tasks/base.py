@@ -87,6 +87,17 @@ class TaskFamily(ABC):
         """Width of the model's output layer."""
         return len(labels)
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The outputs as probabilities (softmax over the last axis; NaN rows stay NaN): what a
+        teacher ensemble averages."""
+        from distill.export.runtime import softmax
+
+        return softmax(np.asarray(logits, dtype=np.float64))
+
+    def logits_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Logits whose `probabilities` are the given ones (softmax ignores log's missing constant)."""
+        return np.log(np.clip(probabilities, 1e-12, 1.0))
+
     def manifest_fields(self, task: TaskSection) -> dict[str, Any]:
         """What an exported model's manifest adds so that its predictor reads raw text as the
         run's data did (token classification: how text splits into tokens)."""

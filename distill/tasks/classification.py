@@ -60,7 +60,7 @@ class Classification(TaskFamily):
         probability is at least t."""
         if thresholds is None:
             return [labels[index] for index in np.asarray(logits).argmax(axis=-1)]
-        second = _probabilities(logits)[:, 1] >= thresholds[1]
+        second = self.probabilities(logits)[:, 1] >= thresholds[1]
         return [labels[1] if chosen else labels[0] for chosen in second]
 
     def tunes_thresholds(self, labels: list[str]) -> bool:
@@ -73,7 +73,7 @@ class Classification(TaskFamily):
 
         if not self.tunes_thresholds(labels):
             return None
-        second = _probabilities(logits)[:, 1:]  # (rows, 1)
+        second = self.probabilities(logits)[:, 1:]  # (rows, 1)
         (cut,) = tune_thresholds(second, np.array([[label == labels[1]] for label in gold], dtype=int), score=accuracy)
         return [round(1 - cut, 10), cut]
 
@@ -107,7 +107,7 @@ class Classification(TaskFamily):
         chosen = self.decide(logits, labels, thresholds)
         return [
             {"label": label, "probabilities": {name: float(p) for name, p in zip(labels, row, strict=True)}}
-            for label, row in zip(chosen, _probabilities(logits))
+            for label, row in zip(chosen, self.probabilities(logits))
         ]
 
     def baseline(self, examples: dict[str, Sequence[Any]], labels: list[str], language: str) -> dict[str, Any]:
@@ -115,12 +115,6 @@ class Classification(TaskFamily):
 
         texts, gold = split_texts(examples), split_labels(examples)
         return tfidf_baseline(texts["train"], gold["train"], texts["test"], gold["test"], language, texts["dev"], gold["dev"])
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    from distill.export.runtime import softmax
-
-    return softmax(np.asarray(logits, dtype=np.float64))
 
 
 def _correct(gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:

@@ -122,6 +122,13 @@ class MultiLabel(TaskFamily):
             for names, row in zip(chosen, probabilities)
         ]
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+    def logits_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+        return np.log(clipped) - np.log1p(-clipped)
+
     def tunes_thresholds(self, labels: list[str]) -> bool:
         return True
 

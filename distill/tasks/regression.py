@@ -77,6 +77,13 @@ class Regression(TaskFamily):
     def teacher_targets(self, teacher_logits) -> list[float]:
         return teacher_logits.reshape(-1).tolist()
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """A score has no probabilities: an ensemble averages the scores themselves."""
+        return np.asarray(logits, dtype=np.float64)
+
+    def logits_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities
+
     def decide(self, logits: np.ndarray, labels: list[str], thresholds: Sequence[float] | None = None) -> list[float]:
         return [float(score) for score in np.asarray(logits).reshape(len(logits), -1)[:, 0]]
 
