@@ -230,7 +230,10 @@ class TrainSettings(Section):
     checkpoint_every: int = Field(default=200, ge=1)
     # batches of similar lengths (shuffled windows sorted by length): less padding, faster steps
     group_by_length: bool = False
-    ADDED_LATER = frozenset({"group_by_length", "swa_start", "swa_lr", "swa_every"})
+    # autocast of each step: auto = CUDA mixed precision, fp32 on a CPU; bf16 = bf16 on CUDA or a
+    # CPU with AVX-512 BF16 / AMX (fp32 where unsupported, with a warning); fp32 = never
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    ADDED_LATER = frozenset({"group_by_length", "swa_start", "swa_lr", "swa_every", "precision"})
 
     @model_validator(mode="after")
     def _one_average(self) -> TrainSettings:

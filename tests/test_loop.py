@@ -362,3 +362,42 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def _logit_dtypes(tmp_path: Path, precision: str) -> set[torch.dtype]:
+    """The dtypes of the logits the loss saw in two training steps at `precision`."""
+    seen: set[torch.dtype] = set()
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        logits = model(batch["tokens"])
+        seen.add(logits.dtype)
+        return F.cross_entropy(logits.float(), batch["label"]), {}
+
+    cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, warmup_ratio=0.0, precision=precision)
+    result = train(make_classifier(), loss_fn, token_data(), cfg, collate=collate, work_dir=tmp_path / precision, device="cpu")
+    assert result.global_steps == 2
+    return seen
+
+
+def test_bf16_steps_autocast_the_linear_layers_where_the_cpu_supports_it(tmp_path, monkeypatch):
+    import distill.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: True)
+    assert _logit_dtypes(tmp_path, "bf16") == {torch.bfloat16}
+    assert _logit_dtypes(tmp_path, "fp32") == {torch.float32}
+    assert _logit_dtypes(tmp_path, "auto") == {torch.float32}  # a CPU trains in fp32 unless asked
+
+
+def test_bf16_falls_back_to_fp32_with_a_warning_where_unsupported(tmp_path, monkeypatch, caplog):
+    import distill.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="distill"):
+        assert _logit_dtypes(tmp_path, "bf16") == {torch.float32}
+    assert "neither AVX-512 BF16 nor AMX: training in fp32" in caplog.text
+
+
+def test_the_bf16_query_answers_without_raising():
+    from distill.train.loop import cpu_supports_bf16
+
+    assert isinstance(cpu_supports_bf16(), bool)

@@ -10,6 +10,7 @@ terminal) and torch.distributed.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -74,7 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps; also at each epoch end
     log_every: int = 50  # steps
     seed: int = 42
-    mixed_precision: bool = True  # CUDA only: bf16 when supported, else fp16 + GradScaler
+    precision: str = "auto"  # auto | fp32 | bf16: the autocast of each step (`autocast_dtype`)
     group_by_length: bool = False  # batches of similar lengths (distill.train.batching); the data must know its lengths
 
     def __post_init__(self) -> None:
@@ -190,10 +191,35 @@ def _training_device(model: nn.Module, device: str | torch.device | None) -> tor
     return first.device if first is not None else torch.device("cpu")
 
 
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if device.type != "cuda" or not enabled:
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX-512 BF16 or AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's query
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype training steps autocast to, None for full fp32.
+
+    "auto": CUDA's mixed precision (bf16 where supported, else fp16 with a gradient scaler) and
+    fp32 on a CPU; "bf16": bf16 on CUDA or on a CPU that supports it, else fp32 with a warning;
+    "fp32": never. Losses that need the precision (relation KLs) leave autocast themselves.
+    """
+    if precision == "fp32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if precision == "auto" else _fp32_fallback("this GPU has no bf16")
+    if precision == "bf16" and device.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else _fp32_fallback("this CPU has neither AVX-512 BF16 nor AMX")
+    return None
+
+
+def _fp32_fallback(reason: str) -> None:
+    logging.getLogger("distill").warning(f"precision = \"bf16\" but {reason}: training in fp32")
+    return None
 
 
 def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -299,7 +325,7 @@ class _Trainer:
             self.optimizer, cfg.schedule, self.total_steps, cfg.warmup_ratio,
             hold_from=swa_start, hold_lr_ratio=None if cfg.swa_lr is None else cfg.swa_lr / cfg.lr,
         )
-        amp_dtype = _amp_dtype(self.device, cfg.mixed_precision)
+        amp_dtype = autocast_dtype(self.device, cfg.precision)
         self.autocast: Callable[[], AbstractContextManager] = (
             partial(torch.autocast, self.device.type, dtype=amp_dtype) if amp_dtype else nullcontext
         )
