@@ -303,7 +303,8 @@ def test_train_logs_loss_lr_and_loss_fn_values(tmp_path: Path) -> None:
         log=logs.append,
         desc="unit",
     )
-    assert [record["step"] for record in logs] == [2, 4]
+    assert [record["step"] for record in logs] == [2, 4, 4]  # two training records, then the time split
+    assert {"seconds", "seconds_step", "seconds_data"} <= set(logs[-1]) and "loss" not in logs[-1]
     first = logs[0]
     assert first["stage"] == "unit"
     assert first["lr"] == pytest.approx(0.05 * (4 - 2) / 4)  # linear decay, no warm-up
@@ -401,3 +402,24 @@ def test_the_bf16_query_answers_without_raising():
     from distill.train.loop import cpu_supports_bf16
 
     assert isinstance(cpu_supports_bf16(), bool)
+
+
+def test_the_result_splits_its_seconds_by_phase(tmp_path):
+    import time as clock
+
+    def slow_eval(model: nn.Module) -> dict[str, float]:
+        clock.sleep(0.1)  # two evaluations: at least 0.2 s of eval
+        return accuracy_on(token_data())(model)
+
+    records: list[dict] = []
+    cfg = TrainConfig(max_steps=4, batch_size=8, lr=1e-2, warmup_ratio=0.0, eval_every=2, log_every=1)
+    result = train(
+        make_classifier(), classification_loss, token_data(), cfg, collate=collate, work_dir=tmp_path,
+        eval_fn=slow_eval, log=records.append, device="cpu",
+    )
+    phases = result.seconds_by_phase
+    assert set(phases) == {"data", "step", "eval", "checkpoint", "log", "other"}
+    assert sum(phases.values()) == pytest.approx(result.seconds)
+    assert phases["eval"] >= 0.2 and all(value >= 0 for value in phases.values())
+    assert records[-1]["seconds"] == pytest.approx(result.seconds)  # the last metrics record says it too
+    assert result.timing()["seconds_by_phase"]["eval"] == round(phases["eval"], 2)

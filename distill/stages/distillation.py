@@ -369,5 +369,5 @@ def relation_stage(
         **pair.pruning,
     }
     notes = {"texts_source": stage_texts.source, "started_from": pair.started_from, "teacher": str(teacher_dir.name)}
-    save_student(pair.student, work, {**metrics, **notes, "seconds": round(result.seconds, 2)})
+    save_student(pair.student, work, {**metrics, **notes, **result.timing()})
     return metrics

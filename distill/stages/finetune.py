@@ -81,7 +81,7 @@ def fine_tune(run: Run, source: Path, seed: int, target: Path, checkpoints: Path
     metrics = split_metrics(model, {"dev": dev_set, "test": task_dataset(encoder, data.test, data)}, data, run.device)
     metrics["best_step"] = result.best_step
     metrics["steps"] = result.global_steps
-    metrics["seconds"] = round(result.seconds, 2)
+    metrics.update(result.timing())
     write_metrics(target / "metrics.json", metrics)
     return metrics
 

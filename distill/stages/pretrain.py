@@ -199,7 +199,7 @@ def run(run: Run, work: Path) -> dict[str, Any]:
         "corpus_texts": len(train_texts),
         "held_out_texts": len(held_out),
         "vocab_size": len(tokenizer),
-        "seconds": round(result.seconds, 2),
+        **result.timing(),
     }
     write_metrics(work / "metrics.json", metrics)
     headline = ("held_out_loss", "perplexity", "steps", "corpus_texts", "vocab_size")

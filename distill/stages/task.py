@@ -169,7 +169,7 @@ def _classifier_metrics(
     run: Run, model: nn.Module, datasets: dict[str, EncodedDataset], data: PreparedData, result: TrainResult
 ) -> dict:
     metrics = split_metrics(model, datasets, data, run.device)
-    metrics.update(best_step=result.best_step, steps=result.global_steps, seconds=round(result.seconds, 2))
+    metrics.update(best_step=result.best_step, steps=result.global_steps, **result.timing())
     return metrics
 
 

@@ -13,8 +13,9 @@ import itertools
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -122,6 +123,13 @@ class TrainResult:
     global_steps: int
     seconds: float  # wall time of this call (a resumed run counts only its own part)
     stopped_early: bool
+    # where `seconds` went: data (fetching and moving batches), step (forward, backward, update),
+    # eval, checkpoint, log (records and progress); "other" is setup and resume
+    seconds_by_phase: dict[str, float] = field(default_factory=dict)
+
+    def timing(self) -> dict[str, Any]:
+        """The call's seconds and their split by phase, rounded, as stage metrics record them."""
+        return {"seconds": round(self.seconds, 2), "seconds_by_phase": {k: round(v, 2) for k, v in self.seconds_by_phase.items()}}
 
 
 @dataclass
@@ -260,6 +268,7 @@ class _Trainer:
         self.step_start_rng: dict[str, Any] | None = None
         self.between_updates = False  # True while only gradients (not weights) have changed
         self.window: dict[str, list[float]] = {}
+        self.phase_seconds: dict[str, float] = defaultdict(float)  # see TrainResult.seconds_by_phase
 
     # ----------------------------------------------------------------- set-up
 
@@ -429,14 +438,29 @@ class _Trainer:
                 raise
         self._leave_best_weights()
         progress = self.progress
+        seconds = time.perf_counter() - started
+        phases = dict(self.phase_seconds)
+        phases["other"] = max(0.0, seconds - sum(phases.values()))
+        self._emit({"step": progress.global_step, "seconds": seconds, **{f"seconds_{k}": v for k, v in phases.items()}})
         return TrainResult(
             model=self.model,
             best_metrics=dict(progress.best_metrics),
             best_step=progress.best_step if self.eval_fn is not None else progress.global_step,
             global_steps=progress.global_step,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             stopped_early=progress.stopped_early,
+            seconds_by_phase=phases,
         )
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to `phase` (on CUDA without a sync: kernels still running are
+        counted where the next phase waits for them, at the latest at the loss's .item())."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] += time.perf_counter() - started
 
     def _epoch_loader(self, epoch: int, batches_done: int) -> DataLoader:
         """This rank's batches of `epoch`, starting after the `batches_done` already consumed."""
@@ -465,8 +489,9 @@ class _Trainer:
             num_micro = min(self.cfg.grad_accum, self.batches_per_epoch - progress.batches_done)
             self._train_step(itertools.islice(batches, num_micro), num_micro)
             epoch_ended = progress.epoch != epoch
-            losses = self.window["loss"]  # since the last metrics record: steadier than one batch's
-            bar.update(1, loss=sum(losses) / len(losses))
+            with self._timed("log"):
+                losses = self.window["loss"]  # since the last metrics record: steadier than one batch's
+                bar.update(1, loss=sum(losses) / len(losses))
             self._after_step(epoch_ended)
             if progress.best_value is not None:
                 bar.set(**{f"best_dev_{self.metric}": progress.best_value})
@@ -475,14 +500,16 @@ class _Trainer:
         """One optimiser step over `num_micro` micro-batches."""
         self.step_start_rng = capture_rng_state()
         self.between_updates = True
-        for index, batch in enumerate(micro_batches):
-            batch = move_to_device(batch, self.device)
+        for index in range(num_micro):
+            with self._timed("data"):
+                batch = move_to_device(next(micro_batches), self.device)
             is_last = index == num_micro - 1
             sync = nullcontext() if not self.distributed or is_last else self.train_model.no_sync()
-            with sync:
+            with sync, self._timed("step"):
                 self._forward_backward(batch, num_micro)
         self.between_updates = False
-        self._update()
+        with self._timed("step"):
+            self._update()
         progress = self.progress
         progress.batches_done += num_micro
         progress.global_step += 1
@@ -556,15 +583,18 @@ class _Trainer:
         step = progress.global_step
         finished = step >= self.total_steps
         if step % cfg.log_every == 0 or finished:
-            self._log_train()
+            with self._timed("log"):
+                self._log_train()
         if self.eval_fn is not None and (
             (cfg.eval_every is not None and step % cfg.eval_every == 0)
             or (cfg.eval_every is None and epoch_ended)
             or finished
         ):
-            self._evaluate(self.eval_fn)
+            with self._timed("eval"):
+                self._evaluate(self.eval_fn)
         if step % cfg.checkpoint_every == 0 or epoch_ended or finished or progress.stopped_early:
-            self._save_checkpoint()
+            with self._timed("checkpoint"):
+                self._save_checkpoint()
 
     # ------------------------------------------------------ evaluation, best
 
