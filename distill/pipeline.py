@@ -51,6 +51,7 @@ class StageSpec:
     every_rank: bool = False  # training stages run on every torchrun process; others on rank 0
     reads: tuple[str, ...] | None = None  # the earlier stages whose outputs it reads; None: all of them
     sections_if: tuple[tuple[str, str], ...] = ()  # (section, flag): the section counts only while the flag is on
+    ignores: tuple[str, ...] = ()  # "section.key" entries of `sections` that cannot change this stage's result
 
     def function(self) -> Callable[[Run, Path], dict[str, Any]]:
         module, name = self.entry.split(":")
@@ -70,7 +71,12 @@ def register(spec: StageSpec) -> None:
 
 
 register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed", "task")))
-register(StageSpec("pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain"), every_rank=True))
+register(
+    StageSpec(
+        "pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain"), every_rank=True,
+        ignores=("teacher.ensemble",),  # the ensemble is made by fine-tuning what pretrain makes
+    )
+)
 register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune"), every_rank=True))
 register(StageSpec("general", "distill.stages.general:run_general", "student_gd", ("student", "stages.general"), every_rank=True))
 register(
@@ -123,6 +129,9 @@ def _file_fingerprints(recipe: Recipe) -> dict[str, list[float]]:
 def config_hash(recipe: Recipe, spec: StageSpec, upstream: str) -> str:
     """Hash of what decides a stage's result: its recipe sections and the `upstream` it reads."""
     payload = {section: _section(recipe, section) for section in spec.sections}
+    for ignored in spec.ignores:
+        section, key = ignored.rsplit(".", 1)
+        payload[section].pop(key, None)
     payload.update({section: _section(recipe, section) for section, flag in spec.sections_if if _section(recipe, flag)})
     if "task" in spec.sections:
         payload["data_files"] = _file_fingerprints(recipe)

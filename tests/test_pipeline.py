@@ -243,3 +243,18 @@ def test_task_adaptive_distillation_reruns_on_augmentation_settings_only_when_it
     base = _hashes(**reading)
     changed = {name for name, digest in _hashes(**{**reading, "data_distill": more}).items() if digest != base[name]}
     assert changed == {"task_adaptive", "task_specific", "data_distill", "export", "report"}
+
+
+def test_a_teacher_ensemble_refits_the_teacher_but_keeps_the_pretrained_encoder():
+    from distill.pipeline import stage_hashes
+    from distill.recipe import parse_recipe
+
+    def hashes(teacher: dict) -> dict[str, str]:
+        stages = {"pretrain": {"max_steps": 10}, "finetune": {}, "task_specific": {}}
+        return stage_hashes(parse_recipe({"task": {"dataset": "tiny.csv"}, "teacher": teacher, "stages": stages}))
+
+    base = hashes({})
+    changed = {name for name, digest in hashes({"ensemble": {"seeds": 3}}).items() if digest != base[name]}
+    assert changed == {"finetune", "task_specific", "export", "report"}
+    changed = {name for name, digest in hashes({"pooling": "mean"}).items() if digest != base[name]}
+    assert "pretrain" in changed  # other teacher keys still count for it
