@@ -260,7 +260,15 @@ class MixupSettings(Section):
 
 class FinetuneStage(TrainSettings, MixupSettings):
     layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
-    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER
+    # R-Drop (distill/train/rdrop.py): two dropout passes per batch, α x their symmetric divergence
+    rdrop_alpha: float | None = Field(default=None, gt=0)
+    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER | {"rdrop_alpha"}
+
+    @model_validator(mode="after")
+    def _one_regulariser(self) -> FinetuneStage:
+        if self.rdrop_alpha is not None and self.mixup_alpha is not None:
+            raise ValueError("rdrop_alpha and mixup_alpha both change what a batch trains on: set one of them")
+        return self
 
 
 class PretrainStage(TrainSettings):

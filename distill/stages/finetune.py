@@ -26,6 +26,7 @@ from distill.stages.common import (
 )
 from distill.train.loop import seed_everything, train
 from distill.train.mixup import mix_inputs
+from distill.train.rdrop import doubled, rdrop_loss
 
 
 def teacher_source(run: Run) -> Path:
@@ -55,9 +56,16 @@ def fine_tune(run: Run, source: Path, seed: int, target: Path, checkpoints: Path
     smoothing = section.label_smoothing
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        def gold_loss(logits: torch.Tensor) -> torch.Tensor:
+            return data.family.hard_loss(logits, batch["labels"], smoothing)
+
+        if section.rdrop_alpha is not None:
+            twice = doubled(batch)
+            first, second = word_logits(model(**twice["inputs"]).logits, twice).chunk(2)
+            loss, divergence = rdrop_loss(data.family, first, second, gold_loss, section.rdrop_alpha)
+            return loss, {"rdrop_divergence": divergence.item()}
         if section.mixup_alpha is None:
-            logits = word_logits(model(**batch["inputs"]).logits, batch)
-            return data.family.hard_loss(logits, batch["labels"], smoothing), {}
+            return gold_loss(word_logits(model(**batch["inputs"]).logits, batch)), {}
         mixed = mix_inputs(model, batch["inputs"], section.mixup_alpha)
         logits = model(**mixed.inputs).logits
         loss = mixed.loss(lambda rows: data.family.hard_loss(logits, batch["labels"][rows], smoothing))
