@@ -69,11 +69,12 @@ def export_pair(model: BertForSequenceClassification, folder: Path) -> dict[str,
     """fp32 graphs from both exporters, the optimizer's output of each, and int8 of every one."""
     ids = torch.randint(1000, 2000, (2, 16))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    wrapped = _Logits(model).eval()
     graphs = {"dynamo": folder / "dynamo.onnx", "torchscript": folder / "torchscript.onnx"}
-    torch.onnx.export(_Logits(model), example, str(graphs["dynamo"]), input_names=list(INPUTS), output_names=["logits"],
+    torch.onnx.export(wrapped, example, str(graphs["dynamo"]), input_names=list(INPUTS), output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")},) * 3,
                       opset_version=18, dynamo=True, external_data=False)
-    torch.onnx.export(_Logits(model), example, str(graphs["torchscript"]), input_names=list(INPUTS), output_names=["logits"],
+    torch.onnx.export(wrapped, example, str(graphs["torchscript"]), input_names=list(INPUTS), output_names=["logits"],
                       dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS}, opset_version=17, dynamo=False)
     config = model.config
     for name in ("dynamo", "torchscript"):
