@@ -343,7 +343,9 @@ class AugmentSettings(Section):
     multiplier: int = Field(default=10, ge=1)
     # character noise: each entry makes its own `copies` of the multiplier, from the original text
     nlpaug: list[NlpaugSettings] = []
-    ADDED_LATER = frozenset({"nlpaug"})
+    # token classification: each entity becomes another training mention of its type with this probability
+    entity_replace: float = Field(default=0.0, ge=0, le=1)
+    ADDED_LATER = frozenset({"nlpaug", "entity_replace"})
 
     @field_validator("n_sampling_span")
     @classmethod

@@ -142,8 +142,9 @@ def _check_nlpaug(recipe: Recipe, augment: bool) -> list[str]:
 
 
 def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str]:
-    """What the task's family or shape rules out: word-level students of text pairs, seed repeats
-    of students outside single-label tasks."""
+    """What the task's family or shape rules out: word-level students of text pairs, BOW students
+    of tagged tokens, augmentation that does not fit the rows, seed repeats of students outside
+    single-label tasks."""
     section = recipe.stages.data_distill
     if section is not None and section.enabled and any(e.text_pair is not None for e in data.train):
         raise UserError(
@@ -151,15 +152,8 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
             "[stages.data_distill]",
             "remove [stages.data_distill] from the recipe for a text-pair task",
         )
-    if data.family.head == "token":
-        beyond = [name for name in TOKEN_TASKS_LACK if recipe.stage_enabled(name)]
-        if beyond:
-            tables = [f"[{name}]" if name in ("export", "report") else f"[stages.{name}]" for name in beyond]
-            raise UserError(
-                f"token classification runs the teacher, the transformer stages and the export only; {', '.join(beyond)} cannot take it yet",
-                tables[0],
-                f"set enabled = false in {', '.join(tables)}",
-            )
+    _check_augmentation_fits(recipe, data)
+    _check_student_heads(recipe, data)
     if recipe.report.seeds and data.family.name != "classification":
         raise UserError(
             f"[report] seeds repeats students of single-label tasks only, not {data.family.name}",
@@ -168,6 +162,26 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
         )
     _check_mixup(recipe, data)
     return [f"decisions: {_DECISIONS[data.family.name]}; primary metric {data.family.primary}"]
+
+
+def _check_student_heads(recipe: Recipe, data: TaskData | PreparedData) -> None:
+    """Every word-level student can give the family's output: one per token for token classification."""
+    section = recipe.stages.data_distill
+    if section is None or not section.enabled:
+        return
+    from distill.models.shallow import require_head
+
+    for kind in section.students:
+        require_head(kind, data.family.head, "[stages.data_distill] students")
+
+
+def _check_augmentation_fits(recipe: Recipe, data: TaskData | PreparedData) -> None:
+    """The augmentation settings fit the task's rows (tagged sentences or plain texts)."""
+    from distill.data.augment import check_rows_fit
+
+    section = recipe.stages.data_distill
+    settings = section.augment if section is not None else AugmentSettings()  # as augmentation.augment_settings
+    check_rows_fit(data.family.head == "token", bool(settings.nlpaug), settings.entity_replace)
 
 
 def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
@@ -196,7 +210,6 @@ _DECISIONS = {
     "regression": "the output score",
     "token_classification": "argmax tag per word, entities read from the tags as seqeval reads them",
 }
-TOKEN_TASKS_LACK = ("data_distill", "report")  # stages without a per-token path yet
 
 
 def _check_ensemble(recipe: Recipe) -> list[str]:

@@ -262,3 +262,34 @@ def test_augmenter_validation():
         Augmenter("zh", pos_swap_sampling="zipf")
     with pytest.raises(RuntimeError, match="fit"):
         Augmenter("zh", pos_swap=0.1).augment(ZH_TEXTS)
+
+
+def test_sample_window_with_cuts_starts_uniformly_where_no_entity_is_split():
+    from distill.data.augment import sample_window
+
+    # 8 words, entities over words 1-2 and 5-6: no cut at 2 or 6
+    cuts = [True, True, False, True, True, True, False, True, True]
+    rng = random.Random(3)
+    draws = 30_000
+    windows = Counter(sample_window(8, rng, (2, 2), cuts) for _ in range(draws))
+    # of the 7 windows of 2 words, those with both edges allowed, by hand: (1, 3), (3, 5), (5, 7)
+    assert_frequencies(windows, {(1, 3): 1 / 3, (3, 5): 1 / 3, (5, 7): 1 / 3}, draws)
+    # no window of the drawn length fits: the whole text
+    assert sample_window(3, random.Random(0), (2, 2), [True, False, False, True]) == (0, 3)
+    # without cuts, the same draws as n_sample
+    words = [f"w{index}" for index in range(9)]
+    a, b = random.Random(8), random.Random(8)
+    for _ in range(200):
+        start, end = sample_window(9, a)
+        assert words[start:end] == n_sample(words, b)
+
+
+def test_pos_swap_where_limits_the_candidates_and_their_draws():
+    swapper = PosSwapper({"good": "JJ", "bad": "JJ", "fine": "JJ", "film": "NN", "book": "NN"})
+    words = ["good", "film", "bad", "book", "fine", "good"]
+    where = [True, False, True, False, False, True]
+    for seed in range(20):
+        swapped = swapper.swap(words, 0.5, random.Random(seed), where)
+        marked = swapper.swap([w for w, m in zip(words, where) if m], 0.5, random.Random(seed))
+        assert [w for w, m in zip(swapped, where) if m] == marked  # only marked words draw
+        assert [w for w, m in zip(swapped, where) if not m] == ["film", "book", "fine"]

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from distill.data.augment import Augmenter
 from distill.data.datasets import Example, PreparedData, write_split
-from distill.data.encoded import EncodedDataset, WordDataset
+from distill.data.encoded import EncodedDataset, WordDataset, word_logits
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.models.shallow import ShallowConfig, build_shallow, load_shallow
@@ -34,6 +34,7 @@ from distill.stages.augmentation import (
 from distill.stages.common import text_encoder
 from distill.stages.data_distill import distillation_loss, training_set
 from distill.tasks import family
+from distill.tasks.token_classification import IGNORED
 
 CLASSIFICATION = family("classification")
 
@@ -336,6 +337,55 @@ def test_hard_and_soft_targets_match_a_hand_computation():
     assert torch.isfinite(soft) and set(logs) == {"soft", "loss"}
 
 
+def test_per_token_targets_and_losses_match_a_hand_computation():
+    """Token classification: one word per token, the teacher's tag per word of an augmented row
+    (none past its last word with logits, none past max_len), and both losses per word."""
+    ner = family("token_classification")
+    nan = float("nan")
+    gold_words, gold_tags = [("Ann", "saw", "Paris")], [[1, 0, 3]]
+    augmented = [("Paris", "saw"), ("a", "b", "c")]
+    logits_T = torch.tensor(
+        [
+            [[0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 1.5]],
+            [[0.0, 0.0, 0.0, 3.0], [2.0, 1.0, 0.0, 0.0], [nan] * 4],  # NaN past its end
+            [[0.5, 0.0, 0.0, 0.0], [nan] * 4, [0.0, 1.0, 0.0, 0.0]],  # "b" has no piece
+        ]
+    )  # (3 rows, 3 words, 4 tags): the gold row, then the augmented ones
+    tokenizer = WordTokenizer("en")
+    words = gold_words + augmented
+    vocab = WordVocab.build(tokenizer.normalise(row) for row in words)
+    texts = [" ".join(row) for row in words]
+    dataset = training_set(ner, tokenizer, vocab, texts[:1], gold_tags, texts[1:], logits_T, max_len=2, words=words)
+    assert dataset.labels == [[1, 0, IGNORED], [3, 0], [0, IGNORED, IGNORED]]  # max_len 2 cuts the third word
+    assert dataset.ids[0] == [vocab.token_to_id["ann"], vocab.token_to_id["saw"]]
+    batch = dataset.collate([dataset[i] for i in range(3)])
+    assert batch["words"].tolist() == [[0, 1, -1], [0, 1, -1], [0, 1, -1]]
+
+    torch.manual_seed(0)
+    model = build_shallow(
+        ShallowConfig(kind="cnn", vocab_size=len(vocab), num_labels=4, embed_dim=4, channels=3, head="token")
+    ).eval()
+    logits_S = word_logits(model(**batch["inputs"]), batch)  # (3, 3, 4)
+    log_p_S = F.log_softmax(logits_S, -1)
+    tau = 2.0
+    hard, _ = distillation_loss(ner, logits_S, batch, logits_T, 1, "hard", tau)
+    words_with_targets = [(0, 0, 1), (0, 1, 0), (1, 0, 3), (1, 1, 0), (2, 0, 0)]  # (row, word, tag)
+    expected_hard = -sum(log_p_S[r, w, t] for r, w, t in words_with_targets) / 5
+    assert hard.item() == pytest.approx(expected_hard.item(), rel=1e-5)
+
+    # soft: KL at tau on each word the teacher has logits for (7 of 9), over the words; the gold
+    # row's CE (its two tagged words) weighted by its share of the batch's rows
+    seen = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 2)]
+    kl = [
+        (F.softmax(logits_T[r, w] / tau, -1) * (F.log_softmax(logits_T[r, w] / tau, -1) - F.log_softmax(logits_S[r, w] / tau, -1))).sum() * tau**2
+        for r, w in seen
+    ]
+    gold_ce = -(log_p_S[0, 0, 1] + log_p_S[0, 1, 0]) / 2
+    soft, logs = distillation_loss(ner, logits_S, batch, logits_T, 1, "soft", tau)
+    assert logs["soft"] == pytest.approx(sum(kl).item() / 7, rel=1e-5)
+    assert soft.item() == pytest.approx(sum(kl).item() / 7 + gold_ce.item() / 3, rel=1e-5)
+
+
 # ------------------------------------------------------------------ the stage
 
 
@@ -376,7 +426,7 @@ def test_gold_labels_train_on_the_gold_set_alone_without_the_teacher(tiny_run, m
     def no_teacher(*args, **kwargs):
         raise AssertionError("labels = 'gold' must not augment or call the teacher")
 
-    monkeypatch.setattr(data_distill, "augmented_texts", no_teacher)
+    monkeypatch.setattr(data_distill, "augmented_examples", no_teacher)
     monkeypatch.setattr(data_distill, "teacher_logits", no_teacher)
     section = tiny_run.recipe.stages.data_distill
     tiny_run.recipe.stages.data_distill = section.model_copy(update={"labels": "gold"})

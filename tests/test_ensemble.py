@@ -71,7 +71,7 @@ def test_members_differ_only_in_shape_they_cannot_be_combined():
         combine_logits(family_of("classification"), [np.zeros((2, 3)), np.zeros((2, 2))], [1, 1], "logits")
 
 
-def _recipe(tmp_path: Path, ensemble: dict, stages: dict | None = None) -> Path:
+def _recipe(tmp_path: Path, ensemble: dict, stages: dict | None = None, report: bool = False) -> Path:
     data = write_rows(tmp_path / "data.csv", tiny_rows())
     steps = {"max_steps": 12, "lr": 3e-3, "batch_size": 16, "warmup_ratio": 0.0}
     recipe = {
@@ -80,8 +80,8 @@ def _recipe(tmp_path: Path, ensemble: dict, stages: dict | None = None) -> Path:
         "teacher": {"model": str(tiny_teacher_dir(tmp_path / "teacher")), "ensemble": ensemble},
         "student": {"layers": 1},
         "stages": stages if stages is not None else {"finetune": steps, "task_specific": {**steps, "max_steps": 4}},
-        "export": {"enabled": False},
-        "report": {"enabled": False},
+        "export": {"quantize": "none"} if report else {"enabled": False},
+        "report": {"batch_sizes": [1], "warmup": 1, "repeats": 2} if report else {"enabled": False},
     }
     path = tmp_path / "ensemble.toml"
     path.write_text(tomli_w.dumps(recipe), encoding="utf-8")
@@ -122,7 +122,7 @@ def test_an_ensemble_needs_the_finetune_stage(tmp_path):
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory) -> Run:
     tmp_path = tmp_path_factory.mktemp("ensemble")
-    run = Run(load_recipe(_recipe(tmp_path, {"seeds": 2, "combine": "probabilities"})))
+    run = Run(load_recipe(_recipe(tmp_path, {"seeds": 2, "combine": "probabilities"}, report=True)))
     run.execute()
     return run
 
@@ -195,3 +195,26 @@ def test_a_killed_ensemble_resumes_with_the_member_it_had_not_finished(tmp_path,
     assert trained == ["member-1", "member-2", "member-2", "member-3"]  # member-1 was not trained again
     assert (work / "members" / "member-1" / "model.safetensors").stat().st_mtime_ns == first
     assert read_ensemble(work).members == ["member-1", "member-2", "member-3"]
+
+
+def test_the_report_lists_the_members_and_compares_every_student_with_the_ensemble(ensemble_run):
+    from distill.report.schema import validate_report
+
+    run = ensemble_run
+    report = json.loads((run.dir / "report.json").read_text(encoding="utf-8"))
+    validate_report(report)
+    ensemble = report["ensemble"]
+    metrics = json.loads((run.path("teacher") / "metrics.json").read_text(encoding="utf-8"))
+    assert ensemble["figures"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # the same members, the same test
+    assert [member["name"] for member in ensemble["members"]] == ["member-1", "member-2"]
+    assert [member["weight"] for member in ensemble["members"]] == [0.5, 0.5]
+    for member in ensemble["members"]:
+        assert member["test"]["accuracy"] == pytest.approx(metrics["members"][member["name"]]["test"]["accuracy"])
+        assert "/" not in member["source"]  # a folder name, not a path
+    assert ensemble["relation_member"] == metrics["relation_member"]
+    for student in report["students"]:
+        assert student["ensemble_retention"] == pytest.approx(student["accuracy"] / ensemble["figures"]["accuracy"])
+        assert {"diff", "low", "high"} <= set(student["vs_ensemble"])
+    markdown = (run.dir / "report.md").read_text(encoding="utf-8")
+    assert "teacher ensemble (2 members, mean of their probabilities)" in markdown
+    assert "vs the teacher ensemble:" in markdown

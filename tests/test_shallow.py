@@ -215,3 +215,61 @@ def test_onnx_export_has_dynamic_batch_and_length(kind, tmp_path):
         (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(logits, model(ids).numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------ per-token heads (tagging)
+
+
+def tagger(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = tiny_config(kind)
+    config.head = "token"
+    return build_shallow(config).eval()
+
+
+def test_bow_has_no_per_token_head():
+    with pytest.raises(UserError, match="bow has no per-token output"):
+        ShallowConfig(kind="bow", vocab_size=10, num_labels=2, head="token")
+    with pytest.raises(UserError, match="unknown head"):
+        ShallowConfig(kind="cnn", vocab_size=10, num_labels=2, head="span")
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bigru"])
+def test_tagger_gives_one_row_per_word_whatever_the_padding(kind):
+    model = tagger(kind)
+    with torch.no_grad():
+        logits = model(IDS)
+        assert logits.shape == (3, 5, 3) and model(torch.tensor([[7]])).shape == (1, 1, 3)
+        torch.testing.assert_close(model(F.pad(IDS, (0, 6)))[:, :5], logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(torch.tensor([[3, 4]]))[0], logits[1, :2], rtol=0, atol=1e-6)
+
+
+def test_cnn_tagger_matches_an_explicit_loop_of_windows_centred_on_each_word():
+    model = tagger("cnn")
+    row = [3, 4, 5, 6, 7]
+    with torch.no_grad():
+        expected = []
+        for word in range(len(row)):
+            features = []
+            for convolution in model.convolutions:
+                width = convolution.kernel_size[0]
+                before = (width - 1) // 2  # width 2: the word and the next; 3: one each side; 4: one before, two after
+                window = [row[i] if 0 <= i < len(row) else 0 for i in range(word - before, word - before + width)]
+                features.append(F.relu(convolution(model.embeddings.weight[window].T.unsqueeze(0))[0, :, 0]))
+            expected.append(model.classifier(torch.cat(features)))
+        torch.testing.assert_close(model(torch.tensor([row]))[0], torch.stack(expected))
+
+
+def test_bigru_tagger_reads_both_directions_at_each_word():
+    model = tagger("bigru")
+    row = [3, 4, 5, 6]
+    with torch.no_grad():
+        embedded = model.embeddings(torch.tensor([row]))
+        forward_states, _ = model.forward_gru(embedded)  # word t: words 0..t read left to right
+        backward_states, _ = model.backward_gru(embedded.flip(1))  # position t: word 3 - t, read from the end
+        features = torch.cat([forward_states, backward_states.flip(1)], dim=-1)  # both at word t
+        torch.testing.assert_close(model(torch.tensor([row])), model.classifier(features))
+        # the text student (same seed, so the same weights: only the head differs) pools the same
+        # features, max over the words of each direction
+        pooled = torch.cat([forward_states.amax(1), backward_states.amax(1)], dim=-1)  # (1, 2 * hidden)
+        torch.testing.assert_close(tiny_model("bigru")(torch.tensor([row])), model.classifier(pooled))

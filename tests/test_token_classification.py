@@ -223,6 +223,9 @@ def test_teacher_targets_stop_at_the_last_word_with_logits():
     nan = float("nan")
     logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [nan, nan]], [[0.0, 1.0], [nan, nan], [nan, nan]]])
     assert NER.teacher_targets(logits) == [[1, 0], [1]]
+    # a word without logits before the last one with logits (a token without a piece) gets no target
+    gap = torch.tensor([[[0.0, 1.0], [nan, nan], [3.0, 0.0], [nan, nan]]])
+    assert NER.teacher_targets(gap) == [[1, IGNORED, 0]]
 
 
 # --------------------------------------------------------------------------- decisions and metrics

@@ -119,3 +119,19 @@ def test_embedding_matrix_zero_pad_row_and_unk_row_from_the_teachers_unknown_tok
     torch.testing.assert_close(matrix[1:], torch.from_numpy(expected))
     unk_ids = inputs_for(encoder, ["[UNK]"])["input_ids"][0].tolist()
     assert unk_ids == [SPECIALS.index("[CLS]"), SPECIALS.index("[UNK]"), SPECIALS.index("[SEP]")]
+
+
+def test_a_per_token_teachers_word_vector_is_what_its_head_reads_at_the_words_first_piece(tmp_path, encoder):
+    from distill.models.teacher import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(tiny_teacher_dir(tmp_path / "tagger"), ["O", "B-X", "I-X"], head="token").eval()
+    words = ["good", "films", "[UNK]", "\u0301"]  # "films": two pieces; a lone combining accent: none
+    vectors = teacher_word_vectors(model, encoder, words)
+    assert vectors.shape == (4, 32)
+    for row, word in enumerate(words[:3]):
+        with torch.no_grad():
+            states = model.bert(**inputs_for(encoder, [word])).last_hidden_state[0]  # (pieces, 32): [CLS] word... [SEP]
+        torch.testing.assert_close(torch.from_numpy(vectors[row]), states[1])  # first piece, after [CLS]
+        torch.testing.assert_close(model.classifier(states[1]), model(**inputs_for(encoder, [word])).logits[0, 1])
+    assert (vectors[3] == 0).all()

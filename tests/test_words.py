@@ -102,3 +102,17 @@ def test_words_module_does_not_import_torch():
     code = "import sys, distill.data.words; sys.exit('torch' in sys.modules)"
     repo = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=repo, timeout=60).returncode == 0
+
+
+def test_normalise_keeps_one_word_per_token():
+    tokenizer = WordTokenizer("en")
+    assert tokenizer.normalise(["Don't", "PARIS", ",", "[UNK]"]) == ["don't", "paris", ",", "<unk>"]
+    assert tokenizer.split("Don't") == ["don't"] and tokenizer.row_words("Don't go", ["Don't", "go"]) == ["don't", "go"]
+    assert WordTokenizer("zh").normalise(["北", "京", "A"]) == ["北", "京", "A"]
+
+
+def test_token_positions_stop_at_max_len():
+    from distill.data.words import token_positions
+
+    assert token_positions(5, 3) == [0, 1, 2, -1, -1]
+    assert token_positions(2, 3) == [0, 1] and token_positions(0, 3) == []

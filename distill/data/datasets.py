@@ -12,7 +12,7 @@ import io
 import json
 import random
 from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +51,12 @@ class Example:
         if self.tokens is not None:
             row["tokens"] = list(self.tokens)
         return json.dumps(row, ensure_ascii=False)
+
+
+def tokens_of(examples: Sequence[Example]) -> list[tuple[str, ...]] | None:
+    """The examples' tokens (token classification: what the tags belong to), else None: what
+    per-token models and datasets read besides the texts."""
+    return [example.tokens for example in examples] if examples and examples[0].tokens is not None else None
 
 
 @dataclass
@@ -173,6 +179,12 @@ def token_separator(language: str) -> str:
     """How a token-classification sentence's tokens join into its text: Chinese characters
     without a space, words of other languages with one."""
     return "" if language == "zh" else " "
+
+
+def token_row(tokens: Sequence[str], language: str) -> Example:
+    """An unlabelled token-classification row (an augmented sentence, which the teacher labels):
+    its tokens, and as its text those tokens joined as the data joins them."""
+    return Example(token_separator(language).join(tokens), None, tokens=tuple(tokens))
 
 
 def tagged_example(tokens: object, tags: object, task: TaskSection) -> Example:

@@ -3,8 +3,9 @@
 Every batch is a dict: `inputs` (what `model(**inputs)` takes), `labels` (gold targets, or -1
 for unlabelled texts) and `index` (row numbers, so a loss can look up cached teacher
 outputs for the same rows). Token-classification batches add `words`: each word's first-piece
-position (-1 for none), which `word_logits` reads to turn per-piece outputs into per-word ones;
-their `labels` are (batch, words) tag ids, IGNORED where there is none.
+position (-1 for none), or for a word-level tagger each token's own position, which
+`word_logits` reads to turn per-piece outputs into per-word ones; their `labels` are
+(batch, words) tag ids, IGNORED where there is none.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.data.tokenize import TextEncoder
-from distill.data.words import UNK_ID, WordTokenizer, WordVocab
+from distill.data.words import UNK_ID, WordTokenizer, WordVocab, token_positions
 from distill.tasks.token_classification import IGNORED
 
 NO_LABEL = -1
@@ -93,10 +94,7 @@ class EncodedDataset(Dataset):
             if self.types is not None:
                 self.types.append(types)
             self.first_pieces.append(first)
-        self.labels = [
-            [IGNORED] * len(first) if tags == NO_LABEL else [tag if position >= 0 else IGNORED for tag, position in zip(tags, first, strict=True)]
-            for tags, first in zip(self.labels, self.first_pieces, strict=True)
-        ]
+        self.labels = word_targets(self.labels, self.first_pieces)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,17 +114,11 @@ class EncodedDataset(Dataset):
         }
         if self.types is not None:
             inputs["token_type_ids"] = _pad(types, 0)
-        batch = {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long)}
-        if self.first_pieces is None:
-            batch["labels"] = targets_tensor(labels)
-        else:
-            batch["labels"] = _pad(labels, IGNORED)  # (batch, words)
-            batch["words"] = _pad([self.first_pieces[i] for i in indices], -1)  # (batch, words)
-        return batch
+        return {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long), **_targets(labels, indices, self.first_pieces)}
 
 
 class WordDataset(Dataset):
-    """Texts split into words and looked up in a word vocabulary, for BOW/CNN students."""
+    """Texts split into words and looked up in a word vocabulary, for BOW/CNN/BiGRU students."""
 
     def __init__(
         self,
@@ -135,26 +127,50 @@ class WordDataset(Dataset):
         texts: Sequence[str],
         labels: Sequence[int] | None = None,
         max_len: int = 128,
+        words: Sequence[Sequence[str]] | None = None,
     ) -> None:
-        self.ids = [vocab.encode(tokenizer.split(text), max_len) or [UNK_ID] for text in texts]
+        """`words`: the texts' tokens, for token classification: one word per token, so a per-token
+        student's output position i is token i (then `labels` are tag-id lists)."""
+        tokens = [None] * len(texts) if words is None else words
+        self.ids = [vocab.encode(tokenizer.row_words(text, row), max_len) or [UNK_ID] for text, row in zip(texts, tokens, strict=True)]
         self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.ids)
+        self.positions: list[list[int]] | None = None
+        if words is not None:
+            self.positions = [token_positions(len(row), max_len) for row in words]
+            self.labels = word_targets(self.labels, self.positions)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[int, list[int], int]:
+    def __getitem__(self, index: int) -> tuple[int, list[int], object]:
         return index, self.ids[index], self.labels[index]
 
     def length(self, index: int) -> int:
         return len(self.ids[index])
 
-    def collate(self, items: list[tuple[int, list[int], int]]) -> dict:
+    def collate(self, items: list[tuple[int, list[int], object]]) -> dict:
         indices, ids, labels = zip(*items)
-        return {
-            "inputs": {"input_ids": _pad(ids, 0)},  # (batch, longest), pad id 0
-            "labels": targets_tensor(labels),
-            "index": torch.tensor(indices, dtype=torch.long),
-        }
+        inputs = {"input_ids": _pad(ids, 0)}  # (batch, longest), pad id 0
+        return {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long), **_targets(labels, indices, self.positions)}
+
+
+def word_targets(labels: Sequence[object], positions: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per sentence, each word's tag id, IGNORED for a word the model has no position for (no
+    loss) and for every word of an unlabelled row or past the end of a shorter tag list (the
+    teacher's decisions stop at its last word with logits)."""
+    targets = []
+    for tags, first in zip(labels, positions, strict=True):
+        tags = [] if tags == NO_LABEL else list(tags)
+        tags += [IGNORED] * (len(first) - len(tags))
+        targets.append([tag if position >= 0 else IGNORED for tag, position in zip(tags, first, strict=True)])
+    return targets
+
+
+def _targets(labels: Sequence[object], indices: Sequence[int], positions: Sequence[Sequence[int]] | None) -> dict:
+    """A batch's `labels`, and for per-word rows (`positions` given) their `words`, both (batch, words)."""
+    if positions is None:
+        return {"labels": targets_tensor(labels)}
+    return {"labels": _pad(labels, IGNORED), "words": _pad([positions[i] for i in indices], -1)}
 
 
 def length_sorted_batches(dataset: EncodedDataset | WordDataset, batch_size: int) -> Iterator[list[int]]:

@@ -60,6 +60,17 @@ class WordTokenizer:
             words.extend(self._split_plain(piece))
         return words
 
+    def row_words(self, text: str, tokens: Sequence[str] | None = None) -> list[str]:
+        """A row's words: its `tokens` in normal form where the data gives them (token
+        classification, a word per tagged token), else its text split."""
+        return self.split(text) if tokens is None else self.normalise(tokens)
+
+    def normalise(self, tokens: Sequence[str]) -> list[str]:
+        """Pre-split tokens (token classification) as words in the students' normal form, one word
+        per token so that each keeps its tag: lowercased for English as `split` lowercases, the
+        unknown-word marker as `<unk>`."""
+        return [UNK_TOKEN if token == self.unk_marker else self._normal_case(token) for token in tokens]
+
     def join(self, words: Sequence[str]) -> str:
         separator = "" if self.language == "zh" else " "
         return separator.join(self.unk_marker if word == UNK_TOKEN else word for word in words)
@@ -67,7 +78,17 @@ class WordTokenizer:
     def _split_plain(self, text: str) -> list[str]:
         if self.language == "zh":
             return [word for word in jieba.lcut(text) if not word.isspace()]
-        return _ENGLISH_TOKEN.findall(text.lower())
+        return _ENGLISH_TOKEN.findall(self._normal_case(text))
+
+    def _normal_case(self, text: str) -> str:
+        return text if self.language == "zh" else text.lower()
+
+
+def token_positions(count: int, max_len: int) -> list[int]:
+    """Where each of a sentence's `count` tokens sits in a word-level student's input: token i at
+    position i, -1 past the first `max_len` (read as a word without logits, decided `O`, as a
+    transformer's word cut by max_length)."""
+    return [index if index < max_len else -1 for index in range(count)]
 
 
 class WordVocab:

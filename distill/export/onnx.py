@@ -87,7 +87,8 @@ class _LogitsOnly(nn.Module):
     """Presents any classifier as (input_ids[, attention_mask[, token_type_ids]]) -> logits.
 
     Hugging Face models return an output record and shallow students a tensor; the ONNX graph
-    has exactly one output, `logits` (batch, num_labels), or a per-token head's (batch, pieces, tags).
+    has exactly one output, `logits` (batch, num_labels), or a per-token head's (batch, pieces,
+    tags) (a word-level tagger's pieces are its words).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -161,8 +162,15 @@ def export_shallow(
     opset: int = DEFAULT_OPSET,
     parity_tolerance: float = PARITY_TOLERANCE,
     task: str = "classification",
+    words: Sequence[Sequence[str]] | None = None,
+    task_fields: dict[str, Any] | None = None,
 ) -> ExportedModel:
-    """Exports a BOW/CNN/BiGRU student as `NAME.onnx` + `NAME.json` + `NAME.vocab.json`."""
+    """Exports a BOW/CNN/BiGRU student as `NAME.onnx` + `NAME.json` + `NAME.vocab.json`.
+
+    A per-token student (a CNN or BiGRU tagger) takes the texts' tokens as `words`, on which
+    parity compares the logits of every token, and its family's `task_fields` (`token_split`),
+    as `export_transformer` does.
+    """
     _check_tolerance(parity_tolerance)
     out_dir = _make_out_dir(out_dir)
     vocab_file = f"{name}.vocab.json"
@@ -173,10 +181,11 @@ def export_shallow(
         "truncation": "head",
         "vocab_file": vocab_file,
         "language": config.language,
+        **(task_fields or {}),
     }
     side_file = ("vocab", vocab_file)
     return _export_checked(
-        model, manifest, out_dir, texts, None, side_file, opset, parity_tolerance
+        model, manifest, out_dir, texts, None, side_file, opset, parity_tolerance, words
     )
 
 

@@ -4,7 +4,8 @@ Serving machines need neither torch nor the training code, so this module import
 onnxruntime, numpy and the torch-free text encoders. The manifest `NAME.json` beside `NAME.onnx`
 holds everything needed to turn raw text into the model's inputs. A per-token (NER) model's
 manifest also says how raw text splits into tokens (`token_split`); its predictor encodes the
-tokens as the run's stages did and reads each one's logits at its first piece.
+tokens as the run's stages did and reads each one's logits at its first piece (a word-level
+tagger's token i is its word i).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import onnxruntime
 from tokenizers import Tokenizer
 
 from distill.data.tokenize import TextEncoder
-from distill.data.words import WordTokenizer, WordVocab
+from distill.data.words import WordTokenizer, WordVocab, token_positions
 from distill.errors import UserError
 from distill.tasks import FAMILIES, TaskFamily, family
 from distill.tasks.token_classification import TOKEN_PATTERNS, in_text, split_tokens
@@ -347,18 +348,21 @@ def _as_text_list(texts: Sequence[str]) -> list[str]:
 def input_encoder(manifest: dict[str, Any], directory: Path) -> InputEncoder:
     """The text -> inputs function a manifest describes; its tokenizer/vocab is in `directory`.
     A per-token model's texts are split into tokens first, as its predictor splits them."""
-    if manifest["kind"] != TRANSFORMER_KIND:
-        return _word_encoder(manifest, directory)
     how = token_split_of(manifest)
     if how is not None:
         encode_words = words_encoder(manifest, directory)
         return lambda texts, pairs: encode_words(_tokens(texts, _split(texts, pairs, how)))[0]
+    if manifest["kind"] != TRANSFORMER_KIND:
+        return _word_encoder(manifest, directory)
     return _transformer_encoder(manifest, directory)
 
 
 def words_encoder(manifest: dict[str, Any], directory: Path) -> WordsEncoder:
     """The sentences -> (inputs, first-piece positions) function of a per-token model's manifest:
-    `TextEncoder.encode_words`, as the run's stages encoded its data, padded to the batch's longest."""
+    `TextEncoder.encode_words`, as the run's stages encoded its data, padded to the batch's longest;
+    for a word-level tagger, one vocabulary id per token at its own position."""
+    if manifest["kind"] != TRANSFORMER_KIND:
+        return _vocab_words_encoder(manifest, directory)
     encoder = _text_encoder(manifest, directory)
     input_names = manifest["inputs"]
 
@@ -400,6 +404,21 @@ def _transformer_encoder(manifest: dict[str, Any], directory: Path) -> InputEnco
     def encode(texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, np.ndarray]:
         batch = encoder.encode(texts, pairs)
         return {name: batch[name] for name in input_names}
+
+    return encode
+
+
+def _vocab_words_encoder(manifest: dict[str, Any], directory: Path) -> WordsEncoder:
+    """A word-level tagger's encoder of pre-split sentences: each token in the students' normal
+    form looked up in the vocabulary (`WordDataset` with `words`), position i for token i and -1
+    past `max_length` words."""
+    splitter = WordTokenizer(manifest["language"])
+    vocab = WordVocab.load(directory / manifest["vocab_file"])
+    max_length = manifest["max_length"]
+
+    def encode(sentences: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        ids = vocab.encode_batch([splitter.normalise(sentence) for sentence in sentences], max_length)
+        return {"input_ids": ids}, _padded([token_positions(len(sentence), max_length) for sentence in sentences], -1)
 
     return encode
 

@@ -58,6 +58,11 @@ class Architecture:
     def fused(self) -> bool:
         return len(self.projections) == 1
 
+    def head_linear(self, head: str) -> str:
+        """The module name of a classifier's last linear: `logits_layer` for a sequence head; for a
+        per-token head (Hugging Face's ...ForTokenClassification) `classifier` in every family."""
+        return "classifier" if head == "token" else self.logits_layer
+
     def shape(self, config: Any) -> Shape:
         return Shape(*(getattr(config, key) for key in (self.depth, self.width, self.heads, self.intermediate)))
 

@@ -5,6 +5,11 @@ and serve in well under a millisecond on a CPU. Every model maps word ids (batch
 padded with 0 on the right, to logits (batch, num_labels), gives the same logits however
 much padding follows a text, and exports to ONNX with dynamic batch and length (no
 Python control flow that depends on tensor values or sizes).
+
+With `head = "token"` (token classification) CNN and BiGRU keep one feature vector per word
+instead of pooling them, and give logits (batch, length, num_labels): word i's tags at
+position i. The CNN's windows are then centred on their word, so a word sees its neighbours on
+both sides. BOW averages the words away and has no per-word view, so it has no such head.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from distill.data.words import LANGUAGES, PAD_ID, WordVocab
 from distill.errors import UserError
 
 SHALLOW_KINDS: tuple[str, ...] = ("bow", "cnn", "bigru")
+# A student's output: one row per text (`sequence`) or per word (`token`), as a task family's `head`.
+HEADS: tuple[str, ...] = ("sequence", "token")
+TOKEN_KINDS: tuple[str, ...] = ("cnn", "bigru")  # the kinds that keep a vector per word
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -45,6 +53,7 @@ class ShallowConfig:
     max_len: int = 128
     language: str = "en"
     id2label: dict[int, str] = field(default_factory=dict)
+    head: str = "sequence"
 
     def __post_init__(self) -> None:
         self.kernel_sizes = tuple(int(size) for size in self.kernel_sizes)
@@ -68,6 +77,7 @@ class ShallowConfig:
         if not self.kernel_sizes or min(self.kernel_sizes) < 1:
             sizes = list(self.kernel_sizes)
             raise UserError(f"kernel_sizes must be positive, got {sizes}", where, "e.g. [2, 3, 4]")
+        require_head(self.kind, self.head, where)
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}", where, "e.g. 0.1")
         if sorted(self.id2label) != list(range(self.num_labels)):
@@ -89,6 +99,18 @@ class ShallowConfig:
                 f"unknown shallow config keys {unknown}", CONFIG_FILE, f"keep only {sorted(known)}"
             )
         return cls(**values)
+
+
+def require_head(kind: str, head: str, where: str) -> None:
+    """A UserError unless a `kind` student can have a `head` output (BOW has no per-word view)."""
+    if head not in HEADS:
+        raise UserError(f"unknown head {head!r}", where, f"use one of {list(HEADS)}")
+    if head == "token" and kind not in TOKEN_KINDS:
+        raise UserError(
+            f"{kind} has no per-token output (it averages a text's words into one vector), so it cannot tag tokens",
+            where,
+            f"use {' or '.join(TOKEN_KINDS)} for token classification",
+        )
 
 
 def masked_max_over_time(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -123,70 +145,89 @@ class BOWClassifier(nn.Module):
         return self.classifier(mean)  # (batch, num_labels)
 
 
-class CNNClassifier(nn.Module):
-    """Kim-style CNN: convolutions of several widths, ReLU, max over time, linear.
-
-    The ids are right-padded by (widest kernel - 1) inside, so every real word starts a full
-    window (texts shorter than the widest kernel work) and padding never changes the output:
-    only windows that start on a real word are pooled.
-    """
+class _WordFeatureModel(nn.Module):
+    """A student that computes one feature vector per word and ends in `head`: max-pooled over the
+    text's words for one output per text, or kept per word for one output per word (tagging)."""
 
     def __init__(self, config: ShallowConfig) -> None:
         super().__init__()
-        self.extra_padding = max(config.kernel_sizes) - 1
+        self.per_token = config.head == "token"
+
+    def add_head(self, config: ShallowConfig, features: int) -> None:
+        """Dropout and the output layer, made last so that a seed gives the same initial weights
+        as before the per-word head existed (layers draw their init in order of creation)."""
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(features, config.num_labels)
+
+    def head(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, length, features) -> (batch, length, num_labels) per word, else (batch, num_labels)."""
+        if not self.per_token:
+            features = masked_max_over_time(features, mask)  # (batch, features)
+        return self.classifier(self.dropout(features))
+
+
+class CNNClassifier(_WordFeatureModel):
+    """Kim-style CNN: convolutions of several widths, ReLU, max over time, linear.
+
+    The ids are padded inside so that every real word has a full window of each width (texts
+    shorter than the widest kernel work) and padding never changes the output: one window per
+    word is kept, the one starting at the word (pooled over the text), or per word the one
+    centred on it (a tagger), and only windows of real words are pooled.
+    """
+
+    def __init__(self, config: ShallowConfig) -> None:
+        super().__init__(config)
+        # Words before the window's own word: none when pooling, half the window when tagging.
+        self.before = [(size - 1) // 2 if self.per_token else 0 for size in config.kernel_sizes]
+        self.left = max(self.before)
+        self.right = max(size - 1 - before for size, before in zip(config.kernel_sizes, self.before))
         self.embeddings = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
         self.convolutions = nn.ModuleList(
             nn.Conv1d(config.embed_dim, config.channels, kernel_size=size)
             for size in config.kernel_sizes
         )
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.channels * len(config.kernel_sizes), config.num_labels)
+        self.add_head(config, config.channels * len(config.kernel_sizes))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
         mask = input_ids != PAD_ID  # (batch, length)
-        padded = F.pad(input_ids, (0, self.extra_padding), value=PAD_ID)  # (batch, length + k - 1)
-        embedded = self.embeddings(padded).transpose(1, 2)  # (batch, embed_dim, length + k - 1)
-        pooled = []
-        for convolution in self.convolutions:
-            # Keep the windows that start at positions 0..length-1, one per input position.
-            features = convolution(embedded)[:, :, :length]  # (batch, channels, length)
-            activations = F.relu(features).transpose(1, 2)  # (batch, length, channels)
-            pooled.append(masked_max_over_time(activations, mask))  # (batch, channels)
-        return self.classifier(self.dropout(torch.cat(pooled, dim=-1)))  # (batch, num_labels)
+        padded = F.pad(input_ids, (self.left, self.right), value=PAD_ID)  # (batch, left + length + right)
+        embedded = self.embeddings(padded).transpose(1, 2)  # (batch, embed_dim, left + length + right)
+        activations = []
+        for convolution, before in zip(self.convolutions, self.before):
+            # Window j covers padded positions j..j+k-1; word t's window starts at t + left - before.
+            start = self.left - before
+            features = convolution(embedded)[:, :, start : start + length]  # (batch, channels, length)
+            activations.append(F.relu(features).transpose(1, 2))  # (batch, length, channels)
+        return self.head(torch.cat(activations, dim=-1), mask)
 
 
-class BiGRUClassifier(nn.Module):
+class BiGRUClassifier(_WordFeatureModel):
     """Bidirectional GRU with max pooling over time; ERNIE's strongest shallow student.
 
     Two one-way GRUs instead of `bidirectional=True`: the backward one reads each text
     reversed within its own length, which gives the exact backward pass over real words
-    without packed sequences (which neither ignore nor export padding cleanly).
+    without packed sequences (which neither ignore nor export padding cleanly). Its states are
+    put back in word order, so position t holds both directions' state at word t.
     """
 
     def __init__(self, config: ShallowConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
         self.forward_gru = nn.GRU(config.embed_dim, config.hidden, batch_first=True)
         self.backward_gru = nn.GRU(config.embed_dim, config.hidden, batch_first=True)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(2 * config.hidden, config.num_labels)
+        self.hidden = config.hidden  # a constant width, so the exported graph expands indices to it
+        self.add_head(config, 2 * config.hidden)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         mask = input_ids != PAD_ID  # (batch, length)
         embedded = self.embeddings(input_ids)  # (batch, length, embed_dim)
         forward_states, _ = self.forward_gru(embedded)  # (batch, length, hidden)
-        reversed_ids = input_ids.gather(1, reverse_within_length(mask))  # (batch, length)
-        backward_states, _ = self.backward_gru(self.embeddings(reversed_ids))
+        order = reverse_within_length(mask)  # (batch, length); reversing twice restores the order
+        backward_states, _ = self.backward_gru(self.embeddings(input_ids.gather(1, order)))
         # backward_states: (batch, length, hidden), position t = real word (length_b - 1 - t)
-        pooled = torch.cat(
-            [
-                masked_max_over_time(forward_states, mask),
-                masked_max_over_time(backward_states, mask),
-            ],
-            dim=-1,
-        )  # (batch, 2 * hidden)
-        return self.classifier(self.dropout(pooled))  # (batch, num_labels)
+        in_word_order = backward_states.gather(1, order.unsqueeze(-1).expand(-1, -1, self.hidden))
+        return self.head(torch.cat([forward_states, in_word_order], dim=-1), mask)  # features (batch, length, 2 * hidden)
 
 
 def reverse_within_length(mask: torch.Tensor) -> torch.Tensor:

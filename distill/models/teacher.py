@@ -45,9 +45,14 @@ HEAD_KEY = "distill_head"  # config entry: "sequence" (one output row per text) 
 HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
 
 
+def head_of(config: PreTrainedConfig) -> str:
+    """A classifier config's head: "sequence" unless the config says "token"."""
+    return getattr(config, HEAD_KEY, "sequence")
+
+
 def head_class(config: PreTrainedConfig) -> type:
-    """The Auto class of a classifier config's head (sequence unless the config says token)."""
-    return HEADS[getattr(config, HEAD_KEY, "sequence")]
+    """The Auto class of a classifier config's head."""
+    return HEADS[head_of(config)]
 
 
 def _builtin_minilm_l6() -> Path:

@@ -24,13 +24,15 @@ from distill.data.tokenize import TextEncoder
 from distill.data.words import UNK_ID, UNK_MARKER, WordVocab
 from distill.errors import UserError
 from distill.models.architectures import architecture
+from distill.models.teacher import head_of
 from distill.report.evaluate import predict_logits
 
 WORD_BATCH = 256  # one-word texts per teacher forward pass
 
 
 class ClassifierInput(nn.Module):
-    """A sequence classifier that returns what its head's last linear reads: (batch, hidden).
+    """A classifier that returns what its head's last linear reads: (batch, hidden), or per piece
+    (batch, pieces, hidden) for a per-token head.
 
     That is the pooled vector, whatever the pooling ([CLS] through BERT's pooler or RoBERTa's
     dense layer, mean of tokens, mean of the last layers' [CLS]); a forward pre-hook reads it,
@@ -39,7 +41,7 @@ class ClassifierInput(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        head = model.get_submodule(architecture(model).logits_layer)
+        head = model.get_submodule(architecture(model).head_linear(head_of(model.config)))
         self.model = model
         self.head = head
         self.train(model.training)  # a new module says "training"; callers restore this mode
@@ -57,9 +59,13 @@ class ClassifierInput(nn.Module):
 def teacher_word_vectors(
     model: nn.Module, encoder: TextEncoder, words: Sequence[str], device: torch.device | str = "cpu"
 ) -> np.ndarray:
-    """The teacher's pooled vector for each word given as a one-word text: (len(words), hidden)."""
-    dataset = EncodedDataset(encoder, list(words))
-    return predict_logits(ClassifierInput(model), dataset, device, WORD_BATCH).numpy()
+    """The teacher's vector for each word given as a one-word text, (len(words), hidden): the pooled
+    vector, or for a per-token head the vector its head reads at the word's first piece (zeros for
+    a word the tokenizer gives no piece)."""
+    per_token = head_of(model.config) == "token"
+    dataset = EncodedDataset(encoder, list(words), words=[[word] for word in words] if per_token else None)
+    vectors = predict_logits(ClassifierInput(model), dataset, device, WORD_BATCH).numpy()
+    return np.nan_to_num(vectors[:, 0]) if per_token else vectors  # (words, 1, hidden) per token
 
 
 def reduce_dimensions(vectors: np.ndarray, dim: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -22,7 +23,13 @@ from matplotlib.transforms import Bbox
 from distill.report.schema import METRIC_TITLES, task_metrics, validate_report
 from distill.report.stats import significant
 
+T = TypeVar("T")
 MISSING = "—"
+_PER_TYPE_TITLE = "F1 per entity type"
+_PER_TYPE_LEGEND = (
+    "F1 of exact spans (start, end and type) per entity type; n = gold entities of the type in the "
+    "test split. Precision and recall per type are in report.json (per_type)."
+)
 _TERMINAL_COLUMNS = ("model", "retention", "bs1 p50/p95 ms", "speed-up", "size MB")  # after the first two metrics
 _MARKERS = {"teacher": "*", "transformer": "o", "bow": "s", "cnn": "^", "bigru": "D"}
 _LEGEND = (
@@ -41,10 +48,10 @@ def render_markdown(report: dict) -> str:
     lines = [f"# distill report: {report['dataset']}", "", _headline(report), ""]
     if "recommended" in report:
         lines += [f"**{_recommended_line(report['recommended'])}**", ""]
-    lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
-    lines += ["", _LEGEND, ""]
+    lines += _markdown_table(headers, rows) + ["", _LEGEND, ""]
+    per_type = _per_type_table(report)
+    if per_type is not None:
+        lines += [f"## {_PER_TYPE_TITLE}", ""] + _markdown_table(*per_type) + ["", _PER_TYPE_LEGEND, ""]
     significance = list(_significance_lines(report))
     if significance:
         lines += ["## Paired tests", ""] + [f"- {line}" for line in significance] + [""]
@@ -54,6 +61,12 @@ def render_markdown(report: dict) -> str:
         lines += [f"Notes: {report['notes']}", ""]
     lines.append(_hardware_line(report["hardware"]))
     return "\n".join(lines) + "\n"
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines, pipes inside cells escaped."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
 
 
 def render_terminal(report: dict) -> str:
@@ -82,7 +95,7 @@ def render_chart(report: dict, png_path: str | Path) -> None:
     _plot_sizes(size_axes, models, colors)
     hardware = report["hardware"]
     figure.suptitle(
-        f"{report['dataset']}: {report['test_size']} test texts, "
+        f"{report['dataset']}: {report['test_size']} test {_rows(report)}, "
         f"CPU {hardware['cpu']}, {hardware['threads']} threads",
         fontsize=11,
     )
@@ -134,10 +147,7 @@ def _plot_sizes(axes, models: list, colors: list[str]) -> None:
 def render_html(report: dict, chart_png: bytes) -> str:
     """A self-contained page (inline style, the chart as a data URI, no scripts) that reads on a
     phone as on a laptop: the wide table scrolls sideways instead of squeezing the page."""
-    headers, rows = _table(report)
     escape = html.escape
-    head_cells = "".join(f"<th>{escape(name)}</th>" for name in headers)
-    body_rows = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     significance = "".join(f"<li>{escape(line)}</li>" for line in _significance_lines(report))
     title = escape(f"distill report: {report['dataset']}")
     chart = base64.b64encode(chart_png).decode("ascii")
@@ -162,10 +172,14 @@ def render_html(report: dict, chart_png: bytes) -> str:
     if "recommended" in report:
         parts.append(f"<p><strong>{escape(_recommended_line(report['recommended']))}</strong></p>")
     parts += [
-        f'<div class="scroll"><table><thead><tr>{head_cells}</tr></thead><tbody>\n{body_rows}\n</tbody></table></div>',
+        _html_table(*_table(report)),
         f'<p class="note">{escape(_LEGEND)}</p>',
         f'<img src="data:image/png;base64,{chart}" alt="accuracy versus latency and model size">',
     ]
+    per_type = _per_type_table(report)
+    if per_type is not None:
+        legend = f'<p class="note">{escape(_PER_TYPE_LEGEND)}</p>'
+        parts += [f"<h2>{escape(_PER_TYPE_TITLE)}</h2>", _html_table(*per_type), legend]
     if significance:
         parts.append(f"<h2>Paired tests</h2><ul>{significance}</ul>")
     if "baseline" in report:
@@ -174,6 +188,14 @@ def render_html(report: dict, chart_png: bytes) -> str:
         parts.append(f'<p class="note">Notes: {escape(report["notes"])}</p>')
     parts += [f"<h2>Hardware</h2><p>{escape(_hardware_line(report['hardware']))}</p>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table that scrolls sideways on a narrow screen, every cell escaped."""
+    escape = html.escape
+    head_cells = "".join(f"<th>{escape(name)}</th>" for name in headers)
+    body_rows = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head_cells}</tr></thead><tbody>\n{body_rows}\n</tbody></table></div>'
 
 
 def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
@@ -234,6 +256,25 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _per_type_table(report: dict) -> tuple[list[str], list[list[str]]] | None:
+    """F1 per entity type of every model (int8 copies included) and the baseline, each type's
+    header with its gold support; None when the report has no figures per type."""
+    entries = list(_model_entries(report))
+    if "baseline" in report:
+        entries.append((f"baseline {report['baseline']['name']}", "baseline", report["baseline"]))
+    per_model = [(label, metrics["per_type"]) for label, _, metrics in entries if "per_type" in metrics]
+    if not per_model:
+        return None
+    support = {kind: figures["support"] for _, per_type in per_model for kind, figures in per_type.items()}
+    types = sorted(support)
+    headers = ["model", *(f"{kind} (n={support[kind]:,})" for kind in types)]
+    rows = [
+        [label, *(_optional(per_type.get(kind), lambda figures: f"{figures['f1']:.4f}") for kind in types)]
+        for label, per_type in per_model
+    ]
+    return headers, rows
+
+
 def _largest_batch_size(latency: dict) -> int | None:
     """The largest timed batch size above 1 (the throughput column), or None if only bs1 was timed."""
     sizes = [int(match[1]) for key in latency if (match := re.fullmatch(r"bs(\d+)_p50", key))]
@@ -244,18 +285,23 @@ def _title(metric: str) -> str:
     return METRIC_TITLES.get(metric, metric)
 
 
+def _rows(report: dict) -> str:
+    """What a test row is (texts, sentences); reports from before task families: texts."""
+    return report.get("task", {}).get("rows", "texts")
+
+
 def _headline(report: dict) -> str:
     """One sentence on the best student by the primary metric, read straight from its stored figures."""
     primary = task_metrics(report)[0]
     title = _title(primary)
     if not report["students"]:
-        return f"Teacher only: {title} {report['teacher'][primary]:.4f} on {report['test_size']} test texts."
+        return f"Teacher only: {title} {report['teacher'][primary]:.4f} on {report['test_size']} test {_rows(report)}."
     best = max(report["students"], key=lambda student: student[primary])
     return (
         f"Best student by {title}: {best['name']} ({best['kind']}) keeps {100 * best['retention']:.1f}% of the "
         f"teacher's {title}, runs {best['speedup']:.1f}× faster at batch size 1 and takes "
         f"{best['size_mb']:.1f} MB against the teacher's {report['teacher']['size_mb']:.1f} MB "
-        f"({report['test_size']} test texts)."
+        f"({report['test_size']} test {_rows(report)})."
     )
 
 
@@ -268,11 +314,19 @@ def _recommended_line(recommended: dict) -> str:
 
 def _significance_lines(report: dict) -> Iterator[str]:
     """Paired bootstrap and McNemar results and teacher agreement, for students that carry them."""
-    comparisons = (("vs_teacher", "the teacher"), ("vs_gold_twin", "its twin trained on gold labels only"))
+    comparisons = (
+        ("vs_teacher", "the teacher"),
+        ("vs_ensemble", "the teacher ensemble"),
+        ("vs_gold_twin", "its twin trained on gold labels only"),
+    )
     title = _title(task_metrics(report)[0])
+    if "ensemble" in report:
+        yield _ensemble_line(report)
     agreement = report.get("task", {}).get("agreement", "share of test texts with the same decision")
     if "threshold_gain" in report["teacher"]:
         yield f"teacher: thresholds tuned on dev change test {title} by {100 * report['teacher']['threshold_gain']:+.2f} points over the default rule"
+    if any(key in student for student in report["students"] for key, _ in comparisons):
+        yield _tests_explained(report)
     for student in report["students"]:
         for key, other in comparisons:
             if key in student:
@@ -283,12 +337,43 @@ def _significance_lines(report: dict) -> Iterator[str]:
                     f"(bootstrap interval {100 * test['low']:+.1f} to {100 * test['high']:+.1f}){exact}; "
                     f"{_verdict(significant(test['low'], test['high']))}"
                 )
+        if "ensemble_retention" in student:
+            yield f"{student['name']} keeps {100 * student['ensemble_retention']:.1f}% of the teacher ensemble's {title}"
         if "agreement" in student:
             yield f"{student['name']} agreement with the teacher ({agreement}): {student['agreement']:.3f}"
         if "threshold_gain" in student:
             yield f"{student['name']}: thresholds tuned on dev change test {title} by {100 * student['threshold_gain']:+.2f} points over the default rule"
         if "over_seeds" in student:
             yield _over_seeds_line(student["name"], student["over_seeds"])
+
+
+def _ensemble_line(report: dict) -> str:
+    """The teacher ensemble's figure beside each member's (torch, test), and which member is the teacher row."""
+    ensemble = report["ensemble"]
+    primary = task_metrics(report)[0]
+    members = ", ".join(
+        f"{member['name']} (seed {member['seed']}) {member['test'][primary]:.4f}" for member in ensemble["members"]
+    )
+    return (
+        f"teacher ensemble ({len(ensemble['members'])} members, mean of their {ensemble['combine']}): test "
+        f"{_title(primary)} {ensemble['figures'][primary]:.4f} (torch); members {members}; best on dev "
+        f"{ensemble['best_member']}; the teacher row is {ensemble['relation_member']}, the member relations, "
+        "student init and the export use"
+    )
+
+
+def _tests_explained(report: dict) -> str:
+    """What the paired tests resample and, where McNemar applies, what it counts as right: for
+    token classification a sentence-level exact match, which is not the entity F1."""
+    rows, title = _rows(report), _title(task_metrics(report)[0])
+    line = (
+        f"How to read the tests: a bootstrap interval resamples the test {rows} with replacement, both models "
+        f"on the same draw, and computes each resample's {title} afresh from its {rows}"
+    )
+    right = report.get("task", {}).get("right")
+    if right is not None:
+        line += f"; exact McNemar p compares the test {rows} one model gets right and the other does not ({right})"
+    return line
 
 
 def _over_seeds_line(name: str, seeds: dict) -> str:
@@ -353,7 +438,7 @@ def _text_box(annotation, renderer) -> Bbox:
     return Text.get_window_extent(annotation, renderer)
 
 
-def _optional(value: float | None, fmt: Callable[[float], str]) -> str:
+def _optional(value: T | None, fmt: Callable[[T], str]) -> str:
     return MISSING if value is None else fmt(value)
 
 

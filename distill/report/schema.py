@@ -75,6 +75,9 @@ METRIC_TITLES = {
     "subset_accuracy": "subset accuracy",
     "pearson": "Pearson",
     "spearman": "Spearman",
+    "entity_f1": "entity F1",
+    "entity_precision": "entity precision",
+    "entity_recall": "entity recall",
 }
 
 
@@ -83,8 +86,20 @@ def task_metrics(report: dict) -> tuple[str, ...]:
     return tuple(report.get("task", {}).get("metrics", CLASSIFICATION_METRICS))
 
 
+# Token classification's figures per entity type (TaskFamily.report_details), on every model and the baseline
+_PER_TYPE = {
+    "type": "object",
+    "description": "Per entity type: precision, recall and F1 of exact spans, and support (gold entities in the test split).",
+    "additionalProperties": {
+        "type": "object",
+        "required": ["precision", "recall", "f1", "support"],
+        "properties": {"precision": _FRACTION, "recall": _FRACTION, "f1": _FRACTION, "support": _COUNT},
+    },
+}
+
 _MEASURED_MODEL = {
     "threshold_gain": {**_NUMBER, "description": "primary metric at the manifest's dev-tuned thresholds minus at the default rule"},
+    "per_type": _PER_TYPE,
     "params": _COUNT,
     "size_mb": _NON_NEGATIVE,
     "latency_ms": _LATENCY,
@@ -139,8 +154,38 @@ _STUDENT = {
         **_COST,
         "vs_teacher": _PAIRED_TEST,
         "vs_gold_twin": _PAIRED_TEST,
+        "vs_ensemble": _PAIRED_TEST,
+        "ensemble_retention": _NON_NEGATIVE,
         "agreement": _NUMBER,
         "over_seeds": _OVER_SEEDS,
+    },
+}
+
+_ENSEMBLE = {
+    "type": "object",
+    "description": "A teacher ensemble ([teacher.ensemble]): its members and its test figures (torch), the "
+    "reference the students' `vs_ensemble` and `ensemble_retention` use; `teacher` is its relation member.",
+    "required": ["combine", "members", "relation_member", "figures"],
+    "properties": {
+        "combine": {"enum": ["probabilities", "logits"]},
+        "relation_member": {"type": "string", "minLength": 1},
+        "members": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "seed", "weight", "dev", "test"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "source": {"type": "string"},
+                    "seed": {"type": "integer"},
+                    "weight": _NON_NEGATIVE,
+                    "dev": {"type": "object"},
+                    "test": {"type": "object"},
+                },
+            },
+        },
+        "figures": {"type": "object"},
+        "best_member": {"type": "string", "minLength": 1},
     },
 }
 
@@ -176,16 +221,23 @@ REPORT_SCHEMA: dict = {
         },
         "teacher": {
             "type": "object",
-            "required": [key for key in _MEASURED_MODEL if key != "threshold_gain"],
+            "required": [key for key in _MEASURED_MODEL if key not in ("threshold_gain", "per_type")],
             "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION, **_COST},
         },
         "students": {"type": "array", "items": _STUDENT},
-        "baseline": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "baseline": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "per_type": _PER_TYPE}},
+        "ensemble": _ENSEMBLE,
         "task": {
             "type": "object",
             "description": "The task family and its metrics, primary first (retention and the recommendation follow the primary).",
             "required": ["type", "metrics"],
-            "properties": {"type": {"type": "string", "minLength": 1}, "metrics": {"type": "array", "items": {"type": "string"}}},
+            "properties": {
+                "type": {"type": "string", "minLength": 1},
+                "metrics": {"type": "array", "items": {"type": "string"}},
+                "rows": {"type": "string", "minLength": 1, "description": "what a test row is (texts, sentences)"},
+                "agreement": {"type": "string", "minLength": 1, "description": "what a student's agreement figure measures"},
+                "right": {"type": "string", "minLength": 1, "description": "when McNemar's test counts a row as right"},
+            },
         },
         "recommended": {
             "type": "object",

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from distill.data.datasets import PreparedData
+from distill.data.datasets import PreparedData, tokens_of
 from distill.data.encoded import EncodedDataset, WordDataset
 from distill.data.tokenize import TextEncoder
+from distill.data.words import WordTokenizer, WordVocab
 from distill.recipe import Recipe, TrainSettings
 from distill.report.evaluate import evaluate_model, predict_logits
 from distill.tasks import TaskFamily
@@ -56,8 +57,13 @@ def text_encoder(recipe: Recipe, model_dir: Path, config: Any = None) -> TextEnc
 def task_dataset(encoder: TextEncoder, examples: list, data: PreparedData | None = None) -> EncodedDataset:
     """Examples encoded for a transformer, with the training targets of `data`'s task (None: unlabelled)."""
     labels = data.family.targets([e.label for e in examples], data.labels) if data is not None else None
-    words = [e.tokens for e in examples] if examples and examples[0].tokens is not None else None
-    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples], words)
+    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples], tokens_of(examples))
+
+
+def word_dataset(tokenizer: WordTokenizer, vocab: WordVocab, examples: list, max_len: int, targets: list | None = None) -> WordDataset:
+    """Examples as a word-level student reads them (a pair joined to its text; a tagged sentence's
+    own tokens, one word each), with `targets` (None: unlabelled)."""
+    return WordDataset(tokenizer, vocab, [e.joined for e in examples], targets, max_len, tokens_of(examples))
 
 
 def dev_evaluator(

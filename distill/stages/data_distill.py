@@ -23,6 +23,11 @@ Targets, per `[stages.data_distill] labels`:
 `embeddings = "teacher"` starts every student's word embeddings from the teacher's vectors
 for the vocabulary's words (distill/models/word_vectors.py), computed once for all students;
 "random" starts them from nn.Embedding's N(0, 1), knowing nothing of the teacher.
+
+Token classification (the family's `head` is "token") works per word throughout: the family
+augments tagged sentences, the teacher labels every token, the students are CNN and BiGRU
+taggers reading one word per token, and each loss term is a mean over words (the hard term
+over the words of gold rows, weighted by their rows' share of the batch, as above).
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.data.datasets import PreparedData
-from distill.data.encoded import WordDataset
+from distill.data.datasets import Example, PreparedData, tokens_of
+from distill.data.encoded import WordDataset, word_logits
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
 from distill.losses import combine
@@ -44,13 +49,14 @@ from distill.models.size import count_parameters
 from distill.models.teacher import load_classifier
 from distill.models.word_vectors import teacher_embeddings
 from distill.pipeline import Run
-from distill.stages.augmentation import augmented_texts, teacher_logits
+from distill.stages.augmentation import augmented_examples, teacher_logits
 from distill.stages.common import (
     dev_evaluator,
     split_metrics,
     student_seed,
     text_encoder,
     train_config,
+    word_dataset,
     write_metrics,
 )
 from distill.tasks import TaskFamily
@@ -72,7 +78,8 @@ def distillation_loss(
     logits_S: (batch, classes) for the batch's rows; logits_T: (rows, classes) for every
     training row, looked up by batch["index"] (needed by "soft" only); batch["labels"]:
     gold targets for originals and the teacher's decided targets for augmented rows. The
-    family's losses stand in for CE and KL on multi-label and regression tasks.
+    family's losses stand in for CE and KL on multi-label and regression tasks, and per word
+    ((batch, words, tags) against (rows, words, tags)) on token classification.
     """
     if labels in ("hard", "gold"):
         return combine({"hard": (1.0, family.hard_loss(logits_S, batch["labels"], label_smoothing))})
@@ -95,14 +102,16 @@ def training_set(
     augmented: list[str],
     logits_T: Tensor | None,
     max_len: int,
+    words: list[tuple[str, ...]] | None = None,
 ) -> WordDataset:
     """Gold rows then augmented rows; an augmented row's target is the teacher's decision (argmax).
 
-    logits_T: (len(gold_texts) + len(augmented), classes), in the same row order; None when
-    there are no augmented rows (labels = "gold").
+    logits_T: (len(gold_texts) + len(augmented), classes), in the same row order (per token:
+    (rows, words, tags)); None when there are no augmented rows (labels = "gold"). `words`: the
+    rows' tokens, in the same order, for token classification.
     """
     teacher_targets = [] if logits_T is None else family.teacher_targets(logits_T[len(gold_texts) :])
-    return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_targets + teacher_targets, max_len)
+    return WordDataset(tokenizer, vocab, gold_texts + augmented, gold_targets + teacher_targets, max_len, words)
 
 
 def _require_single_texts(data: PreparedData) -> None:
@@ -119,31 +128,33 @@ def run(run: Run, work: Path) -> dict[str, Any]:
     section = recipe.stages.data_distill
     data = run.data()
     _require_single_texts(data)
-    gold_texts = [example.text for example in data.train]
-    augmented: list[str] = []
-    logits_T = None  # labels = "gold": no augmented texts, no teacher
-    if section.labels != "gold":
-        augmented = augmented_texts(run)
-        logits_T = torch.from_numpy(teacher_logits(run, gold_texts + augmented))  # (rows, classes)
+    taught = section.labels != "gold"  # gold: no augmented texts, no teacher
+    augmented: list[Example] = augmented_examples(run) if taught else []
+    rows = data.train + augmented
+    logits_T = None
+    if taught:  # (rows, classes), or per token (rows, words, tags)
+        logits_T = torch.from_numpy(teacher_logits(run, [e.text for e in rows], words=tokens_of(rows)))
 
     tokenizer = WordTokenizer(recipe.task.language)
     vocab = WordVocab.build(
-        (tokenizer.split(text) for text in gold_texts + augmented),
-        section.vocab_min_freq,
-        section.vocab_max_size,
+        (tokenizer.row_words(e.text, e.tokens) for e in rows), section.vocab_min_freq, section.vocab_max_size
     )
     max_len = recipe.task.max_length
     train_set = training_set(
-        data.family, tokenizer, vocab, gold_texts, data.targets("train"), augmented, logits_T, max_len
+        data.family,
+        tokenizer,
+        vocab,
+        [e.text for e in data.train],
+        data.targets("train"),
+        [e.text for e in augmented],
+        logits_T,
+        max_len,
+        tokens_of(rows),
     )
     evaluation = {
-        split: WordDataset(
-            tokenizer, vocab, [e.text for e in getattr(data, split)], data.targets(split), max_len
-        )
-        for split in ("dev", "test")
+        split: word_dataset(tokenizer, vocab, getattr(data, split), max_len, data.targets(split)) for split in ("dev", "test")
     }
-    rows = f"{len(gold_texts)} gold + {len(augmented)} augmented rows"
-    run.logger.info(f"[data_distill] {rows}, {len(vocab)} words")
+    run.logger.info(f"[data_distill] {len(data.train)} gold + {len(augmented)} augmented rows, {len(vocab)} words")
     embeddings = _initial_embeddings(run, vocab)
 
     headline: dict[str, Any] = {"augmented_texts": len(augmented)}
@@ -157,9 +168,10 @@ def run(run: Run, work: Path) -> dict[str, Any]:
             max_len=max_len,
             language=recipe.task.language,
             id2label=dict(enumerate(data.labels)),
+            head=data.family.head,
         )
         metrics = _train_student(
-            run, data, config, vocab, embeddings, train_set, evaluation, logits_T, len(gold_texts), work / kind
+            run, data, config, vocab, embeddings, train_set, evaluation, logits_T, len(data.train), work / kind
         )
         headline[f"{kind}_test_{data.family.primary}"] = metrics["test"][data.family.primary]
     return headline
@@ -203,7 +215,7 @@ def _train_student(
     targets_T = None if logits_T is None else logits_T.to(run.device)  # (rows, classes)
 
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        logits_S = model(**batch["inputs"])  # (batch, classes)
+        logits_S = word_logits(model(**batch["inputs"]), batch)  # (batch, classes) or (batch, words, tags)
         return distillation_loss(
             data.family,
             logits_S,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.datasets import Example
+from distill.data.datasets import Example, tokens_of
 from distill.errors import UserError
 from distill.export.runtime import (
     TRANSFORMER_KIND,
@@ -57,7 +57,7 @@ def onnx_logits(predictor: OnnxPredictor, examples: Sequence[Example]) -> np.nda
     NaN or inf logits are refused: argmax would still pick a label, and an int8 model (which
     no parity check covers) would get an accuracy it does not have.
     """
-    tokens = _tokens_of(examples)
+    tokens = tokens_of(examples)
     if tokens is None:
         logits, seen = predictor.predict_logits(*model_inputs(predictor.kind, examples)), None
     else:
@@ -73,11 +73,6 @@ def onnx_logits(predictor: OnnxPredictor, examples: Sequence[Example]) -> np.nda
             else "check the model's weights for NaN or inf, then retrain or re-export",
         )
     return logits
-
-
-def _tokens_of(examples: Sequence[Example]) -> list[tuple[str, ...]] | None:
-    """The examples' tokens (token classification: what the tags belong to), else None."""
-    return [example.tokens for example in examples] if examples and examples[0].tokens is not None else None
 
 
 def example_predictor(predictor: OnnxPredictor) -> Callable[[list[Example]], object]:
@@ -177,8 +172,8 @@ def _export(
     """(parameter count, ExportedModel, cost) of one model; torch is imported only here.
 
     Parity runs on `parity_examples` as the model reads them: a transformer gets text pairs
-    as two segments (a per-token one the examples' tokens), a word-level student their joined
-    text. The cost is the mean tokens per test text and the forward FLOPs of one text of that
+    as two segments, a word-level student their joined text, and a per-token model (either
+    kind) the examples' tokens. The cost is the mean tokens per test text and the forward FLOPs of one text of that
     (rounded) length.
     """
     from distill.export.onnx import export_shallow, export_transformer
@@ -189,19 +184,22 @@ def _export(
     from distill.stages.common import text_encoder
 
     settings = run.recipe.export
-    checks = {"opset": settings.opset, "parity_tolerance": settings.parity_tolerance}
+    checks = {
+        "opset": settings.opset,
+        "parity_tolerance": settings.parity_tolerance,
+        "task": family.name,
+        "words": tokens_of(parity_examples),
+        "task_fields": family.manifest_fields(run.recipe.task),
+    }
     texts, pairs = model_inputs(model.kind, parity_examples)
     if model.kind == TRANSFORMER_KIND:
         network = load_classifier(model.directory)
         encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
-        exported = export_transformer(
-            network, encoder, out_dir, model.name, labels, texts, pairs, task=family.name,
-            words=_tokens_of(parity_examples), task_fields=family.manifest_fields(run.recipe.task), **checks,
-        )
+        exported = export_transformer(network, encoder, out_dir, model.name, labels, texts, pairs, **checks)
     else:
         network, config, vocab = load_shallow(model.directory)
-        exported = export_shallow(network, config, vocab, out_dir, model.name, texts, task=family.name, **checks)
+        exported = export_shallow(network, config, vocab, out_dir, model.name, texts, **checks)
     tokens = mean_tokens(exported.manifest_path, test)
     flops = forward_flops(network, read_manifest(exported.manifest_path)["inputs"], max(1, round(tokens)))
     return count_parameters(network), exported, {"tokens_per_text": tokens, "flops_per_text": flops}

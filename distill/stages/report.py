@@ -1,10 +1,10 @@
 """`report`: teacher vs students on the test split, measured from the exported ONNX models.
 
-The task's metrics (accuracy and macro-F1, micro-F1 and subset accuracy, or Pearson and
-Spearman: distill.tasks) and latency come from the same ONNX files a deployment serves (fp32 and
-int8), every model timed by one harness in this one process on the same test texts, with
-tokenisation inside the timed call. Retention, speed-up, agreement and the paired tests are
-computed here once; the renderers only format them.
+The task's metrics (accuracy and macro-F1, micro-F1 and subset accuracy, Pearson and Spearman,
+or entity F1, precision and recall with figures per entity type: distill.tasks) and latency come
+from the same ONNX files a deployment serves (fp32 and int8), every model timed by one harness
+in this one process on the same test texts, with tokenisation inside the timed call. Retention,
+speed-up, agreement and the paired tests are computed here once; the renderers only format them.
 """
 
 from __future__ import annotations
@@ -41,18 +41,13 @@ from distill.seeds import (
     trained_students,
     versus,
 )
-from distill.stages.common import student_seed
+from distill.models.ensemble import ENSEMBLE_FILE
+from distill.stages.common import model_logits, student_seed
 from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_logits
 from distill.stages.run_models import TWIN_DIR, RunModel, run_models, torch_predictions
 from distill.tasks import Label, TaskFamily
 from distill.validate import check_task_family
 
-# what a report's agreement figure is, per task family
-AGREEMENT = {
-    "classification": "share of test texts with the same label",
-    "multi_label": "share of test texts with the same label set",
-    "regression": "Pearson correlation of the scores",
-}
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
 
 
@@ -101,7 +96,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
         throughput = latency.pop("throughput_per_s")
         metrics = family.score(gold, predictions[path], predictor.labels)
         model_file = path.parent / predictor.manifest["model_file"]
-        figures = {name: metrics[name] for name in family.metrics}
+        figures = {**{name: metrics[name] for name in family.metrics}, **family.report_details(metrics)}
         if predictor.thresholds is not None:
             default = family.score(gold, family.decide(logits[path], predictor.labels), predictor.labels)
             figures["threshold_gain"] = metrics[family.primary] - default[family.primary]
@@ -166,6 +161,13 @@ def build_report(run: Run) -> dict[str, Any]:
         for entry in summary["models"]
         if entry["role"] == "student"
     ]
+    ensemble = ensemble_record(run, test, family)
+    if ensemble is not None:
+        record, ensemble_predictions = ensemble
+        for student, entry in zip(students, (entry for entry in summary["models"] if entry["role"] == "student")):
+            measured_student = measure_entry(entry, "manifest")
+            student["vs_ensemble"] = paired_test(measured_student, ensemble_predictions, test, family, run.recipe.run.seed)
+            student["ensemble_retention"] = measured_student.figures[family.primary] / record["figures"][family.primary]
     if run.recipe.report.seeds:
         over_seeds = seed_summaries(run, teacher.predictions, test)
         for record in students:
@@ -173,12 +175,13 @@ def build_report(run: Run) -> dict[str, Any]:
                 record["over_seeds"] = over_seeds[record["name"]]
     report = {
         "dataset": _dataset_name(run),
-        "task": {"type": family.name, "metrics": list(family.metrics), "agreement": AGREEMENT[family.name]},
+        "task": _task_record(family),
         "test_size": len(test),
         "hardware": hardware_info(timing.threads),
         "teacher": report_teacher,
         "students": students,
-        "baseline": _baseline(run),
+        "baseline": _baseline(run, family, test, data.labels),
+        **({"ensemble": ensemble[0]} if ensemble is not None else {}),
         "threads": timing.threads,
         "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats, "rounds": timing.rounds},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -192,6 +195,36 @@ def build_report(run: Run) -> dict[str, Any]:
     if notes:
         report["notes"] = notes
     return report
+
+
+def ensemble_record(run: Run, test: list[Example], family: TaskFamily) -> tuple[dict[str, Any], list[Label]] | None:
+    """The teacher ensemble's report entry (members with their torch dev/test figures, the
+    ensemble's test figures) and its test decisions; None when the run has one teacher."""
+    ensemble = run.teacher_ensemble()
+    if ensemble is None:
+        return None
+    data = run.data()
+    logits = ensemble.combined(family, lambda member: model_logits(run.recipe, member, test, data, run.device))
+    predictions = family.decide(logits, data.labels)
+    figures = family.score([example.label for example in test], predictions, data.labels)
+    described = json.loads((ensemble.directory / ENSEMBLE_FILE).read_text(encoding="utf-8"))["members"]
+    members = [
+        {**member, "source": _model_name(member["source"]), "weight": weight}
+        for member, weight in zip(described, ensemble.weights)
+    ]
+    record = {
+        "combine": ensemble.combine,
+        "relation_member": ensemble.relation_member,
+        "members": members,
+        "figures": {name: figures[name] for name in family.metrics},
+        "best_member": max(members, key=lambda member: member["dev"][family.primary])["name"],
+    }
+    return record, predictions
+
+
+def _model_name(source: str) -> str:
+    """A builtin's name as it is, a local model by its folder's name (no paths in reports)."""
+    return source if source.startswith(BUILTIN_PREFIX) else Path(source).name
 
 
 def _student_record(
@@ -323,10 +356,28 @@ def _dataset_name(run: Run) -> str:
     return Path(dataset.train).name
 
 
-def _baseline(run: Run) -> dict[str, Any]:
-    """The task family's TF-IDF baseline on the same split (its setting chosen on dev)."""
+def _task_record(family: TaskFamily) -> dict[str, Any]:
+    """What the report's figures mean for the task: its metrics (primary first), what a test row
+    is, what agreement measures and, where McNemar applies, when a row counts as right."""
+    record = {
+        "type": family.name,
+        "metrics": list(family.metrics),
+        "rows": family.rows_name,
+        "agreement": family.agreement_means,
+    }
+    if family.right_means is not None:
+        record["right"] = family.right_means
+    return record
+
+
+def _baseline(run: Run, family: TaskFamily, test: list[Example], labels: list[str]) -> dict[str, Any]:
+    """The task family's baseline on the same split (TF-IDF models, or the CRF of token
+    classification; its setting chosen on dev), with the details the report keeps for every
+    model scored from its test predictions by the same `family.score`."""
     result = baseline_for_run(run.dir)
-    return {key: value for key, value in result.items() if key not in ("predictions", "language", "test_size")}
+    details = family.report_details(family.score([e.label for e in test], result["predictions"], labels))
+    kept = {key: value for key, value in result.items() if key not in ("predictions", "language", "test_size")}
+    return {**kept, **details}
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from distill.data.datasets import Example
-from distill.data.encoded import WordDataset
 from distill.data.words import WordTokenizer
 from distill.export.runtime import TRANSFORMER_KIND
 from distill.models.shallow import SHALLOW_KINDS, load_shallow
 from distill.models.teacher import label_names, load_classifier
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.report.evaluate import predict_logits
-from distill.stages.common import task_dataset, text_encoder
+from distill.stages.common import task_dataset, text_encoder, word_dataset
 from distill.tasks import Label
 
 TWIN_DIR = "twin"  # inside student/: the transformer student trained on gold labels only
@@ -95,8 +94,7 @@ def torch_predictions(run: Run, model: RunModel, examples: list[Example]) -> lis
         splitter = WordTokenizer(config.language)
 
         def logits_of(rows: list[Example]) -> np.ndarray:
-            texts, _ = model_inputs(model.kind, rows)
-            return predict_logits(network, WordDataset(splitter, vocab, texts, max_len=config.max_len)).numpy()
+            return predict_logits(network, word_dataset(splitter, vocab, rows, config.max_len)).numpy()
 
     data = run.data()
     thresholds = None

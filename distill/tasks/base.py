@@ -18,6 +18,8 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from distill.data.augment import Augmenter
+    from distill.data.datasets import Example
     from distill.recipe import TaskSection
 
 Label = Any  # str (single-label), tuple[str, ...] (multi-label) or float (regression)
@@ -30,6 +32,10 @@ class TaskFamily(ABC):
     metrics: ClassVar[tuple[str, ...]]  # the report's metric keys, primary first
     metric_minimum: ClassVar[float] = 0.0  # the lowest value a metric (and agreement) can take
     head: ClassVar[str] = "sequence"  # a transformer's head: one output row per text ("token": per token)
+    rows_name: ClassVar[str] = "texts"  # what a test row is, as the report names it
+    agreement_means: ClassVar[str]  # what `agreement` measures, as the report states it
+    # when `exactly_right` counts a row as right, as the report states McNemar's input (None: no such notion)
+    right_means: ClassVar[str | None] = None
 
     @property
     def primary(self) -> str:
@@ -107,6 +113,15 @@ class TaskFamily(ABC):
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list:
         """Training targets, one per row, in the form `hard_loss` reads (collated with torch.as_tensor)."""
 
+    def augment(self, augmenter: Augmenter, train: Sequence[Example], exclude: Sequence[Example]) -> list[Example]:
+        """Data distillation's new rows, made by `augmenter` from the training texts: unlabelled
+        (label None; the teacher labels them), none equal to a training, dev or test text."""
+        from distill.data.datasets import Example
+
+        texts = [example.text for example in train]
+        made = augmenter.fit(texts).augment(texts, exclude=[example.text for example in exclude])
+        return [Example(text, None) for text in made]
+
     # ------------------------------------------------------------------ losses
 
     @abstractmethod
@@ -154,6 +169,11 @@ class TaskFamily(ABC):
         if right_a is not None and right_b is not None:
             result["p_value"] = mcnemar_exact(right_a, right_b)
         return result
+
+    def report_details(self, scores: dict[str, Any]) -> dict[str, Any]:
+        """What the report keeps of a model's `score` beside `metrics`, for every model and the
+        baseline alike (token classification: per entity type precision, recall, F1 and support)."""
+        return {}
 
     @abstractmethod
     def agreement(self, a: Sequence[Label], b: Sequence[Label]) -> float:

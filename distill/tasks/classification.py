@@ -14,6 +14,8 @@ from distill.tasks.base import Label, TaskFamily, split_labels, split_texts
 class Classification(TaskFamily):
     name = "classification"
     metrics = ("accuracy", "macro_f1")
+    agreement_means = "share of test texts with the same label"
+    right_means = "a text is right when its label is the gold one"
 
     def read_label(self, value: object, task: Any) -> str:
         return str(value).strip()

@@ -20,6 +20,8 @@ from distill.tasks.base import Label, TaskFamily, split_labels, split_texts
 class MultiLabel(TaskFamily):
     name = "multi_label"
     metrics = ("micro_f1", "macro_f1", "subset_accuracy")
+    agreement_means = "share of test texts with the same label set"
+    right_means = "a text is right when its label set is the gold one"
 
     def read_label(self, value: object, task: Any) -> tuple[str, ...]:
         """A JSON list of names, or a string of names split at `[task] label_delimiter` ("" is the empty set)."""

@@ -22,6 +22,7 @@ class Regression(TaskFamily):
     name = "regression"
     metrics = ("pearson", "spearman")
     metric_minimum = -1.0
+    agreement_means = "Pearson correlation of the scores"
 
     def read_label(self, value: object, task: Any) -> float:
         """A finite number, inside `[task] target_range` when the recipe declares one."""

@@ -64,6 +64,17 @@ def entity_spans(tags: Sequence[str], scheme: str = "BIO") -> list[Span]:
     return spans
 
 
+def span_tags(kind: str, length: int, scheme: str) -> list[str]:
+    """The tags of one entity of `kind` over `length` tokens in `scheme` (B-, I-... in BIO; S- alone,
+    or B-, I-..., E- in BIOES): what a span takes when augmentation puts a new mention in its place."""
+    if length < 1:
+        raise ValueError(f"an entity covers at least one token, got {length}")
+    if scheme == "BIOES":
+        return [f"S-{kind}"] if length == 1 else [f"B-{kind}"] + [f"I-{kind}"] * (length - 2) + [f"E-{kind}"]
+    _scheme_prefixes(scheme)
+    return [f"B-{kind}"] + [f"I-{kind}"] * (length - 1)
+
+
 def entity_counts(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], scheme: str) -> np.ndarray:
     """(sentences, 3): entities predicted right, predicted, in gold, per sentence; sums of rows
     give micro precision, recall and F1, so a bootstrap over sentences resamples these rows."""

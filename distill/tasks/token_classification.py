@@ -75,6 +75,12 @@ class TokenClassification(TaskFamily):
     name = "token_classification"
     metrics = ("entity_f1", "entity_precision", "entity_recall")
     head = "token"
+    rows_name = "sentences"
+    agreement_means = "share of test tokens given the same tag"
+    right_means = (
+        "a sentence is right when its predicted entities are exactly its gold ones, span and type, and one "
+        "without entities when none is predicted: a test of sentences wholly right, not of entity F1"
+    )
 
     # ------------------------------------------------------------------ data
 
@@ -123,6 +129,16 @@ class TokenClassification(TaskFamily):
         """How the predictor splits raw text into tokens: as the run's data holds them."""
         return {"token_split": token_split(task.language)}
 
+    def augment(self, augmenter: Any, train: Sequence[Any], exclude: Sequence[Any]) -> list[Any]:
+        """Tagged training sentences augmented with tags kept aligned and entities whole
+        (distill/data/tag_augment.py); the new rows carry their tokens, and the teacher tags them."""
+        from distill.data.datasets import token_row
+
+        sentences = [(example.tokens, example.label) for example in train]
+        augmenter.fit_tagged(sentences, _scheme_in([example.label for example in train]))
+        made = augmenter.augment_tagged(sentences, [example.tokens for example in exclude])
+        return [token_row(tokens, augmenter.language) for tokens, _ in made]
+
     def targets(self, examples_labels: Sequence[Label], labels: list[str]) -> list:
         index = {name: i for i, name in enumerate(labels)}
         return [[index[tag] for tag in tags] for tags in examples_labels]
@@ -151,9 +167,12 @@ class TokenClassification(TaskFamily):
         return soft_label_loss(student_logits[seen], teacher[seen], temperature)
 
     def teacher_targets(self, teacher_logits: Any) -> list:
-        """Per row, the teacher's tag id for each word it has logits for."""
+        """Per row, the teacher's tag id for each word up to its last one with logits; IGNORED (no
+        loss) for a word without logits before that (a token without a piece)."""
         rows = teacher_logits.cpu().numpy() if hasattr(teacher_logits, "cpu") else np.asarray(teacher_logits)
-        return [[int(i) for i in row[: _seen_length(row)].argmax(axis=-1)] for row in rows]
+        return [
+            [IGNORED if np.isnan(word).all() else int(word.argmax()) for word in row[: _seen_length(row)]] for row in rows
+        ]
 
     # ------------------------------------------------------------------ decisions and metrics
 
@@ -177,11 +196,18 @@ class TokenClassification(TaskFamily):
             "token_accuracy": _token_agreement(gold, predicted),
         }
 
+    def report_details(self, scores: dict[str, Any]) -> dict[str, Any]:
+        """Per entity type precision, recall, F1 and gold support: a student that keeps the micro
+        F1 by tagging the frequent type well may still lose a rare one."""
+        return {"per_type": scores["per_type"]}
+
     def paired_rows(self, gold: Sequence[Label], predicted: Sequence[Label]) -> np.ndarray:
         """Per sentence: entities right, predicted and gold (micro F1 sums them over sentences)."""
         return entity_counts(list(gold), _aligned(gold, predicted), _scheme_in(gold, predicted))
 
     def statistic(self, rows: np.ndarray) -> np.ndarray:
+        """Corpus-level entity F1 of each resample: its sentences' counts summed, then 2TP / (predicted + gold),
+        not a mean of per-sentence F1 (which would weigh a one-entity sentence like a ten-entity one)."""
         return entity_f1_from_counts(rows)
 
     def exactly_right(self, gold: Sequence[Label], predicted: Sequence[Label]) -> list[bool]:
