@@ -406,7 +406,10 @@ class ExportSection(Section):
     # int8_max_dev_drop dev accuracy ("if_faster"), or always
     int8_keep: Literal["if_faster", "always"] = "if_faster"
     int8_max_dev_drop: float = Field(default=0.005, ge=0, le=1)
-    ADDED_LATER = frozenset({"int8_keep", "int8_max_dev_drop"})
+    # transformers: "fused" = the graph onnxruntime fuses into Attention / layer-norm / GELU operators
+    # (TorchScript exporter, eager attention; the plain graph where that fails, said in the manifest)
+    graph: Literal["plain", "fused"] = "plain"
+    ADDED_LATER = frozenset({"int8_keep", "int8_max_dev_drop", "graph"})
 
 
 class ReportSection(Section):

@@ -122,8 +122,13 @@ def export_transformer(
     task: str = "classification",
     words: Sequence[Sequence[str]] | None = None,
     task_fields: dict[str, Any] | None = None,
+    graph: str = "plain",
 ) -> ExportedModel:
     """Exports a transformer classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
+
+    `graph = "fused"` writes the graph onnxruntime's fusions rewrite into Attention, layer-norm
+    and GELU operators (distill.export.fusion); an architecture whose TorchScript export or
+    fusion fails falls back to the plain graph, and the manifest's `graph` says which was kept.
 
     `labels` are the output columns' names in logit order, `task` the family that reads them; `texts` (and `pairs`, the second segments of a
     text-pair task) are real examples for the parity check, which raises `ParityError` (and
@@ -147,9 +152,18 @@ def export_transformer(
         **(task_fields or {}),
     }
     side_file = ("tokenizer", tokenizer_file)
+    fuse = _attention_shape(model) if graph == "fused" else None
     return _export_checked(
-        model, manifest, out_dir, texts, pairs, side_file, opset, parity_tolerance, words
+        model, manifest, out_dir, texts, pairs, side_file, opset, parity_tolerance, words, fuse
     )
+
+
+def _attention_shape(model: nn.Module) -> tuple[int, int]:
+    """(heads, hidden) of a transformer, which the attention fusion needs."""
+    from distill.models.architectures import architecture
+
+    shape = architecture(model.config).shape(model.config)
+    return shape.heads, shape.hidden
 
 
 def export_shallow(
@@ -290,7 +304,11 @@ def quantize_int8(onnx_path: str | Path) -> ExportedModel:
         unannotated = Path(scratch) / onnx_path.name
         onnx.save(graph, str(unannotated))
         with _quiet_converters():
-            quantize_dynamic(str(unannotated), str(int8_path), weight_type=QuantType.QInt8)
+            # a fused graph's contrib operators (Attention, ...) have no type inference: float by default
+            quantize_dynamic(
+                str(unannotated), str(int8_path), weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
     sizes = dict(manifest["file_sizes"])
     sizes["model_before_quantization"] = sizes["model"]
     sizes["model"] = int8_path.stat().st_size
@@ -311,15 +329,17 @@ def _export_checked(
     opset: int,
     parity_tolerance: float,
     words: Sequence[Sequence[str]] | None = None,
+    fuse: tuple[int, int] | None = None,
 ) -> ExportedModel:
-    """Builds the graph from `texts`, writes the manifest, and keeps both only if parity holds."""
+    """Builds the graph from `texts` (fused for `fuse` = (heads, hidden)), writes the manifest,
+    and keeps both only if parity holds."""
     texts = _require_texts(texts, pairs, words)
     onnx_path = out_dir / manifest["model_file"]
     role, file_name = side_file
     manifest_path = onnx_path.with_suffix(".json")
     with _removed_on_failure([onnx_path, manifest_path, out_dir / file_name]):
         example = _example_inputs(input_encoder(manifest, out_dir), texts, pairs)
-        _export_graph(model, example, onnx_path, opset)
+        manifest["graph"] = _export_graph(model, example, onnx_path, opset, fuse)
         # The exporter keeps its native opset when it cannot convert to the one asked for.
         manifest["opset"] = _default_domain_opset(onnx_path)
         manifest["file_sizes"] = {
@@ -383,15 +403,28 @@ def _non_finite_weights_fix(model: nn.Module) -> str:
 
 
 def _export_graph(
-    model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Path, opset: int
-) -> None:
-    """One ONNX graph with dynamic batch and sequence axes and a single `logits` output.
+    model: nn.Module, inputs: dict[str, np.ndarray], onnx_path: Path, opset: int, fuse: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """One ONNX graph with dynamic batch and sequence axes and a single `logits` output; what
+    made it (exporter, node counts, fused operators) for the manifest.
 
-    An architecture the exporter cannot trace is a UserError naming the model class and the
+    With `fuse` = (heads, hidden) the fused graph is tried first (distill.export.fusion); when
+    its export or fusion fails, the plain graph is written and the reason recorded. An
+    architecture the exporter cannot trace at all is a UserError naming the model class and the
     exporter's own first line, so a run says which model did not export and why.
     """
     device = _device_of(model)
     example = tuple(torch.from_numpy(value).to(device) for value in inputs.values())
+    fallback: dict[str, str] = {}
+    if fuse is not None:
+        from distill.export.fusion import export_torchscript, fuse_graph
+
+        try:
+            with _eval_mode(model), torch.no_grad(), _quiet_converters():
+                export_torchscript(_LogitsOnly(model).eval(), model, example, list(inputs), OUTPUT_NAME, onnx_path)
+                return fuse_graph(onnx_path, *fuse)
+        except Exception as error:  # any failure of the optional path: keep the plain graph
+            fallback = {"fusion_failed": (str(error).strip().splitlines() or [type(error).__name__])[0]}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with _eval_mode(model), torch.no_grad(), _quiet_converters():
         try:
@@ -414,6 +447,7 @@ def _export_graph(
                 str(onnx_path),
                 "disable [export] for this run, or try another [export] opset",
             ) from error
+    return {"exporter": "torch.export", "nodes": len(onnx.load(str(onnx_path)).graph.node), **fallback}
 
 
 @contextmanager

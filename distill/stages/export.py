@@ -196,7 +196,9 @@ def _export(
         network = load_classifier(model.directory)
         encoder = text_encoder(run.recipe, model.directory)
         labels = label_names(network.config)
-        exported = export_transformer(network, encoder, out_dir, model.name, labels, texts, pairs, **checks)
+        exported = export_transformer(
+            network, encoder, out_dir, model.name, labels, texts, pairs, graph=settings.graph, **checks
+        )
     else:
         network, config, vocab = load_shallow(model.directory)
         exported = export_shallow(network, config, vocab, out_dir, model.name, texts, **checks)
