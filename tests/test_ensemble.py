@@ -212,6 +212,8 @@ def test_the_report_lists_the_members_and_compares_every_student_with_the_ensemb
         assert member["test"]["accuracy"] == pytest.approx(metrics["members"][member["name"]]["test"]["accuracy"])
         assert "/" not in member["source"]  # a folder name, not a path
     assert ensemble["relation_member"] == metrics["relation_member"]
+    for model in [report["teacher"], *report["students"]]:  # where each model's batch-size-1 call spends its time
+        assert set(model["latency_split_ms"]) == {"tokenise", "run", "post"} and model["latency_split_ms"]["run"] > 0
     for student in report["students"]:
         assert student["ensemble_retention"] == pytest.approx(student["accuracy"] / ensemble["figures"]["accuracy"])
         assert {"diff", "low", "high"} <= set(student["vs_ensemble"])

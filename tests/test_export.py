@@ -403,3 +403,19 @@ def test_runtime_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_a_timed_predict_answers_as_predict_and_splits_its_time_by_phase(transformer_export):
+    import time
+
+    from distill.export.runtime import PHASES
+
+    predictor = OnnxPredictor(transformer_export.manifest_path, threads=1)
+    texts = ["good film", "the plot was boring"]
+    started = time.perf_counter()
+    results, phases = predictor.timed_predict(texts)
+    wall = time.perf_counter() - started
+    assert results == predictor.predict(texts)
+    assert set(phases) == set(PHASES) and all(value > 0 for value in phases.values())
+    assert sum(phases.values()) <= wall
+    assert predictor._phases is None  # plain predict calls time nothing

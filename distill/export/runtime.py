@@ -11,7 +11,9 @@ tagger's token i is its word i).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ MANIFEST_VERSION = 1
 TRANSFORMER_KIND = "transformer"
 SHALLOW_KINDS = ("bow", "cnn", "bigru")
 OUTPUT_NAME = "logits"
+PHASES = ("tokenise", "run", "post")  # where a predict call's time goes (OnnxPredictor.timed_predict)
 REPORT_FILE = "report.json"  # in a run directory; names the model to deploy under `recommended`
 
 _COMMON_KEYS = ("format", "version", "name", "kind", "model_file", "labels", "inputs", "max_length")
@@ -228,6 +231,7 @@ class OnnxPredictor:
         )
         self._encode_inputs = input_encoder(self.manifest, directory)
         self._encode_words = None if self.token_split is None else words_encoder(self.manifest, directory)
+        self._phases: dict[str, float] | None = None  # set while timed_predict runs
 
     @property
     def name(self) -> str:
@@ -284,7 +288,10 @@ class OnnxPredictor:
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)  # (texts, num_labels)
         for rows in self._batches(lengths):
             batch_pairs = None if pairs is None else [pairs[row] for row in rows]
-            logits[rows] = self.run(self.encode([texts[row] for row in rows], batch_pairs))
+            with self._phase("tokenise"):
+                inputs = self.encode([texts[row] for row in rows], batch_pairs)
+            with self._phase("run"):
+                logits[rows] = self.run(inputs)
         return logits
 
     def predict_word_logits(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -300,9 +307,13 @@ class OnnxPredictor:
         logits = np.full((len(sentences), longest, len(self.labels)), np.nan, dtype=np.float32)
         seen = np.zeros((len(sentences), longest), dtype=bool)
         for rows in self._batches([sum(map(len, sentence)) for sentence in sentences]):
-            inputs, first = self.encode_words([sentences[row] for row in rows])
-            logits[rows, : first.shape[1]] = first_piece_logits(self.run(inputs), first)
-            seen[rows, : first.shape[1]] = first >= 0
+            with self._phase("tokenise"):
+                inputs, first = self.encode_words([sentences[row] for row in rows])
+            with self._phase("run"):
+                output = self.run(inputs)
+            with self._phase("post"):
+                logits[rows, : first.shape[1]] = first_piece_logits(output, first)
+                seen[rows, : first.shape[1]] = first >= 0
         return logits, seen
 
     def predict(
@@ -314,11 +325,38 @@ class OnnxPredictor:
         `{"text", "tokens", "tags", "entities"}` with each entity's character offsets in its text."""
         texts = _as_text_list(texts)
         if self.token_split is None:
-            return self.family.output(self.predict_logits(texts, pairs), self.labels, self.thresholds)
-        spans = _split(texts, pairs, self.token_split)
+            logits = self.predict_logits(texts, pairs)
+            with self._phase("post"):
+                return self.family.output(logits, self.labels, self.thresholds)
+        with self._phase("tokenise"):
+            spans = _split(texts, pairs, self.token_split)
         logits, _ = self.predict_word_logits(_tokens(texts, spans))
-        results = self.family.output(logits, self.labels)
-        return [in_text(result, text, row) for result, text, row in zip(results, texts, spans, strict=True)]
+        with self._phase("post"):
+            results = self.family.output(logits, self.labels)
+            return [in_text(result, text, row) for result, text, row in zip(results, texts, spans, strict=True)]
+
+    def timed_predict(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """`predict`, and the seconds it spent per phase: tokenise (splitting and encoding the
+        texts into the model's inputs), run (onnxruntime) and post (logits to the answer)."""
+        self._phases = dict.fromkeys(PHASES, 0.0)
+        try:
+            return self.predict(texts, pairs), self._phases
+        finally:
+            self._phases = None
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the block's seconds to `name` while `timed_predict` runs; otherwise nothing."""
+        if self._phases is None:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phases[name] += time.perf_counter() - started
 
     def _batches(self, lengths: Sequence[int]) -> Iterator[np.ndarray]:
         """Row numbers, `batch_size` at a time, in order of length (so a batch pads little)."""

@@ -20,6 +20,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
+from distill.export.runtime import PHASES
 from distill.report.schema import METRIC_TITLES, task_metrics, validate_report
 from distill.report.stats import significant
 
@@ -36,6 +37,8 @@ _LEGEND = (
     "Retention = model / teacher in the first metric. Speed-up = teacher bs1 p50 / model bs1 p50. "
     "bs1 p50 by round = the lowest and highest median of the timing rounds, in which every model "
     "took its turn on the same texts: the spread the machine's noise leaves. "
+    "bs1 tokenise / run / post = the median of each phase of one-text predict calls (splitting and encoding the "
+    "text, onnxruntime, logits to the answer), every model in turn; medians of parts need not sum to the p50. "
     "MFLOPs/text = matrix-product FLOPs of one forward pass on a text of the mean test length; "
     "FLOP-limit speed-up = teacher FLOPs / model FLOPs, the speed-up if latency followed FLOPs. "
     "Parity = largest absolute logit difference between the ONNX export and the original model."
@@ -226,7 +229,10 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     """Column headers and formatted cells shared by the Markdown, terminal and HTML views."""
     large = _largest_batch_size(report["teacher"]["latency_ms"])
     names = task_metrics(report)
-    headers = ["model", "kind", *map(_title, names), "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms"]
+    headers = [
+        "model", "kind", *map(_title, names), "retention", "params", "size MB", "bs1 p50/p95 ms", "bs1 p50 by round ms",
+        "bs1 tokenise / run / post ms",
+    ]
     if large:
         headers.append(f"bs{large} p50 ms")
     headers += ["throughput/s", "speed-up", "MFLOPs/text", "FLOP-limit speed-up", "parity"]
@@ -242,6 +248,7 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
             f"{metrics['size_mb']:.1f}",
             f"{_ms(latency['bs1_p50'])} / {_ms(latency['bs1_p95'])}",
             f"{_ms(latency['bs1_p50_low'])}–{_ms(latency['bs1_p50_high'])}" if "bs1_p50_low" in latency else MISSING,
+            _optional(metrics.get("latency_split_ms"), lambda split: " / ".join(_ms(split[phase]) for phase in PHASES)),
         ]
         if large:
             row.append(_optional(latency.get(f"bs{large}_p50"), _ms))

@@ -18,10 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill import distributed, provenance
 from distill.data.datasets import Example
 from distill.errors import UserError
-from distill.export.runtime import TRANSFORMER_KIND, OnnxPredictor
+from distill.export.runtime import PHASES, TRANSFORMER_KIND, OnnxPredictor
 from distill.models.size import BYTES_PER_MB
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.progress import Progress
@@ -44,7 +46,7 @@ from distill.seeds import (
 from distill.models.ensemble import ENSEMBLE_FILE
 from distill.stages.common import model_logits, student_seed
 from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_logits
-from distill.stages.run_models import TWIN_DIR, RunModel, run_models, torch_predictions
+from distill.stages.run_models import TWIN_DIR, RunModel, model_inputs, run_models, torch_predictions
 from distill.tasks import Label, TaskFamily
 from distill.validate import check_task_family
 
@@ -90,6 +92,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
         latencies = measure_latencies(
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
+    splits = latency_splits(predictors, examples, timing.repeats)
     measured = {}
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
@@ -101,8 +104,21 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
             default = family.score(gold, family.decide(logits[path], predictor.labels), predictor.labels)
             figures["threshold_gain"] = metrics[family.primary] - default[family.primary]
         figures.update(size_mb=model_file.stat().st_size / BYTES_PER_MB, latency_ms=latency, throughput_per_s=throughput)
+        figures["latency_split_ms"] = splits[path]
         measured[path] = Measured(predictions[path], figures)
     return measured
+
+
+def latency_splits(predictors: dict[Path, OnnxPredictor], examples: Sequence[Example], calls: int) -> dict[Path, dict[str, float]]:
+    """Per model, the median milliseconds of one batch-size-1 predict call in each phase
+    (tokenise, run, post), over `calls` test texts taken by every model in turn."""
+    seconds: dict[Path, dict[str, list[float]]] = {path: {phase: [] for phase in PHASES} for path in predictors}
+    for example in [examples[index % len(examples)] for index in range(calls)]:
+        for path, predictor in predictors.items():
+            _, phases = predictor.timed_predict(*model_inputs(predictor.kind, [example]))
+            for phase, value in phases.items():
+                seconds[path][phase].append(value)
+    return {path: {phase: float(np.median(values)) * 1000 for phase, values in split.items()} for path, split in seconds.items()}
 
 
 def compared(model: Measured, teacher: Measured, family: TaskFamily) -> dict[str, Any]:
