@@ -235,7 +235,8 @@ def kill(process: subprocess.Popen) -> None:
 
 def outcome(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     metrics = json.loads((run_dir / "teacher" / "metrics.json").read_text(encoding="utf-8"))
-    metrics.pop("seconds")  # wall time of the last process only
+    metrics.pop("seconds")  # wall time of the last process only, and its split by phase
+    metrics.pop("seconds_by_phase")
     return metrics, load_file(run_dir / "teacher" / "model.safetensors")
 
 
