@@ -92,7 +92,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
         latencies = measure_latencies(
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
-    splits = latency_splits(predictors, examples, timing.repeats)
+    splits = latency_splits(predictors, examples, timing.repeats, timing.rounds)
     measured = {}
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
@@ -109,15 +109,25 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
     return measured
 
 
-def latency_splits(predictors: dict[Path, OnnxPredictor], examples: Sequence[Example], calls: int) -> dict[Path, dict[str, float]]:
+def latency_splits(
+    predictors: dict[Path, OnnxPredictor], examples: Sequence[Example], calls: int, rounds: int
+) -> dict[Path, dict[str, float]]:
     """Per model, the median milliseconds of one batch-size-1 predict call in each phase
-    (tokenise, run, post), over `calls` test texts taken by every model in turn."""
+    (tokenise, run, post), over `calls` one-text calls split into `rounds` rounds as the latency
+    harness splits them: in each round every model makes its share of calls in a row (after one
+    untimed call, so its weights are back in the caches), the first model rotating."""
     seconds: dict[Path, dict[str, list[float]]] = {path: {phase: [] for phase in PHASES} for path in predictors}
-    for example in [examples[index % len(examples)] for index in range(calls)]:
-        for path, predictor in predictors.items():
-            _, phases = predictor.timed_predict(*model_inputs(predictor.kind, [example]))
-            for phase, value in phases.items():
-                seconds[path][phase].append(value)
+    texts = [examples[index % len(examples)] for index in range(calls)]
+    bounds = [round(calls * r / rounds) for r in range(rounds + 1)]
+    paths = list(predictors)
+    for r in range(rounds):
+        for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
+            predictor = predictors[path]
+            predictor.timed_predict(*model_inputs(predictor.kind, texts[:1]))
+            for example in texts[bounds[r] : bounds[r + 1]]:
+                _, phases = predictor.timed_predict(*model_inputs(predictor.kind, [example]))
+                for phase, value in phases.items():
+                    seconds[path][phase].append(value)
     return {path: {phase: float(np.median(values)) * 1000 for phase, values in split.items()} for path, split in seconds.items()}
 
 
