@@ -117,12 +117,12 @@ def fine_tune_ensemble(run: Run, work: Path) -> dict[str, Any]:
     ensemble = write_ensemble(work, members, settings.weights, settings.combine, relation_member, {
         name: {split: _headline_split(metrics[split], data.family) for split in ("dev", "test")} for name, metrics in details.items()
     })
-    metrics = {split: _ensemble_metrics(run, ensemble, split) for split in ("dev", "test")}
+    metrics = _ensemble_metrics(run, ensemble)
     metrics["members"] = {name: {split: details[name][split] for split in ("dev", "test")} for name in ensemble.members}
     metrics["relation_member"] = relation_member
     write_metrics(work / "metrics.json", metrics)
     headline = headline_metrics(metrics, data.family)
-    best = max(details.values(), key=lambda member: member["dev"][data.family.primary])
+    best = details[_best_on_dev(details, data.family.primary)]
     headline.update({f"best_member_test_{name}": best["test"][name] for name in data.family.metrics})
     return headline
 
@@ -138,17 +138,26 @@ def _relation_member(choice: str | int, members: list[Member], details: dict[str
     """The member the single-model parts use: the best on dev, or the recipe's numbered one."""
     if isinstance(choice, int):
         return members[choice - 1].name
-    return max(members, key=lambda member: details[member.name]["dev"][primary]).name
+    return _best_on_dev(details, primary)
+
+
+def _best_on_dev(details: dict[str, dict], primary: str) -> str:
+    """The member with the highest dev `primary` metric (the first of equals)."""
+    return max(details, key=lambda name: details[name]["dev"][primary])
 
 
 def _headline_split(metrics: dict[str, Any], family: Any) -> dict[str, float]:
     return {name: metrics[name] for name in family.metrics}
 
 
-def _ensemble_metrics(run: Run, ensemble: Ensemble, split: str) -> dict[str, Any]:
-    """The family's metrics of the combined members on a split, at its default decision rule."""
+def _ensemble_metrics(run: Run, ensemble: Ensemble) -> dict[str, dict[str, Any]]:
+    """The family's metrics of the combined members on dev and test, at its default decision
+    rule; each member is loaded once and reads both splits in one pass."""
     data = run.data()
-    examples = getattr(data, split)
-
-    logits = ensemble.combined(data.family, lambda member: model_logits(run.recipe, member, examples, data, run.device))
-    return data.family.score([e.label for e in examples], data.family.decide(logits, data.labels), data.labels)
+    rows = data.dev + data.test
+    logits = ensemble.combined(data.family, lambda member: model_logits(run.recipe, member, rows, data, run.device))
+    split_logits = {"dev": logits[: len(data.dev)], "test": logits[len(data.dev) :]}
+    return {
+        split: data.family.score([e.label for e in getattr(data, split)], data.family.decide(split_logits[split], data.labels), data.labels)
+        for split in ("dev", "test")
+    }

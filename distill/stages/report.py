@@ -180,20 +180,15 @@ def build_report(run: Run) -> dict[str, Any]:
     if teacher_int8 is not None:
         report_teacher["int8"] = with_cost(compared(teacher_int8, teacher, family), teacher_entry, teacher_entry)
     report_teacher = with_cost(report_teacher, teacher_entry, teacher_entry)
+    ensemble = ensemble_record(run, test, family)
     students = [
         _student_record(
-            run, entry, measure_entry(entry, "manifest"), measure_entry(entry, "manifest_int8"), teacher, test, teacher_entry
+            run, entry, measure_entry(entry, "manifest"), measure_entry(entry, "manifest_int8"), teacher, test,
+            teacher_entry, ensemble,
         )
         for entry in summary["models"]
         if entry["role"] == "student"
     ]
-    ensemble = ensemble_record(run, test, family)
-    if ensemble is not None:
-        record, ensemble_predictions = ensemble
-        for student, entry in zip(students, (entry for entry in summary["models"] if entry["role"] == "student")):
-            measured_student = measure_entry(entry, "manifest")
-            student["vs_ensemble"] = paired_test(measured_student, ensemble_predictions, test, family, run.recipe.run.seed)
-            student["ensemble_retention"] = measured_student.figures[family.primary] / record["figures"][family.primary]
     if run.recipe.report.seeds:
         over_seeds = seed_summaries(run, teacher.predictions, test)
         for record in students:
@@ -261,8 +256,10 @@ def _student_record(
     teacher: Measured,
     test: list[Example],
     teacher_entry: dict[str, Any],
+    ensemble: tuple[dict[str, Any], list[Label]] | None = None,
 ) -> dict[str, Any]:
-    """A student's report entry: figures relative to the teacher, files, FLOPs, paired tests, int8."""
+    """A student's report entry: figures relative to the teacher, files, FLOPs, paired tests, int8;
+    with a teacher `ensemble` (its record and test decisions), the test and retention against it."""
     seed = run.recipe.run.seed
     family = run.data().family
     record = {"name": entry["name"], "kind": entry["kind"], **compared(student, teacher, family), **_files(entry)}
@@ -271,6 +268,10 @@ def _student_record(
     twin = _gold_twin_predictions(run, entry, test)
     if twin is not None:
         record["vs_gold_twin"] = paired_test(student, twin, test, family, seed)
+    if ensemble is not None:
+        ensemble_figures, ensemble_predictions = ensemble[0]["figures"], ensemble[1]
+        record["vs_ensemble"] = paired_test(student, ensemble_predictions, test, family, seed)
+        record["ensemble_retention"] = student.figures[family.primary] / ensemble_figures[family.primary]
     if student_int8 is not None:
         record["int8"] = with_cost(compared(student_int8, teacher, family), entry, teacher_entry)
     return record
