@@ -262,7 +262,10 @@ class FinetuneStage(TrainSettings, MixupSettings):
     layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
     # R-Drop (distill/train/rdrop.py): two dropout passes per batch, α x their symmetric divergence
     rdrop_alpha: float | None = Field(default=None, gt=0)
-    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER | {"rdrop_alpha"}
+    # token classification: a word's gold tag trains its first piece (the rest masked from the loss)
+    # or every piece; decisions read the first piece either way
+    subword_labels: Literal["first", "all"] = "first"
+    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER | {"rdrop_alpha", "subword_labels"}
 
     @model_validator(mode="after")
     def _one_regulariser(self) -> FinetuneStage:

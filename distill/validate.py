@@ -161,6 +161,7 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
             "remove [report] seeds",
         )
     _check_mixup(recipe, data)
+    _check_subword_labels(recipe, data)
     return [f"decisions: {_DECISIONS[data.family.name]}; primary metric {data.family.primary}"]
 
 
@@ -202,6 +203,17 @@ def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
                 "[stages.task_specific] mixup_alpha",
                 "set relation_weight = 0 or remove mixup_alpha",
             )
+
+
+def _check_subword_labels(recipe: Recipe, data: TaskData | PreparedData) -> None:
+    """Which pieces learn a word's tag is a question of per-word tags only."""
+    section = recipe.stages.finetune
+    if section is not None and section.enabled and section.subword_labels != "first" and data.family.head != "token":
+        raise UserError(
+            f"subword_labels = \"{section.subword_labels}\" places word tags on pieces; a {data.family.name} task has no word tags",
+            "[stages.finetune] subword_labels",
+            "remove subword_labels or set [task] type = \"token_classification\"",
+        )
 
 
 _DECISIONS = {

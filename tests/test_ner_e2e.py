@@ -12,18 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
+import torch
 from scipy.stats import binomtest
 from seqeval.metrics import classification_report, precision_score, recall_score
 from seqeval.metrics import f1_score as seqeval_f1
 from seqeval.metrics.sequence_labeling import get_entities
 from tiny_models import tiny_teacher_dir
 
+from distill.errors import UserError
 from distill.export.runtime import OnnxPredictor
 from distill.models.teacher import load_classifier
 from distill.pipeline import Run
 from distill.recipe import load_recipe
 from distill.report.baseline import baseline_for_run
 from distill.report.schema import validate_report
+from distill.stages.common import text_encoder
 from distill.stages.export import onnx_predictions
 from distill.validate import check_recipe
 
@@ -205,3 +208,45 @@ def test_the_crf_baseline_is_reported_with_its_entity_f1_per_type(ner_run):
 def test_export_and_report_are_accepted(tmp_path):
     lines = check_recipe(load_recipe(write_recipe(tmp_path, export={"quantize": "int8"}, report={"batch_sizes": [1]})))
     assert any("primary metric entity_f1" in line for line in lines)
+
+
+PIECES = ["a", "film", "book", "plot", "good", "gr", "##eat", "aw", "##ful", "the", "was", "very", "not", "ok"]
+
+
+def continuation_agreement(tmp_path: Path, subword_labels: str) -> float:
+    """Fine-tune a teacher whose vocabulary splits "great" and "awful" in two; the share of their
+    second pieces whose own argmax is the word's gold tag on the test sentences."""
+    teacher = tiny_teacher_dir(tmp_path / "pieces-teacher", words=PIECES)
+    finetune = {**STAGES["finetune"], "subword_labels": subword_labels}
+    recipe = write_recipe(tmp_path, teacher={"model": str(teacher)}, stages={**STAGES, "finetune": finetune})
+    run = Run(load_recipe(recipe))
+    run.execute(only=["prepare", "finetune"])
+    data = run.data()
+    model = load_classifier(run.teacher_dir())
+    encoder = text_encoder(run.recipe, run.teacher_dir())
+    right = total = 0
+    for example, (ids, _, pieces) in zip(data.test, encoder.word_pieces([e.tokens for e in data.test]), strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0]
+        for tag, positions in zip(example.label, pieces, strict=True):
+            for position in positions[1:]:
+                right += data.labels[int(logits[position].argmax())] == tag
+                total += 1
+    assert total > 20
+    return right / total
+
+
+def test_subword_labels_all_teaches_every_piece_its_words_tag(tmp_path):
+    every = continuation_agreement(tmp_path / "all", "all")
+    first = continuation_agreement(tmp_path / "first", "first")
+    assert every > 0.95 and every > first  # the default leaves second pieces untrained
+
+
+def test_subword_labels_are_refused_for_a_task_without_word_tags(tmp_path):
+    recipe = write_recipe(tmp_path, stages={"finetune": {**STAGES["finetune"], "subword_labels": "all"}})
+    text = recipe.read_text(encoding="utf-8").replace('type = "token_classification"', 'type = "classification"')
+    data = tmp_path / "texts.csv"
+    data.write_text("text,label\n" + "".join(f"good film {i},pos\nawful plot {i},neg\n" for i in range(30)), encoding="utf-8")
+    recipe.write_text(text.replace(str(tmp_path / "ner.conll"), str(data)), encoding="utf-8")
+    with pytest.raises(UserError, match="subword_labels"):
+        check_recipe(load_recipe(recipe))

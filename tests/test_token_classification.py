@@ -169,6 +169,42 @@ def test_batches_pad_words_and_tags_and_gather_the_first_pieces(tmp_path):
     assert torch.isnan(word_logits(pieces, batch, inference=True)[0, 2]).all()
 
 
+def test_word_pieces_lists_every_piece_of_each_word_within_max_length(tmp_path):
+    encoder = wordpiece_encoder(tmp_path, ["a", "b", "##b", "##c", "c"], max_length=6)  # room for 4 pieces
+    _, _, pieces = encoder.word_pieces([["a", "bbc", "c", "a"]])[0]
+    assert pieces == [[1], [2, 3, 4], [], []]  # bbc = b ##b ##c; c and the last a fall past max_length
+
+
+def test_every_piece_dataset_gives_each_piece_its_words_tag(tmp_path):
+    encoder = wordpiece_encoder(tmp_path, ["john", "play", "##ing", "##s", "in", "paris"])
+    words = [["John", "playings", "in"], ["Paris"]]
+    dataset = EncodedDataset(encoder, [" ".join(w) for w in words], [[1, 2, 0], [3]], words=words, every_piece=True)
+    batch = dataset.collate([dataset[0], dataset[1]])
+    assert batch["words"].tolist() == [[1, 2, 3, 4, 5], [1, -1, -1, -1, -1]]  # play ##ing ##s all read
+    assert batch["labels"].tolist() == [[1, 2, 2, 2, 0], [3, IGNORED, IGNORED, IGNORED, IGNORED]]
+    first = EncodedDataset(encoder, [" ".join(w) for w in words], [[1, 2, 0], [3]], words=words)
+    assert first.collate([first[0]])["words"].tolist() == [[1, 2, 5]]  # the default masks ##ing and ##s
+
+
+def test_every_piece_gold_loss_is_the_mean_cross_entropy_over_pieces(tmp_path):
+    encoder = wordpiece_encoder(tmp_path, ["play", "##ing", "in"])
+    dataset = EncodedDataset(encoder, ["playing in"], [[1, 0]], words=[["playing", "in"]], every_piece=True)
+    batch = dataset.collate([dataset[0]])
+    pieces = torch.tensor([[[0.0, 0.0], [1.0, 3.0], [2.0, 0.5], [4.0, 1.0], [0.0, 0.0]]])  # (1, 5 pieces, 2 tags)
+
+    def nll(row: list[float], target: int) -> float:
+        return -math.log(math.exp(row[target]) / sum(math.exp(v) for v in row))
+
+    expected = (nll([1.0, 3.0], 1) + nll([2.0, 0.5], 1) + nll([4.0, 1.0], 0)) / 3  # play, ##ing (tag 1), in (tag 0)
+    assert NER.hard_loss(word_logits(pieces, batch), batch["labels"]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unlabelled_every_piece_rows_have_no_targets(tmp_path):
+    encoder = wordpiece_encoder(tmp_path, ["play", "##ing"])
+    dataset = EncodedDataset(encoder, ["playing"], words=[["playing"]], every_piece=True)
+    assert dataset.collate([dataset[0]])["labels"].tolist() == [[IGNORED, IGNORED]]
+
+
 def test_unlabelled_token_rows_have_no_targets(tmp_path):
     encoder = wordpiece_encoder(tmp_path, ["a", "b"])
     dataset = EncodedDataset(encoder, ["a b"], words=[["a", "b"]])

@@ -66,15 +66,17 @@ class EncodedDataset(Dataset):
         labels: Sequence[int] | None = None,
         pairs: Sequence[str | None] | None = None,
         words: Sequence[Sequence[str]] | None = None,
+        every_piece: bool = False,
     ) -> None:
-        """`words`: the texts' tokens, for token classification (then `labels` are tag-id lists)."""
+        """`words`: the texts' tokens, for token classification (then `labels` are tag-id lists);
+        `every_piece`: each piece of a word is a target of the word's tag, not only its first."""
         self.pad_id = encoder.pad_id
         self.ids: list[list[int]] = []
         self.types: list[list[int]] | None = [] if encoder.token_types else None  # only for models that read them
-        self.first_pieces: list[list[int]] | None = None
+        self.positions: list[list[int]] | None = None  # per row, the piece each target reads
         self.labels = list(labels) if labels is not None else [NO_LABEL] * len(texts)
         if words is not None:
-            self._encode_words(encoder, words)
+            self._encode_words(encoder, words, every_piece)
             return
         has_pairs = pairs is not None and any(p is not None for p in pairs)
         for start in range(0, len(texts), ENCODE_CHUNK):
@@ -87,14 +89,19 @@ class EncodedDataset(Dataset):
                 if self.types is not None:
                     self.types.append(encoded["token_type_ids"][row, :length].tolist())
 
-    def _encode_words(self, encoder: TextEncoder, words: Sequence[Sequence[str]]) -> None:
-        self.first_pieces = []
-        for ids, types, first in encoder.encode_words(words):
+    def _encode_words(self, encoder: TextEncoder, words: Sequence[Sequence[str]], every_piece: bool) -> None:
+        self.positions = []
+        for row, (ids, types, pieces) in enumerate(encoder.word_pieces(words)):
             self.ids.append(ids)
             if self.types is not None:
                 self.types.append(types)
-            self.first_pieces.append(first)
-        self.labels = word_targets(self.labels, self.first_pieces)
+            if every_piece:  # one target per piece, each with its word's tag
+                owners = [word for word, positions in enumerate(pieces) for _ in positions]
+                self.positions.append([position for positions in pieces for position in positions])
+                self.labels[row] = _tags_of(self.labels[row], owners)
+            else:
+                self.positions.append([positions[0] if positions else -1 for positions in pieces])
+        self.labels = word_targets(self.labels, self.positions)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,7 +121,7 @@ class EncodedDataset(Dataset):
         }
         if self.types is not None:
             inputs["token_type_ids"] = _pad(types, 0)
-        return {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long), **_targets(labels, indices, self.first_pieces)}
+        return {"inputs": inputs, "index": torch.tensor(indices, dtype=torch.long), **_targets(labels, indices, self.positions)}
 
 
 class WordDataset(Dataset):
@@ -164,6 +171,14 @@ def word_targets(labels: Sequence[object], positions: Sequence[Sequence[int]]) -
         tags += [IGNORED] * (len(first) - len(tags))
         targets.append([tag if position >= 0 else IGNORED for tag, position in zip(tags, first, strict=True)])
     return targets
+
+
+def _tags_of(tags: object, owners: Sequence[int]) -> object:
+    """A sentence's tags read once per piece (`owners`: each piece's word); unlabelled stays unlabelled."""
+    if tags == NO_LABEL:
+        return NO_LABEL
+    tags = list(tags)
+    return [tags[word] if word < len(tags) else IGNORED for word in owners]
 
 
 def _targets(labels: Sequence[object], indices: Sequence[int], positions: Sequence[Sequence[int]] | None) -> dict:

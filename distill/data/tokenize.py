@@ -263,17 +263,21 @@ class TextEncoder:
         that yields no piece or whose pieces fall past max_length (the head is kept, whatever
         `truncation` says: tags must stay with their words).
         """
+        return [(ids, types, [word[0] if word else -1 for word in pieces]) for ids, types, pieces in self.word_pieces(sentences)]
+
+    def word_pieces(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int], list[list[int]]]]:
+        """As `encode_words`, with the positions of ALL of each word's pieces (empty for none)."""
         budget = self.max_length - self.single.specials
         lead = next(i for i, (token, _) in enumerate(self.single.parts) if token is None)
         encoded = self.tokenizer.encode_batch([list(words) for words in sentences], is_pretokenized=True, add_special_tokens=False)
         rows = []
         for words, encoding in zip(sentences, encoded, strict=True):
-            first = [-1] * len(words)
+            pieces: list[list[int]] = [[] for _ in words]
             for position, word in enumerate(encoding.word_ids[:budget]):
-                if word is not None and first[word] < 0:
-                    first[word] = lead + position
+                if word is not None:
+                    pieces[word].append(lead + position)
             ids, types = self.single.assemble([encoding.ids[:budget]])
-            rows.append((ids, types, first))
+            rows.append((ids, types, pieces))
         return rows
 
     def _assemble(self, ids_a: list[int], ids_b: list[int] | None) -> tuple[list[int], list[int]]:

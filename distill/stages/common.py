@@ -54,10 +54,12 @@ def text_encoder(recipe: Recipe, model_dir: Path, config: Any = None) -> TextEnc
     )
 
 
-def task_dataset(encoder: TextEncoder, examples: list, data: PreparedData | None = None) -> EncodedDataset:
-    """Examples encoded for a transformer, with the training targets of `data`'s task (None: unlabelled)."""
+def task_dataset(encoder: TextEncoder, examples: list, data: PreparedData | None = None, every_piece: bool = False) -> EncodedDataset:
+    """Examples encoded for a transformer, with the training targets of `data`'s task (None: unlabelled);
+    `every_piece`: a tagged word's tag trains each of its pieces (`subword_labels = "all"`)."""
     labels = data.family.targets([e.label for e in examples], data.labels) if data is not None else None
-    return EncodedDataset(encoder, [e.text for e in examples], labels, [e.text_pair for e in examples], tokens_of(examples))
+    texts, pairs = [e.text for e in examples], [e.text_pair for e in examples]
+    return EncodedDataset(encoder, texts, labels, pairs, tokens_of(examples), every_piece)
 
 
 def word_dataset(tokenizer: WordTokenizer, vocab: WordVocab, examples: list, max_len: int, targets: list | None = None) -> WordDataset:

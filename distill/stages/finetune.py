@@ -51,7 +51,7 @@ def fine_tune(run: Run, source: Path, seed: int, target: Path, checkpoints: Path
     data = run.data()
     encoder = text_encoder(recipe, source)
     model = build_classifier(source, data.labels, recipe.teacher.pooling, recipe.teacher.dropout, data.family.head)
-    train_set = task_dataset(encoder, data.train, data)
+    train_set = task_dataset(encoder, data.train, data, every_piece=section.subword_labels == "all")
     dev_set = task_dataset(encoder, data.dev, data)
     smoothing = section.label_smoothing
 
