@@ -151,6 +151,11 @@ class EnsembleSettings(Section):
     # the member whose attention relations and layers the relation stages and student init use:
     # "best" = the best on dev, or a member's 1-based number
     relation_member: Literal["best"] | int = "best"
+    # what the relation stages (GED, TAD, TSD's relation term) learn from: "member" = the relation
+    # member's attention relations; "mean" = the weighted mean of every member's relation
+    # distributions (the members must share one tokenizer; each runs at every step)
+    relation_targets: Literal["member", "mean"] = "member"
+    ADDED_LATER = frozenset({"relation_targets"})
 
     @field_validator("weights")
     @classmethod

@@ -278,6 +278,32 @@ def test_minilm_relations_use_the_models_attention_heads():
     torch.testing.assert_close(loss, attention_kl + values_kl, rtol=1e-4, atol=1e-6)
 
 
+def test_ensemble_relations_target_the_weighted_mean_of_the_members_attention_maps():
+    # relation_targets = "mean": with "qk" the target is the weighted mean of the members' real attention maps.
+    members = [tiny_eager_bert(seed, width=32) for seed in (0, 2)]
+    student = tiny_eager_bert(1, width=16)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(3, 100, mask.shape, generator=torch.Generator().manual_seed(0)), "attention_mask": mask}
+    qk = RelationSettings(relations=["qk"])
+    with torch.no_grad(), RelationTransfer(members[0], student, qk, "[stages.task_adaptive]", [(members[0], 0.75), (members[1], 0.25)]) as transfer:
+        features_T, features_S = transfer.features(student, batch, batch)
+        loss = transfer.loss(features_T, features_S)
+        p_T = 0.75 * members[0](**batch, output_attentions=True).attentions[-1] + 0.25 * members[1](**batch, output_attentions=True).attentions[-1]
+        p_S = student(**batch, output_attentions=True).attentions[-1]
+    assert len(features_T) == 2
+    real_keys = mask.bool()[:, None, None, :]
+    rows = torch.where(real_keys, p_T * (p_T.log() - p_S.log()), torch.zeros(())).sum(-1)  # (batch, heads, seq)
+    torch.testing.assert_close(loss, rows[mask.bool()[:, None, :].expand_as(rows)].mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_members_that_need_different_relation_heads_are_refused():
+    members = [tiny_eager_bert(0, width=32), tiny_eager_bert(2, width=24)]
+    with pytest.raises(UserError, match="different relation head counts") as info:
+        RelationTransfer(members[0], tiny_eager_bert(1, width=16), RelationSettings(), "[stages.task_adaptive]",
+                         [(members[0], 0.5), (members[1], 0.5)])
+    assert 'relation_targets = "member"' in info.value.fix
+
+
 @pytest.mark.parametrize(
     "student_heads, requested, key, fix",
     [(2, None, "relations", "set [student] heads = 4"), (4, 8, "relation_heads", "remove relation_heads")],

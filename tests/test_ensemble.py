@@ -119,6 +119,29 @@ def test_an_ensemble_needs_the_finetune_stage(tmp_path):
         check_recipe(recipe)
 
 
+RELATION_STAGES = {
+    "finetune": {"max_steps": 12, "lr": 3e-3, "batch_size": 16, "warmup_ratio": 0.0},
+    "task_adaptive": {"max_steps": 3, "batch_size": 16},
+    "task_specific": {"max_steps": 3, "batch_size": 16, "relation_weight": 1.0},
+}
+
+
+def test_mean_relation_targets_teach_relations_from_every_member(tmp_path):
+    run = Run(load_recipe(_recipe(tmp_path, {"seeds": 2, "relation_targets": "mean"}, stages=RELATION_STAGES)))
+    run.execute()
+    tad = json.loads((run.path("student_tad") / "metrics.json").read_text(encoding="utf-8"))
+    assert tad["relation_teachers"] == 2 and tad["dev_relation_loss_after"] < tad["dev_relation_loss_before"]
+    assert (run.path("student") / "config.json").is_file()
+
+
+def test_mean_relation_targets_need_members_with_one_tokenizer(tmp_path):
+    other = tiny_teacher_dir(tmp_path / "other", words=["good", "bad", "film", "plot", "the"])
+    recipe = _recipe(tmp_path, {"models": [str(other)], "relation_targets": "mean"}, stages=RELATION_STAGES)
+    with pytest.raises(UserError, match="tokenizer is not") as info:
+        Run(load_recipe(recipe)).execute()
+    assert info.value.where == "[teacher.ensemble] relation_targets"
+
+
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory) -> Run:
     tmp_path = tmp_path_factory.mktemp("ensemble")

@@ -14,6 +14,7 @@ from distill.losses import (
     combine,
     hard_label_loss,
     hidden_mse,
+    mean_relation_kl,
     relation_kl,
     relation_logits,
     relation_loss,
@@ -31,8 +32,8 @@ def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def loop_relation_kl(t_a, t_b, s_a, s_b, mask, heads) -> float:
-    """Reference: per example, head and real query, softmax over the real keys only."""
+def loop_mean_relation_kl(teachers, weights, s_a, s_b, mask, heads) -> float:
+    """Reference for several teachers: the target row is the weighted sum of their softmax rows."""
 
     def row(a, b, example, head, query, keys):
         size = a.shape[-1] // heads
@@ -45,11 +46,43 @@ def loop_relation_kl(t_a, t_b, s_a, s_b, mask, heads) -> float:
         real = [position for position in range(mask.shape[1]) if mask[example, position]]
         for head in range(heads):
             for query in real:
-                p = row(t_a, t_b, example, head, query, real)
+                p = sum(w * row(a, b, example, head, query, real) for (a, b), w in zip(teachers, weights))
                 q = row(s_a, s_b, example, head, query, real)
                 total += float((p * (p.log() - q.log())).sum())
                 rows += 1
     return total / rows
+
+
+def loop_relation_kl(t_a, t_b, s_a, s_b, mask, heads) -> float:
+    """Reference: per example, head and real query, softmax over the real keys only."""
+    return loop_mean_relation_kl([(t_a, t_b)], [1.0], s_a, s_b, mask, heads)
+
+
+def test_mean_relation_kl_targets_the_weighted_mean_of_the_teachers_distributions():
+    teachers = [(randn(BATCH, SEQ, 16, seed=s), randn(BATCH, SEQ, 16, seed=s + 1)) for s in (0, 2, 4)]
+    student = randn(BATCH, SEQ, 8, seed=6), randn(BATCH, SEQ, 8, seed=7)
+    weights = [0.5, 0.3, 0.2]
+    expected = loop_mean_relation_kl(teachers, weights, *student, MASK, heads=4)
+    assert mean_relation_kl(teachers, weights, *student, MASK, num_heads=4).item() == pytest.approx(expected, rel=1e-5)
+    # the mean of distributions is not the distribution of the mean logits
+    mean_logits = tuple(sum(w * t[i] for t, w in zip(teachers, weights)) for i in (0, 1))
+    assert relation_kl(*mean_logits, *student, MASK, num_heads=4).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_one_teacher_or_a_zero_weight_leaves_the_single_teacher_loss():
+    teacher, other = (randn(BATCH, SEQ, 16, seed=0), randn(BATCH, SEQ, 16, seed=1)), (randn(BATCH, SEQ, 16, seed=2),) * 2
+    student = randn(BATCH, SEQ, 8, seed=3), randn(BATCH, SEQ, 8, seed=4)
+    single = relation_kl(*teacher, *student, MASK, num_heads=4)
+    torch.testing.assert_close(mean_relation_kl([teacher, other], [1.0, 0.0], *student, MASK, num_heads=4), single)
+    features = [random_features(16, layers=2, seed=s) for s in (0, 5)]
+    student_features = random_features(8, layers=1, seed=9)
+    both = relation_loss(features, student_features, -1, -1, ["qq", "vv"], num_heads=4)
+    halves = [(f.queries[-1], f.queries[-1]) for f in features], [(f.values[-1], f.values[-1]) for f in features]
+    by_hand = sum(
+        loop_mean_relation_kl(pairs, [0.5, 0.5], getattr(student_features, name)[-1], getattr(student_features, name)[-1], MASK, 4)
+        for pairs, name in zip(halves, ("queries", "values"))
+    )
+    assert both.item() == pytest.approx(by_hand, rel=1e-5)  # equal weights by default, summed over relations
 
 
 def random_features(width: int, layers: int, seed: int) -> Features:

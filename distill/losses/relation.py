@@ -5,7 +5,9 @@ query, key or value projections. Splitting into R heads of size d_r = width/R (R
 both widths) lets a narrow student mimic a wide teacher without a learned projection.
 `("qq", "kk", "vv")` is MiniLMv2; `("qk", "vv")` is MiniLM (attention distribution +
 value relation), which needs R = the models' attention heads (`distill.stages.relations`).
-As in both papers, the loss over several relation types is the SUM of their KLs.
+As in both papers, the loss over several relation types is the SUM of their KLs. Several
+teachers (an ensemble's members, `relation_targets = "mean"`) teach through the weighted mean of
+their relation distributions, the probabilities averaged as the ensemble's outputs are.
 """
 
 from __future__ import annotations
@@ -71,16 +73,40 @@ def relation_kl(
     float32, whatever the inputs' dtype: the logits come from `relation_logits`, and autocast
     lowers only matmul-like ops, not the softmax and KL that follow.
     """
-    _check_heads(num_heads, {"teacher": teacher_a.shape[-1], "student": student_a.shape[-1]})
-    if teacher_a.shape[:2] != student_a.shape[:2] or attention_mask.shape != teacher_a.shape[:2]:
-        raise ValueError(
-            f"teacher {tuple(teacher_a.shape)}, student {tuple(student_a.shape)} and mask "
-            f"{tuple(attention_mask.shape)} must share (batch, seq); "
-            "feed both models the same tokens"
-        )
+    return mean_relation_kl([(teacher_a, teacher_b)], [1.0], student_a, student_b, attention_mask, num_heads)
+
+
+def mean_relation_kl(
+    teachers: Sequence[tuple[Tensor, Tensor]],
+    weights: Sequence[float],
+    student_a: Tensor,
+    student_b: Tensor,
+    attention_mask: Tensor,
+    num_heads: int,
+) -> Tensor:
+    """`relation_kl` against the weighted mean of several teachers' relation distributions
+    (`teachers`: one (a, b) pair each, weights summing to 1); one teacher is `relation_kl`."""
+    if len(teachers) != len(weights) or not teachers:
+        raise ValueError(f"{len(teachers)} teachers but {len(weights)} weights")
+    widths = {"teacher" if len(teachers) == 1 else f"teacher {i + 1}": a.shape[-1] for i, (a, _) in enumerate(teachers)}
+    _check_heads(num_heads, {**widths, "student": student_a.shape[-1]})
+    for teacher_a, _ in teachers:
+        if teacher_a.shape[:2] != student_a.shape[:2] or attention_mask.shape != teacher_a.shape[:2]:
+            raise ValueError(
+                f"teacher {tuple(teacher_a.shape)}, student {tuple(student_a.shape)} and mask "
+                f"{tuple(attention_mask.shape)} must share (batch, seq); "
+                "feed both models the same tokens"
+            )
     real = attention_mask.bool()
     key_mask = real[:, None, None, :]  # (batch, 1, 1, seq)
-    log_p_T = _masked_log_softmax(relation_logits(teacher_a, teacher_b, num_heads), key_mask)
+    log_p_T = torch.logsumexp(
+        torch.stack([
+            math.log(weight) + _masked_log_softmax(relation_logits(a, b, num_heads), key_mask)
+            for (a, b), weight in zip(teachers, weights, strict=True)
+            if weight > 0
+        ]),
+        dim=0,
+    )  # (batch, heads, seq, seq): log of the weighted mean of the teachers' probabilities
     log_p_S = _masked_log_softmax(relation_logits(student_a, student_b, num_heads), key_mask)
     kl = F.kl_div(log_p_S, log_p_T, reduction="none", log_target=True)  # (batch, heads, seq, seq)
     kl_rows = kl.masked_fill(~key_mask, 0.0).sum(-1)  # (batch, heads, seq)
@@ -90,12 +116,13 @@ def relation_kl(
 
 
 def relation_loss(
-    teacher: Features,
+    teacher: Features | Sequence[Features],
     student: Features,
     teacher_layer: int,
     student_layer: int,
     relations: Sequence[str],
     num_heads: int,
+    weights: Sequence[float] | None = None,
 ) -> Tensor:
     """Sum of the listed relation KLs between one teacher layer and one student layer.
 
@@ -103,16 +130,19 @@ def relation_loss(
     to keys (the attention distribution). Layer indices may be negative (-1 = last).
     Summed, not averaged, as in MiniLM (attention + value KL) and MiniLMv2 (qq + kk + vv): the
     loss and its gradients grow with len(relations), and `relation_weight` and `max_grad_norm`
-    act on that sum.
+    act on that sum. Several teachers (`weights` one each, equal when None) teach through the
+    mean of their relation distributions at `teacher_layer`.
     """
+    teachers = [teacher] if isinstance(teacher, Features) else list(teacher)
+    weights = list(weights) if weights is not None else [1.0 / len(teachers)] * len(teachers)
     pairs = parse_relations(relations)
     terms = [
-        relation_kl(
-            _layer(teacher, first, teacher_layer, "teacher"),
-            _layer(teacher, second, teacher_layer, "teacher"),
+        mean_relation_kl(
+            [(_layer(t, first, teacher_layer, "teacher"), _layer(t, second, teacher_layer, "teacher")) for t in teachers],
+            weights,
             _layer(student, first, student_layer, "student"),
             _layer(student, second, student_layer, "student"),
-            teacher.attention_mask,
+            teachers[0].attention_mask,
             num_heads,
         )
         for first, second in pairs

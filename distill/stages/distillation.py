@@ -95,6 +95,34 @@ def fine_tuned_teacher(run: Run, labels: list[str]) -> tuple[PreTrainedModel, Pa
     return frozen_teacher(teacher, run.device), teacher_dir
 
 
+def relation_members(run: Run, teacher: PreTrainedModel, teacher_dir: Path) -> list[tuple[PreTrainedModel, float]]:
+    """The ensemble's members and weights, frozen, when `[teacher.ensemble] relation_targets = "mean"`
+    (the relation member is `teacher` itself); empty otherwise, so `teacher` alone teaches relations.
+    Members with no weight are left out; every member must split text as the relation member does.
+    """
+    settings, ensemble = run.recipe.teacher.ensemble, run.teacher_ensemble()
+    if settings is None or ensemble is None or settings.relation_targets != "mean":
+        return []
+    encoder = text_encoder(run.recipe, teacher_dir)
+    members = []
+    for name, weight in zip(ensemble.members, ensemble.weights, strict=True):
+        path = ensemble.member_dir(name)
+        if weight <= 0:
+            continue
+        if path == teacher_dir:
+            members.append((teacher, weight))
+            continue
+        member_encoder = text_encoder(run.recipe, path)
+        if _tokenization(member_encoder) != _tokenization(encoder) or member_encoder.tokenizer.get_vocab() != encoder.tokenizer.get_vocab():
+            raise UserError(
+                f"{name}'s tokenizer is not {teacher_dir.name}'s: averaged relations pair the members position by position",
+                "[teacher.ensemble] relation_targets",
+                'set relation_targets = "member" (the relation member alone teaches relations)',
+            )
+        members.append((frozen_teacher(load_classifier(path), run.device), weight))
+    return members
+
+
 def _tokenization(encoder: TextEncoder) -> dict[str, Any]:
     """What decides how a tokenizer splits text, vocabulary aside (a pruned copy keeps all of it)."""
     spec = json.loads(encoder.tokenizer.to_str())
@@ -250,41 +278,63 @@ class RelationTransfer:
     Settings are checked against both models when the stage starts, not at the first step.
     The student is hooked lazily, on the module the training loop passes to the loss (under
     torch.distributed a DDP wrapper, whose forward must run for gradients to be synchronised).
+    With `members` (an ensemble's (model, weight) pairs, `relation_targets = "mean"`) the targets
+    are the weighted mean of the members' relation distributions, not `teacher`'s alone.
     """
 
     def __init__(
-        self, teacher: PreTrainedModel, student: PreTrainedModel, settings: RelationSettings, where: str
+        self,
+        teacher: PreTrainedModel,
+        student: PreTrainedModel,
+        settings: RelationSettings,
+        where: str,
+        members: Sequence[tuple[PreTrainedModel, float]] = (),
     ) -> None:
         try:
             parse_relations(settings.relations)
         except UserError as error:
             raise UserError(error.what, f"{where} relations", error.fix) from None
         self.relations = list(settings.relations)
+        teachers = [model for model, _ in members] or [teacher]
+        self.weights = [weight for _, weight in members] or [1.0]
         self.teacher_layer = _checked_layer(settings.teacher_layer, teacher, "teacher", where)
+        for model in teachers:
+            _checked_layer(settings.teacher_layer, model, "teacher", where)
         self.student_layer = _checked_layer(settings.student_layer, student, "student", where)
-        shape_T, shape_S = AttentionShape.of(teacher.config), AttentionShape.of(student.config)
-        self.heads = relation_heads(settings.relation_heads, self.relations, shape_T, shape_S, where)
-        self._teacher = FeatureExtractor(teacher)
+        shape_S = AttentionShape.of(student.config)
+        heads = {relation_heads(settings.relation_heads, self.relations, AttentionShape.of(m.config), shape_S, where) for m in teachers}
+        if len(heads) > 1:
+            raise UserError(
+                f"the ensemble's members would need different relation head counts ({sorted(heads)})",
+                f"{where} relation_heads",
+                'set relation_heads to a divisor of every width, or [teacher.ensemble] relation_targets = "member"',
+            )
+        self.heads = heads.pop()
+        self._teachers = [(FeatureExtractor(model), architecture(model.config).uses_token_types(model.config)) for model in teachers]
         self._student: FeatureExtractor | None = None
 
     def features(
         self, student: nn.Module, inputs_T: dict[str, Tensor], inputs_S: dict[str, Tensor]
-    ) -> tuple[Features, Features]:
-        """(teacher features without gradients, student features with them) for one batch."""
+    ) -> tuple[list[Features], Features]:
+        """(each teacher's features, without gradients; the student's, with them) for one batch."""
         with torch.no_grad():
-            features_T = self._teacher.extract(**inputs_T)
+            features_T = [
+                extractor.extract(**{key: value for key, value in inputs_T.items() if key != "token_type_ids" or types})
+                for extractor, types in self._teachers
+            ]
         if self._student is None or self._student.model is not student:
             if self._student is not None:
                 self._student.close()
             self._student = FeatureExtractor(student)
         return features_T, self._student.extract(**inputs_S)
 
-    def loss(self, features_T: Features, features_S: Features) -> Tensor:
-        return relation_loss(features_T, features_S, self.teacher_layer, self.student_layer, self.relations, self.heads)
+    def loss(self, features_T: list[Features], features_S: Features) -> Tensor:
+        return relation_loss(features_T, features_S, self.teacher_layer, self.student_layer, self.relations, self.heads, self.weights)
 
     def close(self) -> None:
         """Remove every hook, so the models are saved and copied as plain models."""
-        self._teacher.close()
+        for extractor, _ in self._teachers:
+            extractor.close()
         if self._student is not None:
             self._student.close()
 
@@ -328,8 +378,10 @@ def relation_stage(
     teacher: PreTrainedModel,
     teacher_dir: Path,
     stage_texts: StageTexts,
+    members: Sequence[tuple[PreTrainedModel, float]] = (),
 ) -> dict[str, Any]:
-    """Train the student on `stage_texts` with the relation loss alone (GD, GED, TAD) and save it.
+    """Train the student on `stage_texts` with the relation loss alone (GD, GED, TAD) and save it;
+    `members`: an ensemble whose mean relations teach (`relation_members`).
 
     The head stays untrained, so the stage records losses instead of accuracy: the relation loss
     on the task's dev texts (held out from every stage) before and after training.
@@ -341,7 +393,7 @@ def relation_stage(
     train_set = EncodedDataset(pair.teacher_encoder, stage_texts.texts, pairs=stage_texts.pairs)
     probe_rows = data.dev[:PROBE_ROWS]
     probe = EncodedDataset(pair.teacher_encoder, [e.text for e in probe_rows], pairs=[e.text_pair for e in probe_rows])
-    with RelationTransfer(teacher, pair.student, section, where) as transfer:
+    with RelationTransfer(teacher, pair.student, section, where, members) as transfer:
         before = mean_relation_loss(transfer, pair, probe, run.device)
 
         def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -368,6 +420,7 @@ def relation_stage(
         "dev_relation_loss_after": round(after, 6),
         **pair.pruning,
     }
-    notes = {"texts_source": stage_texts.source, "started_from": pair.started_from, "teacher": str(teacher_dir.name)}
+    notes = {"texts_source": stage_texts.source, "started_from": pair.started_from, "teacher": str(teacher_dir.name),
+             "relation_teachers": max(1, len(members))}
     save_student(pair.student, work, {**metrics, **notes, **result.timing()})
     return metrics

