@@ -257,26 +257,28 @@ class RelationSettings(Section):
     student_layer: int = -1
 
 
-class MixupSettings(Section):
+class RegulariserSettings(Section):
+    """What a batch trains on beyond itself, for the teacher (finetune) and the student (task_specific)."""
+
     # embedding mixup (distill/train/mixup.py): two texts' word embeddings and targets mixed with λ ~ Beta(α, α)
     mixup_alpha: float | None = Field(default=None, gt=0)
-    ADDED_LATER = frozenset({"mixup_alpha"})
-
-
-class FinetuneStage(TrainSettings, MixupSettings):
-    layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
     # R-Drop (distill/train/rdrop.py): two dropout passes per batch, α x their symmetric divergence
     rdrop_alpha: float | None = Field(default=None, gt=0)
-    # token classification: a word's gold tag trains its first piece (the rest masked from the loss)
-    # or every piece; decisions read the first piece either way
-    subword_labels: Literal["first", "all"] = "first"
-    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER | {"rdrop_alpha", "subword_labels"}
+    ADDED_LATER = frozenset({"mixup_alpha", "rdrop_alpha"})
 
     @model_validator(mode="after")
-    def _one_regulariser(self) -> FinetuneStage:
+    def _one_regulariser(self) -> RegulariserSettings:
         if self.rdrop_alpha is not None and self.mixup_alpha is not None:
             raise ValueError("rdrop_alpha and mixup_alpha both change what a batch trains on: set one of them")
         return self
+
+
+class FinetuneStage(TrainSettings, RegulariserSettings):
+    layer_lr_decay: float | None = Field(default=0.95, gt=0, le=1)
+    # token classification: a word's gold tag trains its first piece (the rest masked from the loss)
+    # or every piece; decisions read the first piece either way
+    subword_labels: Literal["first", "all"] = "first"
+    ADDED_LATER = TrainSettings.ADDED_LATER | RegulariserSettings.ADDED_LATER | {"subword_labels"}
 
 
 class PretrainStage(TrainSettings):
@@ -314,8 +316,8 @@ class TaskAdaptiveStage(TrainSettings, RelationSettings):
     lr: float = Field(default=1e-4, gt=0)
 
 
-class TaskSpecificStage(TrainSettings, RelationSettings, MixupSettings):
-    ADDED_LATER = TrainSettings.ADDED_LATER | MixupSettings.ADDED_LATER
+class TaskSpecificStage(TrainSettings, RelationSettings, RegulariserSettings):
+    ADDED_LATER = TrainSettings.ADDED_LATER | RegulariserSettings.ADDED_LATER
     temperature: float = Field(default=2.0, gt=0)
     soft_weight: float = Field(default=1.0, ge=0)
     hard_weight: float = Field(default=1.0, ge=0)

@@ -186,7 +186,8 @@ def _check_augmentation_fits(recipe: Recipe, data: TaskData | PreparedData) -> N
 
 
 def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
-    """Mixup blends two texts' embeddings and targets: not per-word tags, not a live teacher."""
+    """Mixup blends two texts' embeddings and targets: not per-word tags, not a live teacher; R-Drop
+    doubles the student's pass: not beside a live teacher's relations either."""
     stages = {"finetune": recipe.stages.finetune, "task_specific": recipe.stages.task_specific}
     for name, section in stages.items():
         if section is None or not section.enabled or section.mixup_alpha is None:
@@ -203,6 +204,13 @@ def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
                 "[stages.task_specific] mixup_alpha",
                 "set relation_weight = 0 or remove mixup_alpha",
             )
+    section = recipe.stages.task_specific
+    if section is not None and section.enabled and section.rdrop_alpha is not None and section.relation_weight:
+        raise UserError(
+            "R-Drop reads each batch twice through the student, but the relation loss pairs one student pass with the teacher's",
+            "[stages.task_specific] rdrop_alpha",
+            "set relation_weight = 0 or remove rdrop_alpha",
+        )
 
 
 def _check_subword_labels(recipe: Recipe, data: TaskData | PreparedData) -> None:

@@ -419,6 +419,41 @@ def test_task_specific_loss_is_the_weighted_sum_of_soft_and_hard_terms(prepared,
     assert mixed.item() == pytest.approx(soft.item() + 0.5 * hard.item(), rel=1e-6)
 
 
+def test_task_specific_rdrop_averages_both_dropout_passes_and_adds_their_symmetric_kl(prepared, teacher_dir):
+    run, work, teacher = prepared()
+    data = run.data()
+    pair = teacher_and_student(run, work, teacher, teacher_dir, data)
+    dataset = task_dataset(pair.teacher_encoder, data.train, data)
+    cache = cache_teacher_logits(run, teacher, dataset, data)
+    batch = dataset.collate([dataset[i] for i in (3, 18, 25, 36)])
+    weights = LossWeights(1.0, 0.5, 0.0)
+    student = pair.student.eval()
+    with torch.no_grad():  # without dropout both passes agree: R-Drop is the plain loss
+        plain, _ = label_loss_fn(CLASSIFICATION, weights, 2.0, 0.0, pair, cache, None)(student, batch)
+        same, logs = label_loss_fn(CLASSIFICATION, weights, 2.0, 0.0, pair, cache, None, rdrop_alpha=4.0)(student, batch)
+    assert same.item() == pytest.approx(plain.item(), rel=1e-5) and logs["rdrop_divergence"] == pytest.approx(0.0, abs=1e-7)
+    for module in student.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    student.train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss, logs = label_loss_fn(CLASSIFICATION, weights, 2.0, 0.0, pair, cache, None, rdrop_alpha=4.0)(student, batch)
+        torch.manual_seed(5)
+        doubled_ids = {key: torch.cat([value, value]) for key, value in batch["inputs"].items()}
+        first, second = student(**doubled_ids).logits.chunk(2)
+    teacher_logits = cache.logits[batch["index"]]
+
+    def terms(logits: torch.Tensor) -> float:
+        return (soft_label_loss(logits, teacher_logits, 2.0) + 0.5 * hard_label_loss(logits, batch["labels"])).item()
+
+    p, q = torch.softmax(first, -1), torch.softmax(second, -1)
+    symmetric = 0.5 * ((p * (p.log() - q.log())).sum(-1).mean() + (q * (q.log() - p.log())).sum(-1).mean()).item()
+    assert symmetric > 1e-6
+    assert logs["rdrop_divergence"] == pytest.approx(symmetric, rel=1e-4)
+    assert loss.item() == pytest.approx(0.5 * (terms(first) + terms(second)) + 4.0 * symmetric, rel=1e-5)
+
+
 def load_ablate_tool():
     spec = importlib.util.spec_from_file_location("ablate", REPO / "tools" / "ablate.py")
     module = importlib.util.module_from_spec(spec)

@@ -51,6 +51,7 @@ from distill.stages.run_models import TWIN_DIR
 from distill.tasks import TaskFamily
 from distill.train.loop import LossFn, TrainResult, train
 from distill.train.mixup import mix_inputs
+from distill.train.rdrop import doubled, rdrop_loss
 
 
 def run_task_adaptive(run: Run, work: Path) -> dict[str, Any]:
@@ -108,6 +109,7 @@ def label_loss_fn(
     cache: TeacherLogitCache | None = None,
     transfer: RelationTransfer | None = None,
     mixup_alpha: float | None = None,
+    rdrop_alpha: float | None = None,
 ) -> LossFn:
     """TSD's loss: soft·(the family's soft loss, e.g. KL(teacher ‖ student at τ)·τ²) + hard·(its gold
     loss, e.g. CE) + relation·relation loss.
@@ -116,7 +118,9 @@ def label_loss_fn(
     same pass unless a `cache` is given (a teacher ensemble's combined logits); else they come
     from `cache`, looked up by the batch's row indices. Terms of zero
     weight are not computed. With `mixup_alpha` (no live teacher) the student reads mixed
-    embeddings and every term mixes the two rows' targets (distill.train.mixup).
+    embeddings and every term mixes the two rows' targets (distill.train.mixup). With `rdrop_alpha`
+    (no live teacher) the student reads the batch twice under dropout: the terms of both passes,
+    averaged, plus α x their symmetric divergence (distill.train.rdrop).
     """
     if weights.soft and cache is None and transfer is None:
         raise ValueError("soft labels need cached teacher logits or a live teacher")
@@ -141,13 +145,25 @@ def label_loss_fn(
                 terms["hard"] = (weights.hard, mixed.loss(lambda rows: family.hard_loss(logits_S, batch["labels"][rows], label_smoothing)))
             return combine(terms)
         else:
-            logits_S = word_logits(model(**inputs_S).logits, batch)  # (batch, classes) or (batch, words, tags)
             logits_T = cache.logits[batch["index"]] if cache is not None else None  # (batch, classes)
+            if rdrop_alpha is not None:
+                twice = doubled(batch)
+                passes = word_logits(model(**pair.student_inputs(twice["inputs"])).logits, twice).chunk(2)
+                loss, divergence = rdrop_loss(
+                    family, *passes, lambda logits_S: combine(label_terms(logits_S, logits_T, batch))[0], rdrop_alpha
+                )
+                return loss, {"rdrop_divergence": divergence.item()}
+            logits_S = word_logits(model(**inputs_S).logits, batch)  # (batch, classes) or (batch, words, tags)
+        terms.update(label_terms(logits_S, logits_T, batch))
+        return combine(terms)
+
+    def label_terms(logits_S: Tensor, logits_T: Tensor | None, batch: dict) -> dict[str, tuple[float, Tensor]]:
+        terms: dict[str, tuple[float, Tensor]] = {}
         if weights.soft:
             terms["soft"] = (weights.soft, family.soft_loss(logits_S, logits_T, temperature))
         if weights.hard:
             terms["hard"] = (weights.hard, family.hard_loss(logits_S, batch["labels"], label_smoothing))
-        return combine(terms)
+        return terms
 
     return loss_fn
 
@@ -213,7 +229,8 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
 
     try:
         loss_fn = label_loss_fn(
-            data.family, weights, section.temperature, section.label_smoothing, pair, cache, transfer, section.mixup_alpha
+            data.family, weights, section.temperature, section.label_smoothing, pair, cache, transfer, section.mixup_alpha,
+            section.rdrop_alpha,
         )
         result = fit(pair.student, loss_fn, "task_specific", run.checkpoints)
     finally:
@@ -234,7 +251,8 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
 
     if twin is not None:
         gold_loss = label_loss_fn(
-            data.family, GOLD_ONLY, section.temperature, section.label_smoothing, pair, mixup_alpha=section.mixup_alpha
+            data.family, GOLD_ONLY, section.temperature, section.label_smoothing, pair,
+            mixup_alpha=section.mixup_alpha, rdrop_alpha=section.rdrop_alpha,
         )
         twin_result = fit(twin, gold_loss, "task_specific twin", run.checkpoints / TWIN_DIR)
         twin_metrics = _classifier_metrics(run, twin, eval_sets, data, twin_result)
