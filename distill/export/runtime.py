@@ -180,6 +180,12 @@ def non_finite_rows(logits: np.ndarray, seen: np.ndarray | None = None) -> int:
     return int(bad.reshape(len(bad), -1).any(axis=1).sum())
 
 
+def _after_last(seen: np.ndarray) -> int:
+    """The index after the last True of a 1-D mask (0 when none is)."""
+    marked = np.flatnonzero(seen)
+    return int(marked[-1]) + 1 if len(marked) else 0
+
+
 def first_piece_logits(logits: np.ndarray, first: np.ndarray) -> np.ndarray:
     """Per-piece (batch, pieces, tags) logits read at each token's first piece, (batch, tokens,
     tags), NaN for a token without one (-1 in `first`): the torch-free twin of
@@ -298,11 +304,37 @@ class OnnxPredictor:
         """A per-token model's logits of pre-split sentences, in input order, and which tokens have them.
 
         Logits are (sentences, longest, tags), read at each token's first piece as the run's
-        stages read them; NaN for a token without a piece (cut by max_length, or a character
-        the tokenizer drops) and past a sentence's end. `seen` (sentences, longest) marks the
-        tokens with a piece.
+        stages read them; NaN for a token without a piece (a character the tokenizer drops) and
+        past a sentence's end. `seen` (sentences, longest) marks the tokens with a piece. A
+        sentence longer than the model's `max_length` is read in windows: each next window starts
+        a quarter of `max_length` tokens before the first token the last one could not reach, as
+        context, and gives logits to the tokens from there on, until a window reaches no new token.
         """
         sentences = [_as_text_list(sentence) for sentence in _as_text_list(sentences)]
+        logits, seen = self._window_logits(sentences)
+        context = max(1, int(self.manifest["max_length"]) // 4)
+        starts = {row: _after_last(seen[row]) for row in range(len(sentences))}
+        pending = [row for row, start in starts.items() if start < len(sentences[row])]
+        while pending:
+            begins = [max(0, starts[row] - context) for row in pending]
+            window_logits, window_seen = self._window_logits([sentences[row][begin:] for row, begin in zip(pending, begins, strict=True)])
+            reached = []
+            for index, (row, begin) in enumerate(zip(pending, begins, strict=True)):
+                skip = starts[row] - begin  # the context tokens keep the logits of the window before
+                new = window_seen[index, skip : len(sentences[row]) - begin]
+                if not new.any():
+                    continue  # the rest has no piece at all
+                span = slice(starts[row], starts[row] + len(new))
+                logits[row, span] = window_logits[index, skip : skip + len(new)]
+                seen[row, span] = new
+                starts[row] = starts[row] + _after_last(new)
+                if starts[row] < len(sentences[row]):
+                    reached.append(row)
+            pending = reached
+        return logits, seen
+
+    def _window_logits(self, sentences: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """One pass of `predict_word_logits`: tokens past max_length stay NaN and unseen."""
         longest = max(map(len, sentences), default=0)
         logits = np.full((len(sentences), longest, len(self.labels)), np.nan, dtype=np.float32)
         seen = np.zeros((len(sentences), longest), dtype=bool)
