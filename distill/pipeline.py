@@ -74,7 +74,7 @@ register(StageSpec("prepare", "distill.stages.prepare:run", "data", ("run.seed",
 register(
     StageSpec(
         "pretrain", "distill.stages.pretrain:run", "mlm", ("teacher", "stages.pretrain"), every_rank=True,
-        ignores=("teacher.ensemble",),  # the ensemble is made by fine-tuning what pretrain makes
+        ignores=("teacher.ensemble", "teacher.seed"),  # both shape the fine-tuning of what pretrain makes
     )
 )
 register(StageSpec("finetune", "distill.stages.finetune:run", "teacher", ("teacher", "stages.finetune"), every_rank=True))

@@ -144,7 +144,7 @@ class TaskSection(Section):
 class EnsembleSettings(Section):
     """Several fine-tuned teachers whose combined outputs teach the students (docs/design.md)."""
 
-    seeds: int = Field(default=1, ge=1)  # fine-tuning seeds of each model: run.seed, run.seed + 1, ...
+    seeds: int = Field(default=1, ge=1)  # fine-tuning seeds of each model: the teacher seed, + 1, ...
     models: list[str] = []  # more teachers to fine-tune beside [teacher] model, each `seeds` times
     combine: Literal["probabilities", "logits"] = "probabilities"  # mean of probabilities, or of logits
     weights: list[float] | None = None  # one per member in member order; None = equal
@@ -190,7 +190,10 @@ class TeacherSection(Section):
     pooling: Literal["cls", "mean", "last4"] = "cls"
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     ensemble: EnsembleSettings | None = None  # several fine-tuned teachers (finetune stage)
-    ADDED_LATER = frozenset({"ensemble"})
+    # fine-tuning seed (head init, dropout, batch order); None = [run] seed, which also draws the
+    # split: another teacher seed on one split is another [teacher] seed
+    seed: int | None = None
+    ADDED_LATER = frozenset({"ensemble", "seed"})
 
 
 class StudentSection(Section):
@@ -477,6 +480,10 @@ class Recipe(Section):
 
     def enabled_stages(self) -> list[str]:
         return [name for name in STAGE_ORDER if self.stage_enabled(name)]
+
+    def teacher_seed(self) -> int:
+        """`[teacher] seed`, else `[run] seed`: the first (or only) teacher's fine-tuning seed."""
+        return self.teacher.seed if self.teacher.seed is not None else self.run.seed
 
     def run_name(self) -> str:
         if self.run.name:

@@ -147,6 +147,23 @@ def test_augment_sampling_keys_default_to_tang_et_al_and_change_the_data_distill
     assert stage_hashes(recipe(n_sampling_span=[1, 5], pos_swap_sampling="frequency"))["data_distill"] == base
 
 
+def test_a_teacher_seed_changes_the_fine_tuning_but_not_the_split_or_the_pretraining():
+    from distill.models.ensemble import planned_members
+    from distill.pipeline import stage_hashes
+
+    def recipe(**teacher):
+        stages = {"pretrain": {"max_steps": 2}, "finetune": {}}
+        return parse_recipe({"run": {"seed": 42}, "task": {"dataset": "tiny.csv"}, "teacher": teacher, "stages": stages})
+
+    base, seeded = stage_hashes(recipe()), stage_hashes(recipe(seed=7))
+    assert recipe().teacher_seed() == 42 and recipe(seed=7).teacher_seed() == 7
+    assert seeded["prepare"] == base["prepare"] and seeded["pretrain"] == base["pretrain"]
+    assert seeded["finetune"] != base["finetune"]
+    assert stage_hashes(recipe(seed=None)) == base  # the default leaves earlier runs' hashes alone
+    members = planned_members(recipe(seed=7, ensemble={"seeds": 3}))
+    assert [member.seed for member in members] == [7, 8, 9]
+
+
 # --------------------------------------------------------------------------- loading and paths
 
 

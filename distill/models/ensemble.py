@@ -42,7 +42,7 @@ def planned_members(recipe: Recipe) -> list[Member]:
         return []
     sources = settings.sources(recipe.teacher.model)
     return [
-        Member(f"member-{number}", source, recipe.run.seed + (number - 1) % settings.seeds)
+        Member(f"member-{number}", source, recipe.teacher_seed() + (number - 1) % settings.seeds)
         for number, source in enumerate(sources, start=1)
     ]
 

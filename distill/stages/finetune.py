@@ -39,7 +39,7 @@ def teacher_source(run: Run) -> Path:
 def run(run: Run, work: Path) -> dict[str, Any]:
     data = run.data()
     if run.recipe.teacher.ensemble is None:
-        metrics = fine_tune(run, teacher_source(run), run.recipe.run.seed, work, run.checkpoints)
+        metrics = fine_tune(run, teacher_source(run), run.recipe.teacher_seed(), work, run.checkpoints)
         return headline_metrics(metrics, data.family)
     return fine_tune_ensemble(run, work)
 
