@@ -4,7 +4,8 @@ One seed cannot tell a gain from noise: a student's accuracy moves by about a po
 seed to the next on a few thousand test texts. A repeat is its own run directory that links
 the base run's `data/`, `teacher/` (and `mlm/`, `cache/`) and copies their `done/` markers, so
 the pipeline skips those stages; their config hashes are checked first, so a base recipe
-edited since its run fails instead of training a new teacher. A seed is `[student] seed`: it
+edited since its run fails instead of training a new teacher. A teacher variant (`[teacher]
+seed`, other fine-tuning settings) requires only the split and links the teacher where it matches. A seed is `[student] seed`: it
 changes the students' initial weights and training order, never the split or the teacher.
 `tools/ablate.py` repeats variants of the student path; the report stage (`[report] seeds`)
 repeats the recipe's own.
@@ -38,7 +39,8 @@ from distill.tasks import Label, TaskFamily, family
 CLASSIFICATION = family("classification")
 
 SHARED_STAGES = ("prepare", "pretrain", "finetune")  # done once in the base run
-SHARED_ARTIFACTS = ("data", "mlm", "teacher", "cache")
+# each shared stage's artifacts; the caches (teacher labels of augmented texts) travel with the teacher
+SHARED_ARTIFACTS = {"prepare": ("data",), "pretrain": ("mlm",), "finetune": ("teacher", "cache")}
 TWIN_NAME = "twin"  # the transformer student's gold-only twin among a run's models
 
 
@@ -58,12 +60,14 @@ def seeded_recipe(
     out_dir: Path,
     name: str,
     stages: dict[str, dict[str, Any]] | None = None,
+    teacher_seed: int | None = None,
 ) -> Recipe:
     """The base recipe with [student] seed = `seed`, its own run name, and no export or report.
 
     `stages` (stage -> settings laid over the base recipe's table) replaces the student path:
     only those student stages run, and data distillation only when listed. None keeps the
-    recipe's own student stages and data distillation.
+    recipe's own student stages and data distillation. `teacher_seed` sets [teacher] seed, for a
+    teacher fine-tuned again on the base run's split (`stages` then names finetune).
     """
     data = base.model_dump(mode="json", exclude_none=True)
     if stages is not None:
@@ -76,6 +80,8 @@ def seeded_recipe(
             own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
             data["stages"][stage] = {**_laid_over(own, settings), "enabled": True}
     data["student"]["seed"] = seed
+    if teacher_seed is not None:
+        data["teacher"]["seed"] = teacher_seed
     data["run"].update(name=name, out_dir=str(out_dir))
     data["export"]["enabled"] = False
     data["report"]["enabled"] = False
@@ -87,33 +93,42 @@ def shared_hashes(recipe: Recipe) -> dict[str, str]:
     return {name: digest for name, digest in stage_hashes(recipe).items() if name in SHARED_STAGES}
 
 
-def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe) -> None:
-    """Give `run_dir` the base run's split and teacher, marked done with hashes the repeat matches."""
+def link_base_run(base_dir: Path, run_dir: Path, recipe: Recipe, required: Sequence[str] = SHARED_STAGES) -> None:
+    """Give `run_dir` the base run's split and teacher, marked done with hashes the repeat matches.
+
+    Every stage in `required` must be done in the base run with the recipe's hash; another shared
+    stage (a teacher fine-tuned again, say) is linked only where its hash matches the base run's,
+    so a variant with other fine-tuning settings trains its own teacher and its own caches.
+    """
     (run_dir / "done").mkdir(parents=True, exist_ok=True)
+    linked = []
     for name, expected in shared_hashes(recipe).items():
         marker = base_dir / "done" / f"{name}.json"
-        if not marker.is_file():
+        made = json.loads(marker.read_text(encoding="utf-8"))["config_hash"] if marker.is_file() else None
+        if name in required and made is None:
             raise UserError(
                 f"the base run has not finished the '{name}' stage",
                 str(base_dir),
-                f"run `distill run RECIPE --stages {','.join(shared_hashes(recipe))}` first",
+                f"run `distill run RECIPE --stages {','.join(n for n in shared_hashes(recipe) if n in required)}` first",
             )
-        if json.loads(marker.read_text(encoding="utf-8"))["config_hash"] != expected:
+        if name in required and made != expected:
             raise UserError(
                 f"the base run's '{name}' stage was made with other settings than the recipe has now",
                 str(base_dir),
                 "rerun the base recipe's shared stages, or restore the recipe they were made with",
             )
-        shutil.copy2(marker, run_dir / "done" / marker.name)
-    for artifact in SHARED_ARTIFACTS:
+        if made == expected:
+            shutil.copy2(marker, run_dir / "done" / marker.name)
+            linked.append(name)
+    for artifact in (artifact for stage in linked for artifact in SHARED_ARTIFACTS[stage]):
         if (base_dir / artifact).exists() and not (run_dir / artifact).exists():
             os.symlink((base_dir / artifact).resolve(), run_dir / artifact, target_is_directory=True)
 
 
-def run_repeat(base: Run, recipe: Recipe) -> tuple[Run, dict[str, Any]]:
+def run_repeat(base: Run, recipe: Recipe, required: Sequence[str] = SHARED_STAGES) -> tuple[Run, dict[str, Any]]:
     """Run `recipe` on the base run's split and teacher (its done stages are skipped on a rerun)."""
     run = Run(recipe)
-    link_base_run(base.dir, run.dir, recipe)
+    link_base_run(base.dir, run.dir, recipe, required)
     return run, run.execute()
 
 

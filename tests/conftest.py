@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+def load_tool(name: str) -> Any:
+    """A script of tools/ as a module (registered in sys.modules, where dataclasses resolve annotations)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 # Three labels with unequal shares (50/30/20 %), so stratification is visible.
 LABEL_SIZES = {"negative": 25, "neutral": 15, "positive": 10}

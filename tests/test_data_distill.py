@@ -438,19 +438,15 @@ def test_gold_labels_train_on_the_gold_set_alone_without_the_teacher(tiny_run, m
 
 
 def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_students(tiny_run):
-    import importlib.util
     import shutil
-    import sys
     from pathlib import Path
 
     import tomli_w
+    from conftest import load_tool
 
     from distill.seeds import shared_hashes
 
-    spec = importlib.util.spec_from_file_location("ablate", Path(__file__).parents[1] / "tools" / "ablate.py")
-    ablate = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = ablate
-    spec.loader.exec_module(ablate)
+    ablate = load_tool("ablate")
     recipe_path = tiny_run.dir.parent / "tiny.toml"
     recipe_path.write_text(tomli_w.dumps(tiny_run.recipe.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
     # the base run's shared stages (data written by the fixture, the tiny teacher) marked done

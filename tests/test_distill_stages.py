@@ -6,7 +6,6 @@ with its tokenizer; recipes point `[teacher] model` at it, so no fine-tuning sta
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_rows, write_rows
+from conftest import load_tool, tiny_rows, write_rows
 from tiny_models import tiny_eager_bert
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
@@ -46,7 +45,6 @@ DIGITS = [str(d) for d in range(10)] + [f"##{d}" for d in range(10)]
 FILLER = [f"filler{i}" for i in range(100 - len(SPECIALS) - len(TASK_WORDS) - len(CORPUS_WORDS) - len(DIGITS))]
 VOCAB = SPECIALS + TASK_WORDS + CORPUS_WORDS + DIGITS + FILLER
 QUERY_0 = "bert.encoder.layer.0.attention.self.query.weight"
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -454,19 +452,11 @@ def test_task_specific_rdrop_averages_both_dropout_passes_and_adds_their_symmetr
     assert loss.item() == pytest.approx(0.5 * (terms(first) + terms(second)) + 4.0 * symmetric, rel=1e-5)
 
 
-def load_ablate_tool():
-    spec = importlib.util.spec_from_file_location("ablate", REPO / "tools" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     tables = [stage_table(name) for name in ("general_enhanced", "task_adaptive", "task_specific")]
     base = make_run("\n".join(tables))
     base.execute(only=["prepare"])
-    ablate = load_ablate_tool()
+    ablate = load_tool("ablate")
     readme = base.dir.parent / "README.md"
     readme.write_text("# results\n", encoding="utf-8")
     arguments = [str(base.recipe.source), "--seeds", "1,2", "--readme", str(readme), "--section", "ablation-r"]
@@ -529,7 +519,7 @@ def test_ablation_markdown_names_the_pooled_interval():
             "vs_reference": {"reference": "gold_only", "pooled": {**pooled, "significant": False}, "per_seed": per_seed},
         },
     ]  # fmt: skip
-    table = load_ablate_tool().markdown_table(rows, [1, 2], "`r.toml`")
+    table = load_tool("ablate").markdown_table(rows, [1, 2], "`r.toml`")
     assert "| tsd | TSD | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | +1.00 [-0.20, +2.00] vs gold_only" in table
     assert "95% interval from a hierarchical bootstrap over seeds and examples (1,000 resamples)" in table
 
@@ -541,10 +531,10 @@ def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):
     edited = recipe.read_text(encoding="utf-8").replace("max_length = 16", "max_length = 20")
     recipe.write_text(edited, encoding="utf-8")
     with pytest.raises(UserError, match="'prepare' stage was made with other settings"):
-        load_ablate_tool().ablate(recipe, [1], ["tsd"])
+        load_tool("ablate").ablate(recipe, [1], ["tsd"])
     recipe.write_text(edited.replace("max_length = 20", "max_length = 16"), encoding="utf-8")
     with pytest.raises(UserError, match="'prepare' stage was made with other settings"):  # an override alike
-        load_ablate_tool().ablate(recipe, [1], ["tsd"], overrides=("task.max_length=20",))
+        load_tool("ablate").ablate(recipe, [1], ["tsd"], overrides=("task.max_length=20",))
 
 
 def test_report_seeds_repeat_the_students_and_pool_the_twin_comparison(make_run, teacher_dir):

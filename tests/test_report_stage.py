@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -16,6 +15,7 @@ import pytest
 import tomli_w
 import torch
 from click.testing import CliRunner
+from conftest import load_tool
 from test_export_stage import build_tiny_run
 
 from distill import provenance
@@ -213,10 +213,7 @@ def _bench_run(recipe: str, accuracy: float, **extra) -> dict:
 
 
 def load_bench_tool():
-    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "bench.py")
-    bench_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_tool)
-    return bench_tool
+    return load_tool("bench")
 
 
 def test_bench_refuses_a_run_whose_stages_come_from_different_code_unless_allowed(reported, tmp_path):

@@ -5,6 +5,7 @@
     python tools/ablate.py recipes/tweets.toml --variants data_gold,data_hard,data_soft
     python tools/ablate.py recipes/tweets.toml --variants data_soft,data_soft_typos
     python tools/ablate.py recipes/tweets.toml --set stages.task_specific.epochs=1 --set run.threads=1
+    python tools/ablate.py recipes/tweets.toml --variants teacher_plain,teacher_swa,teacher_ensemble
 
 Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
 its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and the stages a
@@ -16,7 +17,13 @@ for the transformer, `data_gold` for the word-level students; `data_soft_typos` 
 `data_soft`, to test nlpaug's typo copies): per seed with a paired
 bootstrap interval and an exact McNemar p-value, and pooled over seeds with a bootstrap
 interval over seeds and test texts (its `interval` names it); a gain is called significant
-only when the interval excludes zero. `--set KEY=VALUE` runs the recipe at other settings
+only when the interval excludes zero.
+
+Teacher variants (`teacher_*`) fine-tune the teacher again on the base run's split, at teacher
+seeds (`[teacher] seed`; `--seeds` are then teacher seeds), and compare it with `teacher_plain`
+(the recipe's fine-tuning without SWA, mixup or R-Drop) at the same seeds; a variant whose
+settings and seed equal the base run's reuses its teacher. `teacher_ensemble` is the mean of
+the `teacher_plain` teachers' probabilities over the seeds, compared with its best member on dev. `--set KEY=VALUE` runs the recipe at other settings
 (shared stages must still match the base run); the table names them.
 """
 
@@ -38,8 +45,9 @@ from distill.pipeline import Run
 from distill.recipe import Recipe, load_recipe
 from distill.report.schema import METRIC_TITLES
 from distill.report.sections import update_section
-from distill.seeds import TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
-from distill.stages.common import student_seed
+from distill.models.ensemble import combine_logits
+from distill.seeds import SHARED_STAGES, TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
+from distill.stages.common import model_logits, student_seed
 from distill.stages.run_models import RunModel, torch_predictions
 
 MINILM_V2 = ["qq", "kk", "vv"]
@@ -86,33 +94,84 @@ VARIANTS = (
         "data_soft",
     ),
 )
+# the recipe's fine-tuning with SWA, mixup and R-Drop taken out (EMA and the rest as the recipe has them)
+PLAIN_TEACHER = {"swa_start": None, "mixup_alpha": None, "rdrop_alpha": None, "label_smoothing": 0.0}
+TEACHER_VARIANTS = (
+    Variant("teacher_plain", "teacher without SWA, mixup or R-Drop", {"finetune": PLAIN_TEACHER}, "teacher_plain"),
+    Variant(
+        "teacher_swa",
+        "teacher with SWA from 75% of the steps (no EMA)",
+        {"finetune": {**PLAIN_TEACHER, "ema": None, "swa_start": 0.75}},
+        "teacher_plain",
+    ),
+    Variant(
+        "teacher_mixup_ls",
+        "teacher with embedding mixup (α 0.4) and label smoothing 0.1",
+        {"finetune": {**PLAIN_TEACHER, "mixup_alpha": 0.4, "label_smoothing": 0.1}},
+        "teacher_plain",
+    ),
+    Variant("teacher_rdrop", "teacher with R-Drop (α 1)", {"finetune": {**PLAIN_TEACHER, "rdrop_alpha": 1.0}}, "teacher_plain"),
+)
+ENSEMBLE = "teacher_ensemble"  # not a training variant: the teacher_plain seeds' mean probabilities
+BEST_MEMBER = "teacher_best_member"
 DEFAULT_SEED_COUNT = 3  # one seed cannot tell a gain from noise
 DEFAULT_VARIANTS = ("gold_only", "tsd", "tad_tsd", "ged_tad_tsd", "tad_tsd_qk_vv")  # the transformer path
 
 
+def is_teacher(variant: Variant) -> bool:
+    return "finetune" in variant.stages
+
+
 def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> Recipe:
-    """The base recipe with only the variant's stages, the student seed and its own run name."""
+    """The base recipe with only the variant's stages, the student (or teacher) seed and its own run name."""
     stages = {stage: dict(settings) for stage, settings in variant.stages.items()}
     if "task_specific" in stages:
         stages["task_specific"]["baseline_twin"] = False  # gold_only is every variant's twin
-    return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages)
+    # the base run's own teacher seed stays unset, so a variant that fine-tunes as the base run did reuses its teacher
+    teacher_seed = seed if is_teacher(variant) and seed != base.teacher_seed() else None
+    return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages, teacher_seed)
 
 
 def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list) -> dict[str, SeedRun]:
     """Run one variant at one seed; per model: test metrics, predictions and minutes of its stages."""
-    run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir))
+    required = ("prepare", "pretrain") if is_teacher(variant) else SHARED_STAGES
+    run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir), required)
     minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
+    models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.dir / "teacher")] if is_teacher(variant) else trained_students(run)
     results = {}
-    for model in trained_students(run):
+    for model in models:
         if model.name != TWIN_NAME:
             measured = seed_run(run, model, seed, teacher_predictions)
             results[model.name] = SeedRun({**measured.figures, "minutes": minutes, "run_dir": str(run.dir)}, measured.predictions)
     return results
 
 
+def ensemble_runs(base: Run, members: list[SeedRun], teacher_predictions: list) -> tuple[SeedRun, SeedRun]:
+    """The mean of the member teachers' probabilities (equal weights) and its best member on dev."""
+    data = base.data()
+    directories = [Path(member.figures["run_dir"]) / "teacher" for member in members]
+    logits = [model_logits(base.recipe, directory, data.test, data, base.device) for directory in directories]
+    predictions = data.family.decide(combine_logits(data.family, logits, [1.0] * len(logits), "probabilities"), data.labels)
+    metrics = data.family.score([e.label for e in data.test], predictions, data.labels)
+    figures = {
+        "seed": members[0].figures["seed"],
+        **{name: metrics[name] for name in data.family.metrics},
+        "agreement": data.family.agreement(teacher_predictions, predictions),
+        "minutes": sum(member.figures["minutes"] for member in members),
+        "members": [str(directory) for directory in directories],
+    }
+
+    def dev_score(member: SeedRun) -> float:
+        return json.loads((Path(member.figures["run_dir"]) / "teacher" / "metrics.json").read_text(encoding="utf-8"))["dev"][data.family.primary]
+
+    best = max(members, key=dev_score)
+    return SeedRun(figures, predictions), best
+
+
 def row_name(variant: str, model: str) -> str:
-    """`tsd` for the transformer student; `data_soft/cnn` for a word-level student of a data variant."""
-    return variant if model == "student" else f"{variant}/{model}"
+    """`tsd` for the transformer student (`teacher_swa` for a teacher); `data_soft/cnn` for a word-level
+    student of a data variant."""
+    return variant if model in ("student", "teacher") else f"{variant}/{model}"
 
 
 def summarise(name: str, variant: Variant, runs: list[SeedRun], metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, Any]:
@@ -125,7 +184,11 @@ def _points(value: float) -> str:
 
 
 def markdown_table(
-    rows: list[dict[str, Any]], seeds: list[int], source: str, metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+    rows: list[dict[str, Any]],
+    seeds: list[int],
+    source: str,
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1"),
+    subject: str = "Student",
 ) -> str:
     """ablation.md: the summary table, then the per-seed paired tests; `source` names recipe and date.
     `metrics` are the task family's, primary first (the Δ column's)."""
@@ -147,7 +210,7 @@ def markdown_table(
         return f"{_points(pooled['diff'])} {interval} vs {versus['reference']}, {mark}"
 
     lines = [
-        f"Student ablation of {source}, test split, seeds {', '.join(map(str, seeds))}"
+        f"{subject} ablation of {source}, test split, {subject.lower()} seeds {', '.join(map(str, seeds))}"
         + (" (mean ± std)" if spread else ""),
         "",
         f"| variant | stages | {' | '.join(titles)} | agreement with teacher | Δ {primary} (points, 95% CI) | minutes |",
@@ -161,8 +224,8 @@ def markdown_table(
     if compared:
         lines += [
             "",
-            f"Δ {primary}: against the same student of the variant named after `vs` (gold labels only, "
-            "unless a variant names another), the mean difference over "
+            f"Δ {primary}: against the same {subject.lower()} of the variant named after `vs` (for students gold labels "
+            "only, unless a variant names another), the mean difference over "
             f"seeds with its 95% interval from a {compared[0]['vs_reference']['pooled']['interval']} "
             "(1,000 resamples); significant only when the interval excludes 0. Per seed, against that "
             "seed's run of that variant, with a paired bootstrap over examples:",
@@ -177,7 +240,8 @@ def markdown_table(
                 exact = f"{test['p_value']:.3g}" if "p_value" in test else "—"
                 cells = [row["name"], reference, str(test["seed"]), _points(test["diff"]), interval, exact]
                 lines.append(f"| {' | '.join(cells)} |")
-    minutes = "minutes: the variant's stages, shared by the word-level students of one data variant."
+    minutes = "minutes: the variant's stages, shared by the word-level students of one data variant"
+    minutes += "; an ensemble's, the sum of its members'." if subject == "Teacher" else "."
     return "\n".join([*lines, "", minutes]) + "\n"
 
 
@@ -190,16 +254,21 @@ def ablate(
 ) -> Path:
     """Run the chosen variants at every seed (default: three, from the recipe's student seed on) of the
     recipe with `overrides` (KEY=VALUE) applied; write ablation.json and .md."""
-    unknown = sorted(set(names) - {v.name for v in VARIANTS})
+    every = (*VARIANTS, *TEACHER_VARIANTS)
+    unknown = sorted(set(names) - {v.name for v in every} - {ENSEMBLE})
     if unknown:
-        known = ", ".join(v.name for v in VARIANTS)
+        known = ", ".join([*(v.name for v in every), ENSEMBLE])
         raise UserError(f"unknown variants {', '.join(unknown)}", "--variants", f"choose from {known}")
     base = Run(load_recipe(recipe_path, overrides))
-    first = student_seed(base.recipe)
+    teachers = any(name.startswith("teacher_") for name in names)
+    if teachers and any(not name.startswith("teacher_") for name in names):
+        raise UserError("teacher and student variants take different seeds", "--variants", "ablate them in two calls")
+    first = base.recipe.teacher_seed() if teachers else student_seed(base.recipe)
     seeds = seeds or [first + offset for offset in range(DEFAULT_SEED_COUNT)]
     out_dir = out_dir or base.dir.parent / f"{base.dir.name}-ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = [v for v in VARIANTS if v.name in names]
+    wanted = set(names) | ({"teacher_plain"} if ENSEMBLE in names else set())  # the ensemble's members
+    chosen = [v for v in every if v.name in wanted]
     test = base.data().test
     teacher = RunModel("teacher", TRANSFORMER_KIND, "teacher", base.teacher_dir())
     teacher_predictions = torch_predictions(base, teacher, test)
@@ -211,6 +280,14 @@ def ablate(
                 name = row_name(variant.name, model)
                 runs.setdefault(name, []).append(measured)
                 origin[name] = (variant, model)
+    if ENSEMBLE in names:
+        ensemble, best = ensemble_runs(base, runs["teacher_plain"], teacher_predictions)
+        runs[ENSEMBLE], runs[BEST_MEMBER] = [ensemble], [best]
+        described = f"mean probabilities of teacher_plain at seeds {', '.join(map(str, seeds))}"
+        origin[ENSEMBLE] = (Variant(ENSEMBLE, described, {}, BEST_MEMBER), "teacher")
+        origin[BEST_MEMBER] = (Variant(BEST_MEMBER, f"its best member on dev (seed {best.figures['seed']})", {}, BEST_MEMBER), "teacher")
+        if "teacher_plain" not in names:
+            del runs["teacher_plain"]
     family = base.data().family
     rows = [summarise(name, origin[name][0], seed_runs, family.metrics) for name, seed_runs in runs.items()]
     for row in rows:
@@ -227,7 +304,8 @@ def ablate(
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     settings = f" with {', '.join(f'`{assignment}`' for assignment in overrides)}" if overrides else ""
     source = f"`{recipe_path.name}`{settings} (measured {created[:10]} by `tools/ablate.py`)"
-    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source, family.metrics), encoding="utf-8")
+    subject = "Teacher" if teachers else "Student"
+    (out_dir / "ablation.md").write_text(markdown_table(rows, seeds, source, family.metrics, subject), encoding="utf-8")
     return out_dir
 
 
