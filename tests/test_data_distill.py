@@ -485,6 +485,35 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
     shutil.rmtree(folder)
 
 
+def test_ablation_takes_the_base_runs_own_word_level_students_for_the_variant_they_are(tiny_run):
+    import tomli_w
+    from conftest import load_tool
+
+    from distill.seeds import shared_hashes
+
+    ablate = load_tool("ablate")
+    recipe_path = tiny_run.dir.parent / "tiny.toml"
+    recipe_path.write_text(tomli_w.dumps(tiny_run.recipe.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    for name, config_hash in shared_hashes(tiny_run.recipe).items():
+        marker = {"config_hash": config_hash, "metrics": {}, "seconds": 0.0}
+        (tiny_run.dir / "done").mkdir(exist_ok=True)
+        (tiny_run.dir / "done" / f"{name}.json").write_text(json.dumps(marker), encoding="utf-8")
+    tiny_run.execute(only=["data_distill"])  # the recipe's own data distillation: soft labels, [run] seed 3
+    with pytest.raises(UserError, match="are not data_hard at seed 3") as info:
+        ablate.ablate(recipe_path, [3], ["data_hard"], base_as="data_hard")
+    assert info.value.where == "--base-as"
+    folder = ablate.ablate(recipe_path, [3], ["data_gold", "data_soft"], base_as="data_soft")
+    rows = {row["name"]: row for row in json.loads((folder / "ablation.json").read_text(encoding="utf-8"))["variants"]}
+    assert list(rows) == ["data_gold/bow", "data_gold/cnn", "data_soft/bow", "data_soft/cnn"]
+    for kind in ("bow", "cnn"):
+        [soft] = rows[f"data_soft/{kind}"]["runs"]
+        assert soft["run_dir"] == str(tiny_run.dir)  # not trained again
+        saved = json.loads((tiny_run.dir / "shallow" / kind / "metrics.json").read_text(encoding="utf-8"))
+        assert soft["accuracy"] == saved["test"]["accuracy"]
+        assert rows[f"data_soft/{kind}"]["vs_reference"]["reference"] == f"data_gold/{kind}"
+    assert not (folder / "data_soft-seed3").exists() and (folder / "data_gold-seed3" / "shallow").is_dir()
+
+
 @pytest.mark.parametrize("embeddings", ["teacher", "random"])
 def test_students_start_from_the_teachers_word_vectors_or_from_random_ones(tiny_run, monkeypatch, embeddings):
     section = tiny_run.recipe.stages.data_distill

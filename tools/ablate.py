@@ -132,12 +132,43 @@ def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> 
     return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages, teacher_seed)
 
 
-def run_variant(base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list) -> dict[str, SeedRun]:
-    """Run one variant at one seed; per model: test metrics, predictions and minutes of its stages."""
-    required = ("prepare", "pretrain") if is_teacher(variant) else SHARED_STAGES
-    run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir), required)
+def base_students_are(base: Run, variant: Variant, seed: int, out_dir: Path) -> bool:
+    """Whether the base run's word-level students are what `variant` would train at `seed`: the
+    same data-distillation settings and student seed, and the base run finished that stage."""
+    recipe = variant_recipe(base.recipe, variant, seed, out_dir)
+    mine, theirs = recipe.stages.data_distill, base.recipe.stages.data_distill
+    return (
+        set(variant.stages) == {"data_distill"}
+        and theirs is not None
+        and mine.model_dump() == theirs.model_dump()
+        and student_seed(recipe) == student_seed(base.recipe)
+        and (base.dir / "done" / "data_distill.json").is_file()
+    )
+
+
+def run_variant(
+    base: Run, variant: Variant, seed: int, out_dir: Path, teacher_predictions: list, reuse_base: bool = False
+) -> dict[str, SeedRun]:
+    """Run one variant at one seed; per model: test metrics, predictions and minutes of its stages.
+    With `reuse_base` the base run's own word-level students stand for the variant (refused unless
+    `base_students_are` them), so a recipe's data distillation is not trained twice."""
+    if reuse_base:
+        if not base_students_are(base, variant, seed, out_dir):
+            raise UserError(
+                f"the base run's word-level students are not {variant.name} at seed {seed}",
+                "--base-as",
+                "name the variant whose data-distillation settings and seed the base run has, or drop --base-as",
+            )
+        run = base
+        done = {"data_distill": json.loads((base.dir / "done" / "data_distill.json").read_text(encoding="utf-8"))}
+    else:
+        required = ("prepare", "pretrain") if is_teacher(variant) else SHARED_STAGES
+        run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir), required)
     minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
-    models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.dir / "teacher")] if is_teacher(variant) else trained_students(run)
+    if is_teacher(variant):
+        models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.dir / "teacher")]
+    else:  # the base run also holds its transformer student, which a data variant does not train
+        models = [model for model in trained_students(run) if not (reuse_base and model.kind == TRANSFORMER_KIND)]
     results = {}
     for model in models:
         if model.name != TWIN_NAME:
@@ -251,9 +282,11 @@ def ablate(
     names: list[str],
     out_dir: Path | None = None,
     overrides: tuple[str, ...] = (),
+    base_as: str | None = None,
 ) -> Path:
     """Run the chosen variants at every seed (default: three, from the recipe's student seed on) of the
-    recipe with `overrides` (KEY=VALUE) applied; write ablation.json and .md."""
+    recipe with `overrides` (KEY=VALUE) applied; write ablation.json and .md. `base_as` names a data
+    variant the base run's own word-level students stand for at the recipe's student seed."""
     every = (*VARIANTS, *TEACHER_VARIANTS)
     unknown = sorted(set(names) - {v.name for v in every} - {ENSEMBLE})
     if unknown:
@@ -276,7 +309,8 @@ def ablate(
     origin: dict[str, tuple[Variant, str]] = {}  # row name -> (variant, model name)
     for variant in chosen:
         for seed in seeds:
-            for model, measured in run_variant(base, variant, seed, out_dir, teacher_predictions).items():
+            reuse = variant.name == base_as and seed == student_seed(base.recipe)
+            for model, measured in run_variant(base, variant, seed, out_dir, teacher_predictions, reuse).items():
                 name = row_name(variant.name, model)
                 runs.setdefault(name, []).append(measured)
                 origin[name] = (variant, model)
@@ -329,6 +363,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key for every variant, e.g. --set stages.task_specific.epochs=1 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for the variant runs.")
+@click.option("--base-as", "base_as", default=None,
+              help="A data variant (e.g. data_soft) whose students at the recipe's seed are the base run's own, not trained again.")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A Markdown file whose marked section (see --section) gets ablation.md.")
 @click.option("--section", default="ablation", show_default=True,
@@ -339,12 +375,13 @@ def main(
     variants: str,
     overrides: tuple[str, ...],
     out: Path | None,
+    base_as: str | None,
     readme: Path | None,
     section: str,
 ) -> None:
     """Run student-path variants of RECIPE on its run's split and teacher."""
     try:
-        folder = ablate(recipe, seeds, variants.split(","), out, overrides)
+        folder = ablate(recipe, seeds, variants.split(","), out, overrides, base_as)
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)
