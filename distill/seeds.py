@@ -5,8 +5,9 @@ seed to the next on a few thousand test texts. A repeat is its own run directory
 the base run's `data/`, `teacher/` (and `mlm/`, `cache/`) and copies their `done/` markers, so
 the pipeline skips those stages; their config hashes are checked first, so a base recipe
 edited since its run fails instead of training a new teacher. A teacher variant (`[teacher]
-seed`, other fine-tuning settings) requires only the split and links the teacher where it matches. A seed is `[student] seed`: it
-changes the students' initial weights and training order, never the split or the teacher.
+seed`, other fine-tuning settings) requires only the split and links the teacher where it
+matches. A seed is `[student] seed`: it changes the students' initial weights and training
+order, never the split or the teacher.
 `tools/ablate.py` repeats variants of the student path; the report stage (`[report] seeds`)
 repeats the recipe's own.
 """

@@ -160,7 +160,7 @@ def check_task_family(recipe: Recipe, data: TaskData | PreparedData) -> list[str
             "[report] seeds",
             "remove [report] seeds",
         )
-    _check_mixup(recipe, data)
+    _check_regularisers(recipe, data)
     _check_subword_labels(recipe, data)
     return [f"decisions: {_DECISIONS[data.family.name]}; primary metric {data.family.primary}"]
 
@@ -185,7 +185,7 @@ def _check_augmentation_fits(recipe: Recipe, data: TaskData | PreparedData) -> N
     check_rows_fit(data.family.head == "token", bool(settings.nlpaug), settings.entity_replace)
 
 
-def _check_mixup(recipe: Recipe, data: TaskData | PreparedData) -> None:
+def _check_regularisers(recipe: Recipe, data: TaskData | PreparedData) -> None:
     """Mixup blends two texts' embeddings and targets: not per-word tags, not a live teacher; R-Drop
     doubles the student's pass: not beside a live teacher's relations either."""
     stages = {"finetune": recipe.stages.finetune, "task_specific": recipe.stages.task_specific}

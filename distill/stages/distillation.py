@@ -106,9 +106,9 @@ def relation_members(run: Run, teacher: PreTrainedModel, teacher_dir: Path) -> l
     encoder = text_encoder(run.recipe, teacher_dir)
     members = []
     for name, weight in zip(ensemble.members, ensemble.weights, strict=True):
-        path = ensemble.member_dir(name)
         if weight <= 0:
             continue
+        path = ensemble.member_dir(name)
         if path == teacher_dir:
             members.append((teacher, weight))
             continue
@@ -297,9 +297,7 @@ class RelationTransfer:
         self.relations = list(settings.relations)
         teachers = [model for model, _ in members] or [teacher]
         self.weights = [weight for _, weight in members] or [1.0]
-        self.teacher_layer = _checked_layer(settings.teacher_layer, teacher, "teacher", where)
-        for model in teachers:
-            _checked_layer(settings.teacher_layer, model, "teacher", where)
+        self.teacher_layer = [_checked_layer(settings.teacher_layer, model, "teacher", where) for model in teachers][0]
         self.student_layer = _checked_layer(settings.student_layer, student, "student", where)
         shape_S = AttentionShape.of(student.config)
         heads = {relation_heads(settings.relation_heads, self.relations, AttentionShape.of(m.config), shape_S, where) for m in teachers}
@@ -420,7 +418,11 @@ def relation_stage(
         "dev_relation_loss_after": round(after, 6),
         **pair.pruning,
     }
-    notes = {"texts_source": stage_texts.source, "started_from": pair.started_from, "teacher": str(teacher_dir.name),
-             "relation_teachers": max(1, len(members))}
+    notes = {
+        "texts_source": stage_texts.source,
+        "started_from": pair.started_from,
+        "teacher": str(teacher_dir.name),
+        "relation_teachers": max(1, len(members)),
+    }
     save_student(pair.student, work, {**metrics, **notes, **result.timing()})
     return metrics
