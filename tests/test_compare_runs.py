@@ -1,0 +1,92 @@
+"""tools/compare_runs.py: two runs of one split compared model by model, B minus A, paired."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomli_w
+from conftest import load_tool, tiny_rows, write_rows
+from tiny_models import tiny_teacher_dir
+
+from distill.errors import UserError
+from distill.pipeline import Run
+from distill.recipe import load_recipe
+from distill.report.stats import mcnemar_exact
+from distill.stages.run_models import torch_predictions
+
+
+def tiny_run(tmp_path, name: str, seed: int = 42, soft_weight: float = 1.0) -> Run:
+    """A tiny teacher and a one-layer TSD student (soft and hard labels, or gold only)."""
+    data = tmp_path / "data.csv"
+    if not data.is_file():
+        write_rows(data, tiny_rows())
+    steps = {"max_steps": 6, "batch_size": 8, "lr": 1e-3}
+    recipe = {
+        "run": {"name": name, "out_dir": str(tmp_path / "runs"), "threads": 1, "seed": seed},
+        "task": {"dataset": str(data), "max_length": 16},
+        "teacher": {"model": str(tiny_teacher_dir(tmp_path / "teacher"))},
+        "student": {"layers": 1},
+        "stages": {"finetune": steps, "task_specific": {**steps, "soft_weight": soft_weight}},
+        "export": {"enabled": False},
+        "report": {"enabled": False},
+    }
+    path = tmp_path / f"{name}.toml"
+    path.write_text(tomli_w.dumps(recipe), encoding="utf-8")
+    run = Run(load_recipe(path))
+    run.execute()
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Run, Run, object]:
+    tmp_path = tmp_path_factory.mktemp("compare")
+    return tiny_run(tmp_path, "soft"), tiny_run(tmp_path, "gold", soft_weight=0.0), tmp_path
+
+
+def test_every_shared_model_is_scored_in_both_runs_and_differenced_b_minus_a(two_runs):
+    a, b, _ = two_runs
+    result = load_tool("compare_runs").compare(a.dir, b.dir)
+    rows = {row["model"]: row for row in result["models"]}
+    assert list(rows) == ["teacher", "student"]
+    for name, directory in (("student", "student"), ("teacher", "teacher")):
+        stage_a = json.loads((a.dir / directory / "metrics.json").read_text(encoding="utf-8"))["test"]["accuracy"]
+        stage_b = json.loads((b.dir / directory / "metrics.json").read_text(encoding="utf-8"))["test"]["accuracy"]
+        assert rows[name]["a"]["accuracy"] == pytest.approx(stage_a, abs=1e-9)  # the stage's own figure
+        assert rows[name]["b"]["accuracy"] == pytest.approx(stage_b, abs=1e-9)
+        assert rows[name]["b_minus_a"]["diff"] == pytest.approx(stage_b - stage_a, abs=1e-9)
+        assert rows[name]["b_minus_a"]["low"] <= rows[name]["b_minus_a"]["diff"] <= rows[name]["b_minus_a"]["high"]
+    # the same teacher settings on the same split: the teachers agree, so the test finds nothing
+    assert rows["teacher"]["b_minus_a"]["diff"] == 0 and rows["teacher"]["b_minus_a"]["p_value"] == 1.0
+    assert result["runs"]["a"]["stages"]["task_specific"]["git_commit"] == result["runs"]["b"]["stages"]["task_specific"]["git_commit"]
+    assert result["runs"]["b"]["recipe"]["stages"]["task_specific"]["soft_weight"] == 0.0
+
+
+def test_the_mcnemar_p_is_that_of_the_two_students_decisions(two_runs):
+    a, b, _ = two_runs
+    tool = load_tool("compare_runs")
+    test = a.data().test
+    correct = []
+    for run in (b, a):
+        model = tool.compared_models(run)["student"]
+        correct.append([label == example.label for label, example in zip(torch_predictions(run, model, test), test)])
+    row = tool.compare(a.dir, b.dir, ["student"])["models"][0]
+    assert row["b_minus_a"]["p_value"] == pytest.approx(mcnemar_exact(*correct))
+
+
+def test_runs_of_other_splits_or_models_are_refused(two_runs):
+    a, _, data_home = two_runs
+    tool = load_tool("compare_runs")
+    other = tiny_run(data_home, "other-split", seed=7)
+    with pytest.raises(UserError, match="different test splits"):
+        tool.compare(a.dir, other.dir)
+    with pytest.raises(UserError, match="not trained in both runs: bow"):
+        tool.compare(a.dir, a.dir, ["bow"])
+
+
+def test_the_table_names_both_runs_and_every_model(two_runs):
+    a, b, _ = two_runs
+    tool = load_tool("compare_runs")
+    table = tool.markdown(tool.compare(a.dir, b.dir), "soft labels", "gold only")
+    assert table.startswith("A = soft labels, B = gold only")
+    assert "| teacher |" in table and "| student |" in table and "not significant" in table

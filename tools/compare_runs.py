@@ -1,0 +1,143 @@
+"""Compare two runs model by model on their shared test split, paired text by text.
+
+    python tools/compare_runs.py runs/tweets runs/tweets-ensemble --out results/x.json
+
+Two runs of one split that differ in what teaches the students (one teacher against an ensemble,
+another teacher recipe, other stage settings) train models of the same names: the teacher, the
+transformer student and its gold-only twin, the word-level students. For every name both runs
+have, this scores each model's torch decisions on the test split and tests the difference in the
+task's primary metric, B minus A: a paired bootstrap interval over test texts and, where the task
+family has one, the exact McNemar p-value. A single seed per run: a difference inside a point needs
+repeats (tools/ablate.py) before it is called a gain. Refuses runs whose test splits differ.
+
+Writes a JSON file (each run's stage commits and resolved recipe beside the figures) and a Markdown
+table next to it; `--readme FILE --section NAME` also places the table in a marked section.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from distill import provenance
+from distill.errors import UserError
+from distill.export.runtime import TRANSFORMER_KIND
+from distill.pipeline import Run
+from distill.report.schema import METRIC_TITLES
+from distill.report.sections import update_section
+from distill.report.stats import significant
+from distill.seeds import TWIN_NAME, seed_run, trained_students
+from distill.stages.run_models import RunModel, torch_predictions
+
+
+def compared_models(run: Run) -> dict[str, RunModel]:
+    """The teacher (the relation member of an ensemble is `teacher`; the ensemble is not one model)
+    and every student the run trained, by name."""
+    teacher = RunModel("teacher", TRANSFORMER_KIND, "teacher", run.teacher_dir())
+    return {model.name: model for model in [teacher, *trained_students(run)]}
+
+
+def stage_provenance(run: Run) -> dict[str, dict[str, Any]]:
+    """Per finished stage: the commit and code tree that made it, and its seconds."""
+    stages = {}
+    for done in sorted((run.dir / "done").glob("*.json")):
+        record = json.loads(done.read_text(encoding="utf-8"))
+        made = record.get("provenance", {})
+        stages[done.stem] = {"git_commit": made.get("git_commit"), "code_tree": made.get("code_tree"), "seconds": record.get("seconds")}
+    return stages
+
+
+def compare(run_a: Path, run_b: Path, names: list[str] | None = None) -> dict[str, Any]:
+    """Scores of every model both runs have (or of `names`) and the paired difference B − A."""
+    a, b = Run.from_dir(run_a), Run.from_dir(run_b)
+    data_a, data_b = a.data(), b.data()
+    test = data_a.test
+    if [(e.text, e.text_pair, e.label) for e in test] != [(e.text, e.text_pair, e.label) for e in data_b.test]:
+        raise UserError(f"{run_a} and {run_b} have different test splits", "compare", "compare runs of one split ([run] seed, [task])")
+    family = data_a.family
+    models_a, models_b = compared_models(a), compared_models(b)
+    shared = [name for name in models_a if name in models_b]
+    names = names or shared
+    missing = sorted(set(names) - set(shared))
+    if missing:
+        raise UserError(f"not trained in both runs: {', '.join(missing)}", "--models", f"choose from {', '.join(shared)}")
+    teacher_a = torch_predictions(a, models_a["teacher"], test)
+    gold = [example.label for example in test]
+    rows = []
+    for name in names:
+        scored_a = seed_run(a, models_a[name], a.recipe.run.seed, teacher_a)
+        scored_b = seed_run(b, models_b[name], b.recipe.run.seed, teacher_a)
+        paired = family.paired(gold, scored_b.predictions, scored_a.predictions, a.recipe.run.seed)
+        rows.append({"model": name, "a": scored_a.figures, "b": scored_b.figures, "b_minus_a": paired})
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": list(family.metrics),
+        "test_size": len(test),
+        "models": rows,
+        "runs": {
+            label: provenance.shareable({"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]})
+            for label, run in (("a", a), ("b", b))
+        },
+    }
+
+
+def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
+    """The comparison as a table: each model's metrics in A and B, then B − A with its interval."""
+    metrics = result["metrics"]
+    primary = METRIC_TITLES[metrics[0]]
+    head = [f"{METRIC_TITLES[name]} {side}" for name in metrics for side in ("A", "B")]
+    lines = [
+        f"A = {title_a}, B = {title_b}; test split, {result['test_size']} texts (measured {result['created'][:10]} by `tools/compare_runs.py`).",
+        "",
+        f"| model | {' | '.join(head)} | agreement with A's teacher (A / B) | B − A {primary} (points, 95% CI) | exact McNemar p |",
+        "| --- |" + " --- |" * (len(head) + 3),
+    ]
+    for row in result["models"]:
+        test = row["b_minus_a"]
+        mark = "significant" if significant(test["low"], test["high"]) else "not significant"
+        cells = [f"{row[side][name]:.4f}" for name in metrics for side in ("a", "b")]
+        agreement = f"{row['a']['agreement']:.4f} / {row['b']['agreement']:.4f}"
+        interval = f"{100 * test['diff']:+.2f} [{100 * test['low']:+.2f}, {100 * test['high']:+.2f}], {mark}"
+        exact = f"{test['p_value']:.3g}" if "p_value" in test else "—"
+        lines.append(f"| {' | '.join([row['model'], *cells, agreement, interval, exact])} |")
+    if any(row["model"] == TWIN_NAME for row in result["models"]):
+        lines += ["", f"`{TWIN_NAME}`: the transformer student trained on gold labels only, with each run's student initialisation."]
+    lines += ["", "One seed per run: the interval is over test texts (paired bootstrap, 1,000 resamples), not over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--models", default=None, help="Comma-separated model names (default: every model both runs trained).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The JSON file to write (the .md goes beside it).")
+@click.option("--title-a", default=None, help="What run A is, for the table (default: its directory).")
+@click.option("--title-b", default=None, help="What run B is, for the table (default: its directory).")
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A Markdown file whose marked section (see --section) gets the table.")
+@click.option("--section", default="comparison", show_default=True, help="The section's marker name.")
+def main(run_a: Path, run_b: Path, models: str | None, out: Path, title_a: str | None, title_b: str | None,
+         readme: Path | None, section: str) -> None:
+    """Compare RUN_A and RUN_B (B − A) on their shared test split."""
+    try:
+        result = compare(run_a, run_b, models.split(",") if models else None)
+    except UserError as error:
+        click.echo(f"error: {error.line()}", err=True)
+        sys.exit(2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    table = markdown(result, title_a or f"`{run_a}`", title_b or f"`{run_b}`")
+    out.with_suffix(".md").write_text(table, encoding="utf-8")
+    if readme is not None:
+        update_section(readme, section, table, "Comparisons")
+    click.echo(table)
+    click.echo(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
