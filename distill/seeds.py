@@ -62,13 +62,15 @@ def seeded_recipe(
     name: str,
     stages: dict[str, dict[str, Any]] | None = None,
     teacher_seed: int | None = None,
+    student: dict[str, Any] | None = None,
 ) -> Recipe:
     """The base recipe with [student] seed = `seed`, its own run name, and no export or report.
 
     `stages` (stage -> settings laid over the base recipe's table) replaces the student path:
     only those student stages run, and data distillation only when listed. None keeps the
     recipe's own student stages and data distillation. `teacher_seed` sets [teacher] seed, for a
-    teacher fine-tuned again on the base run's split (`stages` then names finetune).
+    teacher fine-tuned again on the base run's split (`stages` then names finetune). `student`
+    is laid over the [student] table (another shape or init of the transformer student).
     """
     data = base.model_dump(mode="json", exclude_none=True)
     if stages is not None:
@@ -80,7 +82,7 @@ def seeded_recipe(
             table = getattr(base.stages, stage)
             own = table.model_dump(mode="json", exclude_none=True) if table is not None else {}
             data["stages"][stage] = {**_laid_over(own, settings), "enabled": True}
-    data["student"]["seed"] = seed
+    data["student"] = {**_laid_over(data["student"], student or {}), "seed": seed}
     if teacher_seed is not None:
         data["teacher"]["seed"] = teacher_seed
     data["run"].update(name=name, out_dir=str(out_dir))

@@ -451,7 +451,7 @@ def test_ablation_compares_hard_and_soft_data_distillation_with_gold_only_studen
     recipe_path.write_text(tomli_w.dumps(tiny_run.recipe.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
     # the base run's shared stages (data written by the fixture, the tiny teacher) marked done
     data_soft = next(v for v in ablate.VARIANTS if v.name == "data_soft")
-    variant = ablate.variant_recipe(tiny_run.recipe, data_soft, 1, tiny_run.dir.parent)
+    variant = ablate.variant_recipe(tiny_run, data_soft, 1, tiny_run.dir.parent)
     (tiny_run.dir / "done").mkdir(exist_ok=True)
     for name, config_hash in shared_hashes(variant).items():
         marker = {"config_hash": config_hash, "metrics": {}, "seconds": 0.0}

@@ -508,6 +508,25 @@ def test_ablation_runs_every_variant_on_the_base_split_and_teacher(make_run):
     assert not torch.equal(student("tsd", 1).state_dict()[QUERY_0], student("tsd", 2).state_dict()[QUERY_0])
 
 
+def test_born_again_distils_into_the_teachers_shape_from_its_start_and_is_paired_with_the_teacher(make_run, teacher_dir):
+    base = make_run(stage_table("task_specific"))
+    base.execute(only=["prepare"])
+    folder = load_tool("ablate").ablate(Path(base.recipe.source), [1], ["born_again"])
+    rows = {row["name"]: row for row in json.loads((folder / "ablation.json").read_text(encoding="utf-8"))["variants"]}
+    assert list(rows) == ["teacher", "born_again"]
+    recipe = load_recipe(folder / "born_again-seed1" / "recipe.toml")
+    assert (recipe.student.layers, recipe.student.init, recipe.student.seed) == (4, str(teacher_dir), 1)
+    student, teacher = load_classifier(folder / "born_again-seed1" / "student"), load_classifier(teacher_dir)
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (4, 32)
+    # three steps at lr 1e-3 from the teacher's weights (a fresh init would be ~0.5 away)
+    name = "bert.embeddings.position_embeddings.weight"
+    assert (student.state_dict()[name] - teacher.state_dict()[name]).abs().max() < 0.01
+    assert rows["teacher"]["agreement_mean"] == 1.0
+    versus = rows["born_again"]["vs_reference"]
+    assert versus["reference"] == "teacher"
+    assert versus["per_seed"][0]["diff"] == pytest.approx(rows["born_again"]["accuracy_mean"] - rows["teacher"]["accuracy_mean"], abs=1e-9)
+
+
 def test_ablation_markdown_names_the_pooled_interval():
     spread = {f"{key}_{stat}": 0.5 for key in ("accuracy", "macro_f1", "agreement") for stat in ("mean", "std")}
     pooled = {"diff": 0.01, "low": -0.002, "high": 0.02, "interval": "hierarchical bootstrap over seeds and examples"}

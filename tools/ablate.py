@@ -6,6 +6,7 @@
     python tools/ablate.py recipes/tweets.toml --variants data_soft,data_soft_typos
     python tools/ablate.py recipes/tweets.toml --set stages.task_specific.epochs=1 --set run.threads=1
     python tools/ablate.py recipes/tweets.toml --variants teacher_plain,teacher_swa,teacher_ensemble
+    python tools/ablate.py recipes/tweets.toml --variants born_again --seeds 42
 
 Every variant runs at every seed on the base run's split and teacher (`distill.seeds`), in
 its own run directory (RUNS/NAME-ablation/VARIANT-seedN/). Export, report and the stages a
@@ -17,7 +18,9 @@ for the transformer, `data_gold` for the word-level students; `data_soft_typos` 
 `data_soft`, to test nlpaug's typo copies): per seed with a paired
 bootstrap interval and an exact McNemar p-value, and pooled over seeds with a bootstrap
 interval over seeds and test texts (its `interval` names it); a gain is called significant
-only when the interval excludes zero.
+only when the interval excludes zero. `born_again` distils into a student of the teacher's depth
+and width started from the encoder the teacher was fine-tuned from, and is paired with the base
+run's teacher itself (its own row).
 
 Teacher variants (`teacher_*`) fine-tune the teacher again on the base run's split, at teacher
 seeds (`[teacher] seed`; `--seeds` are then teacher seeds), and compare it with `teacher_plain`
@@ -31,12 +34,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
+from transformers import AutoConfig
 
 from distill import provenance
 from distill.errors import UserError
@@ -45,6 +50,7 @@ from distill.pipeline import Run
 from distill.recipe import Recipe, load_recipe
 from distill.report.schema import METRIC_TITLES
 from distill.report.sections import update_section
+from distill.models.architectures import architecture
 from distill.models.ensemble import combine_logits
 from distill.seeds import SHARED_STAGES, TWIN_NAME, SeedRun, run_repeat, seed_run, seeded_recipe, summary, trained_students, versus
 from distill.stages.common import model_logits, student_seed
@@ -61,11 +67,23 @@ class Variant:
     name: str
     description: str
     stages: dict[str, dict[str, Any]]  # stage -> settings laid over the base recipe's table
-    reference: str  # the variant every model of this one is compared with (itself for a reference)
+    reference: str  # the variant every model of this one is compared with (itself for a reference; "teacher")
+    student: Callable[[Run], dict[str, Any]] | None = None  # [student] keys from the base run, laid over the recipe's
+
+
+TEACHER = "teacher"  # a reference: the base run's teacher, the same at every seed
 
 
 def _relations(stages: tuple[str, ...], relations: list[str]) -> dict[str, dict[str, Any]]:
     return {stage: {"relations": relations} for stage in stages}
+
+
+def teacher_shaped(base: Run) -> dict[str, Any]:
+    """[student] of a born-again student: the teacher's depth and width, started from the encoder
+    the teacher was fine-tuned from (the further-pretrained one when the recipe pretrains)."""
+    config = AutoConfig.from_pretrained(base.teacher_dir(), local_files_only=True)
+    source = str(base.require("mlm", "pretrain")) if base.recipe.stage_enabled("pretrain") else base.recipe.teacher.model
+    return {"layers": architecture(config).shape(config).layers, "init": source, "layer_map": None}
 
 
 VARIANTS = (
@@ -92,6 +110,13 @@ VARIANTS = (
         "data_soft with one of the multiplier's copies made by nlpaug keyboard typos",
         {"data_distill": {"labels": "soft", "augment": {"nlpaug": [TYPOS]}}},
         "data_soft",
+    ),
+    Variant(
+        "born_again",
+        "TSD into a student of the teacher's shape from the teacher's own starting encoder (born-again)",
+        {"task_specific": {}},
+        TEACHER,
+        teacher_shaped,
     ),
 )
 # the recipe's fine-tuning with SWA, mixup and R-Drop taken out (EMA and the rest as the recipe has them)
@@ -122,20 +147,21 @@ def is_teacher(variant: Variant) -> bool:
     return "finetune" in variant.stages
 
 
-def variant_recipe(base: Recipe, variant: Variant, seed: int, out_dir: Path) -> Recipe:
+def variant_recipe(base: Run, variant: Variant, seed: int, out_dir: Path) -> Recipe:
     """The base recipe with only the variant's stages, the student (or teacher) seed and its own run name."""
     stages = {stage: dict(settings) for stage, settings in variant.stages.items()}
     if "task_specific" in stages:
         stages["task_specific"]["baseline_twin"] = False  # gold_only is every variant's twin
     # the base run's own teacher seed stays unset, so a variant that fine-tunes as the base run did reuses its teacher
-    teacher_seed = seed if is_teacher(variant) and seed != base.teacher_seed() else None
-    return seeded_recipe(base, seed, out_dir, f"{variant.name}-seed{seed}", stages, teacher_seed)
+    teacher_seed = seed if is_teacher(variant) and seed != base.recipe.teacher_seed() else None
+    student = variant.student(base) if variant.student is not None else None
+    return seeded_recipe(base.recipe, seed, out_dir, f"{variant.name}-seed{seed}", stages, teacher_seed, student)
 
 
 def base_students_are(base: Run, variant: Variant, seed: int, out_dir: Path) -> bool:
     """Whether the base run's word-level students are what `variant` would train at `seed`: the
     same data-distillation settings and student seed, and the base run finished that stage."""
-    recipe = variant_recipe(base.recipe, variant, seed, out_dir)
+    recipe = variant_recipe(base, variant, seed, out_dir)
     mine, theirs = recipe.stages.data_distill, base.recipe.stages.data_distill
     return (
         set(variant.stages) == {"data_distill"}
@@ -163,7 +189,7 @@ def run_variant(
         done = {"data_distill": json.loads((base.dir / "done" / "data_distill.json").read_text(encoding="utf-8"))}
     else:
         required = ("prepare", "pretrain") if is_teacher(variant) else SHARED_STAGES
-        run, done = run_repeat(base, variant_recipe(base.recipe, variant, seed, out_dir), required)
+        run, done = run_repeat(base, variant_recipe(base, variant, seed, out_dir), required)
     minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
     if is_teacher(variant):
         models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.dir / "teacher")]
@@ -307,6 +333,12 @@ def ablate(
     teacher_predictions = torch_predictions(base, teacher, test)
     runs: dict[str, list[SeedRun]] = {}  # row name -> one run per seed
     origin: dict[str, tuple[Variant, str]] = {}  # row name -> (variant, model name)
+    if any(variant.reference == TEACHER for variant in chosen):  # the teacher's row, repeated at every seed
+        measured = seed_run(base, teacher, seeds[0], teacher_predictions)
+        fine_tuned = base.dir / "done" / "finetune.json"  # none for a teacher given already fine-tuned
+        minutes = json.loads(fine_tuned.read_text(encoding="utf-8"))["seconds"] / 60 if fine_tuned.is_file() else 0.0
+        runs[TEACHER] = [SeedRun({**measured.figures, "seed": seed, "minutes": minutes}, measured.predictions) for seed in seeds]
+        origin[TEACHER] = (Variant(TEACHER, "the base run's teacher", {}, TEACHER), "teacher")
     for variant in chosen:
         for seed in seeds:
             reuse = variant.name == base_as and seed == student_seed(base.recipe)
