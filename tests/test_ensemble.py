@@ -4,16 +4,19 @@ and a tiny run whose finetune stage makes two members that task-specific distill
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomli_w
+import torch
 from conftest import tiny_rows, write_rows
 from tiny_models import tiny_teacher_dir
 
 from distill.errors import UserError
 from distill.models.ensemble import combine_logits, planned_members, read_ensemble
+from distill.models.teacher import load_classifier
 from distill.pipeline import Run
 from distill.recipe import load_recipe
 from distill.stages import finetune
@@ -172,6 +175,20 @@ def test_finetune_makes_every_member_and_scores_their_combination(ensemble_run):
     mean = 0.5 * softmax(logits[0]) + 0.5 * softmax(logits[1])
     gold = [data.labels.index(example.label) for example in data.test]
     assert metrics["test"]["accuracy"] == pytest.approx(float(np.mean(mean.argmax(axis=1) == np.array(gold))))
+
+
+def test_a_single_teacher_at_a_members_seed_is_that_member(ensemble_run, tmp_path):
+    table = tomllib.loads(Path(ensemble_run.recipe.source).read_text(encoding="utf-8"))
+    del table["teacher"]["ensemble"]
+    table["teacher"]["seed"] = 8  # member-2's seed; [run] seed (the split) stays 7
+    table["run"]["out_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "single.toml"
+    path.write_text(tomli_w.dumps(table), encoding="utf-8")
+    single = Run(load_recipe(path))
+    single.execute(only=["prepare", "finetune"])
+    mine = load_classifier(single.path("teacher")).state_dict()
+    member = load_classifier(ensemble_run.path("teacher") / "members" / "member-2").state_dict()
+    assert mine.keys() == member.keys() and all(torch.equal(mine[name], member[name]) for name in mine)
 
 
 def test_task_specific_soft_labels_are_the_ensembles(ensemble_run):

@@ -45,7 +45,11 @@ def run(run: Run, work: Path) -> dict[str, Any]:
 
 
 def fine_tune(run: Run, source: Path, seed: int, target: Path, checkpoints: Path) -> dict[str, Any]:
-    """Fine-tune `source` on the task into `target` (model, tokenizer, metrics.json); its metrics."""
+    """Fine-tune `source` on the task into `target` (model, tokenizer, metrics.json); its metrics.
+
+    `seed` draws the new head's weights as well as the training order, so a single teacher at
+    `[teacher] seed = N` is the ensemble member fine-tuned at seed N."""
+    seed_everything(seed)
     recipe = run.recipe
     section = recipe.stages.finetune
     data = run.data()
@@ -110,7 +114,6 @@ def fine_tune_ensemble(run: Run, work: Path) -> dict[str, Any]:
         if not (target / "metrics.json").is_file():
             shutil.rmtree(target, ignore_errors=True)
             run.logger.info(f"[finetune] {member.name}: {member.source}, seed {member.seed}")
-            seed_everything(member.seed)  # the new head's weights differ by member, reproducibly
             fine_tune(run, _member_source(run, member.source), member.seed, target, run.checkpoints / member.name)
         details[member.name] = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
     relation_member = _relation_member(settings.relation_member, members, details, data.family.primary)
