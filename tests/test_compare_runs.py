@@ -90,3 +90,53 @@ def test_the_table_names_both_runs_and_every_model(two_runs):
     table = tool.markdown(tool.compare(a.dir, b.dir), "soft labels", "gold only")
     assert table.startswith("A = soft labels, B = gold only")
     assert "| teacher |" in table and "| student |" in table and "not significant" in table
+
+
+def test_each_training_stage_cost_is_read_from_its_metrics_and_compared_a_over_b(two_runs):
+    a, b, _ = two_runs
+    tool = load_tool("compare_runs")
+    result = tool.compare(a.dir, b.dir)
+    stages = {row["stage"]: row for row in result["stages"]}
+    assert list(stages) == ["finetune", "task_specific"]  # the only training stages both runs ran
+    for name, directory in (("finetune", "teacher"), ("task_specific", "student")):
+        loops = []
+        for run, side in ((a, "a"), (b, "b")):
+            metrics = json.loads((run.dir / directory / "metrics.json").read_text(encoding="utf-8"))
+            cost = stages[name][side]
+            assert cost["seconds"] == metrics["seconds"] and cost["steps"] == metrics["steps"] == 6
+            assert cost["steps_per_second"] == pytest.approx(6 / metrics["seconds"])
+            assert cost["epochs"] is None and cost["seconds_per_epoch"] is None  # max_steps set the length
+            assert cost["stage_seconds"] == json.loads((run.dir / "done" / f"{name}.json").read_text(encoding="utf-8"))["seconds"]
+            loops.append(metrics["seconds"])
+        assert stages[name]["speedup_per_step"] == pytest.approx(loops[0] / loops[1])
+        assert stages[name]["speedup_per_epoch"] is None
+    teacher = json.loads((a.dir / "teacher" / "metrics.json").read_text(encoding="utf-8"))
+    assert stages["finetune"]["a"]["dev"] == {"name": "dev accuracy", "value": teacher["dev"]["accuracy"]}
+    student = json.loads((b.dir / "student" / "metrics.json").read_text(encoding="utf-8"))
+    assert stages["task_specific"]["b"]["dev"]["value"] == student["dev_accuracy"]
+    assert "twin" not in stages["task_specific"]["a"]  # no gold-only twin asked for: none to time
+
+
+def test_seconds_per_epoch_divide_the_loop_by_the_recipes_epochs(tmp_path):
+    tool = load_tool("compare_runs")
+    cost = tool._loop_cost({"seconds": 120.0, "steps": 60, "seconds_by_phase": {"step": 100.0}}, 2.0)
+    assert cost["seconds_per_epoch"] == 60.0 and cost["steps_per_second"] == 0.5
+    assert cost["seconds_by_phase"] == {"step": 100.0}
+
+
+def test_the_cost_table_gives_each_stage_and_the_twin_is_timed_beside_its_student(two_runs):
+    a, _, data_home = two_runs
+    tool = load_tool("compare_runs")
+    recipe = load_recipe(a.dir / "recipe.toml")
+    twin = recipe.model_dump(mode="json", exclude_none=True)
+    twin["run"].update(name="twin", out_dir=str(data_home / "runs"))
+    twin["stages"]["task_specific"]["baseline_twin"] = True
+    path = data_home / "twin.toml"
+    path.write_text(tomli_w.dumps(twin), encoding="utf-8")
+    run = Run(load_recipe(path))
+    run.execute()
+    result = tool.compare(a.dir, run.dir)
+    tsd = {row["stage"]: row for row in result["stages"]}["task_specific"]
+    assert tsd["b"]["twin"]["steps"] == 6 and "twin" not in tsd["a"]
+    table = tool.markdown(result, "A", "B")
+    assert "| finetune | — / — |" in table and "| task_specific | — / — |" in table

@@ -10,6 +10,12 @@ task's primary metric, B minus A: a paired bootstrap interval over test texts an
 family has one, the exact McNemar p-value. A single seed per run: a difference inside a point needs
 repeats (tools/ablate.py) before it is called a gain. Refuses runs whose test splits differ.
 
+What each run's training cost is compared too, stage by stage (fine-tuning and the transformer
+distillation stages both runs finished): the training loop's seconds per epoch, steps per second,
+its seconds by phase and the dev figure it reached, from each stage's metrics.json, and A's seconds
+per epoch over B's, so that a change of training settings (precision, batching) shows its speed-up
+beside what it did to accuracy.
+
 Writes a JSON file (each run's stage commits and resolved recipe beside the figures) and a Markdown
 table next to it; `--readme FILE --section NAME` also places the table in a marked section.
 """
@@ -27,12 +33,12 @@ import click
 from distill import provenance
 from distill.errors import UserError
 from distill.export.runtime import TRANSFORMER_KIND
-from distill.pipeline import Run
+from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.report.schema import METRIC_TITLES
 from distill.report.sections import update_section
 from distill.report.stats import significant
 from distill.seeds import TWIN_NAME, seed_run, trained_students
-from distill.stages.run_models import RunModel, torch_predictions
+from distill.stages.run_models import TWIN_DIR, RunModel, torch_predictions
 
 
 def compared_models(run: Run) -> dict[str, RunModel]:
@@ -50,6 +56,67 @@ def stage_provenance(run: Run) -> dict[str, dict[str, Any]]:
         made = record.get("provenance", {})
         stages[done.stem] = {"git_commit": made.get("git_commit"), "code_tree": made.get("code_tree"), "seconds": record.get("seconds")}
     return stages
+
+
+TRAINING_STAGES = ("finetune", *STUDENT_STAGES)  # the stages whose cost is their training loop
+
+
+def _dev_figure(metrics: dict[str, Any], primary: str) -> dict[str, Any] | None:
+    """The dev figure a stage's loop reached: the primary metric where it evaluates on dev (the
+    teacher's `dev` block, a student's `dev_<metric>`), else the dev relation loss of a
+    relation-only stage."""
+    if primary in metrics.get("dev", {}):
+        return {"name": f"dev {primary}", "value": metrics["dev"][primary]}
+    for key in (f"dev_{primary}", "dev_relation_loss_after"):
+        if key in metrics:
+            return {"name": key.replace("_", " "), "value": metrics[key]}
+    return None
+
+
+def _loop_cost(metrics: dict[str, Any], epochs: float | None) -> dict[str, Any]:
+    """One training loop's seconds, steps and their rates; per epoch unless `max_steps` set its length."""
+    seconds, steps = metrics["seconds"], metrics["steps"]
+    return {
+        "seconds": seconds,
+        "steps": steps,
+        "epochs": epochs,
+        "seconds_per_epoch": None if epochs is None else seconds / epochs,
+        "steps_per_second": steps / seconds,
+        "seconds_by_phase": metrics.get("seconds_by_phase", {}),
+    }
+
+
+def stage_costs(run: Run, primary: str) -> dict[str, dict[str, Any]]:
+    """Per training stage the run finished: its loop's cost (`_loop_cost`), the dev figure, the
+    whole stage's seconds (with a teacher pass, a twin), and the gold-only twin's loop if any."""
+    costs = {}
+    for name in TRAINING_STAGES:
+        done = run.dir / "done" / f"{name}.json"
+        out = run.path(STAGES[name].output)
+        if not done.is_file() or not (out / "metrics.json").is_file():  # not run, or an ensemble's members
+            continue
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        section = getattr(run.recipe.stages, name)
+        epochs = section.epochs if section.max_steps is None else None
+        cost = {**_loop_cost(metrics, epochs), "dev": _dev_figure(metrics, primary)}
+        cost["stage_seconds"] = json.loads(done.read_text(encoding="utf-8"))["seconds"]
+        if (out / TWIN_DIR / "metrics.json").is_file():
+            cost["twin"] = _loop_cost(json.loads((out / TWIN_DIR / "metrics.json").read_text(encoding="utf-8")), epochs)
+        costs[name] = cost
+    return costs
+
+
+def compare_costs(a: Run, b: Run, primary: str) -> list[dict[str, Any]]:
+    """Each training stage both runs finished, with B's speed-up: A's seconds per epoch over B's
+    (None where `max_steps` set a loop's length), and per optimiser step."""
+    costs_a, costs_b = stage_costs(a, primary), stage_costs(b, primary)
+    rows = []
+    for name in (name for name in TRAINING_STAGES if name in costs_a and name in costs_b):
+        cost_a, cost_b = costs_a[name], costs_b[name]
+        per_epoch = cost_a["seconds_per_epoch"] and cost_b["seconds_per_epoch"] and cost_a["seconds_per_epoch"] / cost_b["seconds_per_epoch"]
+        per_step = cost_b["steps_per_second"] / cost_a["steps_per_second"]
+        rows.append({"stage": name, "a": cost_a, "b": cost_b, "speedup_per_epoch": per_epoch, "speedup_per_step": per_step})
+    return rows
 
 
 def compare(run_a: Path, run_b: Path, names: list[str] | None = None) -> dict[str, Any]:
@@ -79,6 +146,7 @@ def compare(run_a: Path, run_b: Path, names: list[str] | None = None) -> dict[st
         "metrics": list(family.metrics),
         "test_size": len(test),
         "models": rows,
+        "stages": compare_costs(a, b, family.primary),
         "runs": {
             label: provenance.shareable({"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]})
             for label, run in (("a", a), ("b", b))
@@ -108,7 +176,33 @@ def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
     if any(row["model"] == TWIN_NAME for row in result["models"]):
         lines += ["", f"`{TWIN_NAME}`: the transformer student trained on gold labels only, with each run's student initialisation."]
     lines += ["", "One seed per run: the interval is over test texts (paired bootstrap, 1,000 resamples), not over seeds."]
+    if result["stages"]:
+        lines += ["", *cost_table(result["stages"])]
     return "\n".join(lines) + "\n"
+
+
+def cost_table(stages: list[dict[str, Any]]) -> list[str]:
+    """The training stages' cost in A and B: seconds per epoch of the loop, steps per second, the
+    dev figure reached, and B's speed-up per epoch."""
+    lines = [
+        "| stage | epochs A / B | loop s/epoch A / B | steps/s A / B | dev figure | A | B | speed-up per epoch (A / B) | per step | whole stage s A / B |",
+        "| --- |" + " --- |" * 9,
+    ]
+    for row in stages:
+        a, b = row["a"], row["b"]
+        dev = a["dev"] or {"name": "—"}
+        values = [f"{side['dev']['value']:.4f}" if side["dev"] else "—" for side in (a, b)]
+        epochs = " / ".join("—" if side["epochs"] is None else f"{side['epochs']:g}" for side in (a, b))
+        per_epoch = " / ".join("—" if side["seconds_per_epoch"] is None else f"{side['seconds_per_epoch']:.0f}" for side in (a, b))
+        speedup = "—" if row["speedup_per_epoch"] is None else f"{row['speedup_per_epoch']:.2f}×"
+        lines.append(
+            f"| {row['stage']} | {epochs} | {per_epoch} | {a['steps_per_second']:.2f} / {b['steps_per_second']:.2f} "
+            f"| {dev['name']} | {values[0]} | {values[1]} | {speedup} | {row['speedup_per_step']:.2f}× "
+            f"| {a['stage_seconds']:.0f} / {b['stage_seconds']:.0f} |"
+        )
+    lines += ["", "Loop: the stage's training loop (steps, evaluation on dev, checkpoints), from its metrics.json; "
+              "the whole stage adds what runs around it (the teacher's logits, the gold-only twin)."]
+    return lines
 
 
 @click.command()
