@@ -272,3 +272,23 @@ def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_p
     (tmp_path / "broken.json").write_text("{}")
     with pytest.raises(UserError, match="not a bench file"):
         bench_tool.load_runs(tmp_path / "broken.json")
+
+
+def test_bench_table_gives_int8_speed_ups_the_latency_split_and_the_flop_limit_where_measured():
+    bench_tool = load_bench_tool()
+    run = _bench_run("t.toml", 0.8)
+    run["teacher"].update(latency_ms={"bs1_p50": 12.0}, int8={"latency_ms": {"bs1_p50": 6.0}})
+    student = run["students"][0]
+    student.update(
+        name="student", latency_ms={"bs1_p50": 4.0}, int8={"latency_ms": {"bs1_p50": 1.5}}, int8_decision={"kept": True, "reason": "r"},
+        latency_split_ms={"tokenise": 0.25, "run": 3.5, "post": 0.05}, flop_speedup=3.04,
+    )
+    cnn = {**student, "name": "cnn", "int8_decision": {"kept": False, "reason": "slower"}}
+    del cnn["latency_split_ms"], cnn["flop_speedup"]
+    run["students"].append(cnn)
+    section = bench_tool.results_section([{**one, "measured": "2026-12-06T00:00:00+00:00"} for one in (run, _bench_run("old.toml", 0.7))])
+    # 12 / 1.5 = 8.0x over the fp32 teacher, 6 / 1.5 = 4.0x over the int8 teacher
+    assert "| student | 0.8000 | 0.8000 | 100.0% | 4.00 | 1.0× | 1.50 | 8.0× | 4.0× | 0.25 / 3.50 / 0.05 | 3.0× | 1.0 |" in section
+    assert "| cnn | 0.8000 | 0.8000 | 100.0% | 4.00 | 1.0× | 1.50† | 8.0× | 4.0× | — | — | 1.0 |" in section
+    assert "| t.toml | builtin:tweets | teacher | 0.8000 | 0.8000 | 100.0% | 12.00 | 1.0× | 6.00 | 2.0× | 1.0× | — | 1.0× |" in section
+    assert "| old.toml | builtin:tweets | cnn | 0.7000 | 0.7000 | 100.0% | 2.00 | 1.0× | — | — | — | — | — | 1.0 |" in section

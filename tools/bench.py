@@ -42,6 +42,9 @@ from distill.report.sections import update_section
 SECTION = "results"  # the README section this tool regenerates
 _MODEL_KEYS = ("size_mb", "latency_ms", "throughput_per_s")  # and the task's metrics (report["task"])
 _STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
+# kept where the report has them (reports of older code lack some): the int8 copy's figures, the
+# batch-size-1 latency split, the FLOP-limit speed-up, whether int8 was kept
+_COST_KEYS = ("int8", "int8_decision", "latency_split_ms", "flops_per_text", "flop_speedup")
 MIXED_MARK = "⚠ MIXED CODE"
 
 
@@ -84,8 +87,10 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
         "test_size": report["test_size"],
         "hardware": report["hardware"],
         "metrics": list(metrics),
-        "teacher": {key: report["teacher"][key] for key in (*metrics, *_MODEL_KEYS)},
-        "students": [{key: student[key] for key in (*metrics, *_STUDENT_KEYS)} for student in report["students"]],
+        "teacher": {key: report["teacher"][key] for key in (*metrics, *_MODEL_KEYS, *_COST_KEYS) if key in report["teacher"]},
+        "students": [
+            {key: student[key] for key in (*metrics, *_STUDENT_KEYS, *_COST_KEYS) if key in student} for student in report["students"]
+        ],
         # the code and recipe that measured the figures, without this machine's folders
         "provenance": provenance.shareable(report["provenance"]) if report.get("provenance") else None,
     }
@@ -177,23 +182,29 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         titles = " | ".join(METRIC_TITLES[name] for name in metrics)
         lines += [
             "",
-            f"| recipe | dataset | model | {titles} | retention | bs1 p50 ms | speed-up | size MB |",
-            "|---|---|---|" + "---|" * len(metrics) + "---|---|---|---|",
+            f"| recipe | dataset | model | {titles} | retention | bs1 p50 ms | speed-up | int8 bs1 p50 ms "
+            "| int8 speed-up | vs int8 teacher | bs1 tokenise / run / post ms | FLOP-limit speed-up | size MB |",
+            "|---|---|---|" + "---|" * len(metrics) + "---|" * 9,
         ]
         for run in table_runs:
             name = recipe_cell(run)
-            teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0}
+            teacher = {"name": "teacher", **run["teacher"], "retention": 1.0, "speedup": 1.0, "flop_speedup": 1.0}
             for model in (teacher, *run["students"]):
                 figures = " | ".join(f"{model[metric]:.4f}" for metric in metrics)
                 lines.append(
                     f"| {name} | {run['dataset']} | {model['name']} | {figures} | {100 * model['retention']:.1f}% "
-                    f"| {model['latency_ms']['bs1_p50']:.2f} | {model['speedup']:.1f}× | {model['size_mb']:.1f} |"
+                    f"| {model['latency_ms']['bs1_p50']:.2f} | {model['speedup']:.1f}× | {' | '.join(_cost_cells(model, run['teacher']))} "
+                    f"| {model['size_mb']:.1f} |"
                 )
     lines += [
         "",
         "Stage seconds marked * come from an earlier invocation (the stage was done already) and are not "
         "in that row's wall time or peak RSS. "
         "Retention = model / teacher in the first metric column; speed-up = teacher bs1 p50 / model bs1 p50 (ONNX fp32). "
+        "int8: the model's dynamic int8 copy (marked † where the export measured it slower or less accurate and "
+        "kept fp32); int8 speed-up = fp32 teacher bs1 p50 / int8 bs1 p50, vs int8 teacher = int8 teacher bs1 p50 / "
+        "int8 bs1 p50. The split is the fp32 model's bs1 call by phase (medians). FLOP-limit speed-up = teacher "
+        "FLOPs / model FLOPs per text, the speed-up if latency followed FLOPs; — where the run's code did not measure it. "
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
     ]
@@ -205,6 +216,22 @@ def results_section(runs: list[dict[str, Any]]) -> str:
             f"one version of the code ({mixed}).",
         ]
     return "\n".join(lines)
+
+
+def _cost_cells(model: dict[str, Any], teacher: dict[str, Any]) -> list[str]:
+    """A model's int8 latency, its speed-ups over the fp32 and the int8 teacher, its bs1 latency
+    split and its FLOP-limit speed-up, each — where the bench row lacks it."""
+    int8 = model.get("int8", {}).get("latency_ms", {}).get("bs1_p50")
+    teacher_int8 = teacher.get("int8", {}).get("latency_ms", {}).get("bs1_p50")
+    dropped = "†" if model.get("int8_decision", {}).get("kept") is False else ""
+    split = model.get("latency_split_ms")
+    return [
+        "—" if int8 is None else f"{int8:.2f}{dropped}",
+        "—" if int8 is None else f"{teacher['latency_ms']['bs1_p50'] / int8:.1f}×",
+        "—" if int8 is None or teacher_int8 is None else f"{teacher_int8 / int8:.1f}×",
+        "—" if split is None else f"{split['tokenise']:.2f} / {split['run']:.2f} / {split['post']:.2f}",
+        "—" if model.get("flop_speedup") is None else f"{model['flop_speedup']:.1f}×",
+    ]
 
 
 @click.command()
