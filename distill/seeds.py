@@ -136,7 +136,8 @@ def run_repeat(base: Run, recipe: Recipe, required: Sequence[str] = SHARED_STAGE
 
 
 def trained_students(run: Run) -> list[RunModel]:
-    """The students a run trained: the transformer student (and its gold-only twin), word-level ones."""
+    """The students a run trained: the transformer student (and its gold-only twin), word-level ones
+    (those of a recipe's data distillation that has not run yet are left out)."""
     models = []
     if (run.dir / "student" / "metrics.json").is_file():
         models.append(RunModel("student", TRANSFORMER_KIND, "student", run.dir / "student"))
@@ -144,7 +145,7 @@ def trained_students(run: Run) -> list[RunModel]:
             models.append(RunModel(TWIN_NAME, TRANSFORMER_KIND, "student", run.dir / "student" / TWIN_DIR))
     section = run.recipe.stages.data_distill
     if run.recipe.stage_enabled("data_distill"):
-        models += [RunModel(kind, kind, "student", run.dir / "shallow" / kind) for kind in section.students]
+        models += [RunModel(kind, kind, "student", run.dir / "shallow" / kind) for kind in section.students if (run.dir / "shallow" / kind).is_dir()]
     return models
 
 

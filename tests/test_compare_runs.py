@@ -140,3 +140,11 @@ def test_the_cost_table_gives_each_stage_and_the_twin_is_timed_beside_its_studen
     assert tsd["b"]["twin"]["steps"] == 6 and "twin" not in tsd["a"]
     table = tool.markdown(result, "A", "B")
     assert "| finetune | — / — |" in table and "| task_specific | — / — |" in table
+
+
+def test_word_level_students_of_a_data_distillation_not_yet_run_are_not_compared(two_runs):
+    a, _, _ = two_runs
+    tool = load_tool("compare_runs")
+    pending = Run(load_recipe(a.dir / "recipe.toml", ['stages.data_distill.students=["bow"]']), a.dir.parent)
+    assert pending.recipe.stage_enabled("data_distill") and not (a.dir / "shallow").exists()
+    assert list(tool.compared_models(pending)) == ["teacher", "student"]
