@@ -113,7 +113,8 @@ def compare_costs(a: Run, b: Run, primary: str) -> list[dict[str, Any]]:
     rows = []
     for name in (name for name in TRAINING_STAGES if name in costs_a and name in costs_b):
         cost_a, cost_b = costs_a[name], costs_b[name]
-        per_epoch = cost_a["seconds_per_epoch"] and cost_b["seconds_per_epoch"] and cost_a["seconds_per_epoch"] / cost_b["seconds_per_epoch"]
+        known = cost_a["epochs"] is not None and cost_b["epochs"] is not None
+        per_epoch = cost_a["seconds_per_epoch"] / cost_b["seconds_per_epoch"] if known else None
         per_step = cost_b["steps_per_second"] / cost_a["steps_per_second"]
         rows.append({"stage": name, "a": cost_a, "b": cost_b, "speedup_per_epoch": per_epoch, "speedup_per_step": per_step})
     return rows

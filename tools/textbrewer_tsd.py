@@ -46,14 +46,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill import provenance
-from distill.pipeline import Run
-from distill.recipe import Recipe, load_recipe, parse_recipe
+from distill.pipeline import STAGES, Run
+from distill.recipe import STAGE_ORDER, Recipe, load_recipe, parse_recipe
 from distill.stages.common import dev_evaluator, student_seed, task_dataset
 from distill.stages.distillation import TeacherStudent, fine_tuned_teacher, teacher_and_student
 from distill.train.loop import seed_everything
 from distill.train.optim import build_optimizer, build_scheduler
 
-UPSTREAM = ("prepare", "pretrain", "finetune", "general", "general_enhanced", "task_adaptive")
+UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("task_specific")]  # the stages whose outputs TSD may read
 ARMS = ("distill", "textbrewer live", "textbrewer cached")
 
 
@@ -85,9 +85,10 @@ def scratch_run(run: Run, recipe: Recipe, scratch: Path) -> Run:
         marker = run.dir / "done" / f"{stage}.json"
         if marker.is_file():
             shutil.copy2(marker, target.dir / "done" / marker.name)
-    for entry in run.dir.iterdir():
-        if entry.is_dir() and entry.name in ("data", "mlm", "teacher", "student_gd", "student_ged", "student_tad"):
-            (target.dir / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
+    for stage in UPSTREAM:
+        output = run.path(STAGES[stage].output)
+        if output.is_dir():
+            (target.dir / output.name).symlink_to(output.resolve(), target_is_directory=True)
     return target
 
 
@@ -138,7 +139,6 @@ def textbrewer_arm(run: Run, recipe: Recipe, caching: bool) -> dict[str, Any]:
         run.current_stage = "task_specific"
         teacher, teacher_dir = fine_tuned_teacher(run, data.labels)
         pair = teacher_and_student(run, scratch, teacher, teacher_dir, data)
-        run.current_stage = None
         train_set = task_dataset(pair.teacher_encoder, data.train, data)
         evaluate = dev_evaluator(task_dataset(pair.student_encoder, data.dev, data), data.dev, data, run.device)
         loader = DataLoader(
