@@ -32,6 +32,7 @@ from distill.stages.distillation import (
     frozen_teacher,
     teacher_and_student,
 )
+from distill.report.evaluate import predict_logits
 from distill.stages.task import LossWeights, cache_teacher_logits, label_loss_fn
 from distill.tasks import family
 
@@ -396,6 +397,26 @@ def test_cached_teacher_logits_equal_live_ones(prepared, teacher_dir):
     assert cache.logits.shape == (40, 3) and cache.seconds > 0
     assert torch.allclose(cache.logits[batch["index"]], live, atol=1e-5)
     assert not torch.allclose(cache.logits[rows[0]], cache.logits[rows[1]])
+
+
+def test_a_bf16_stage_caches_the_teacher_logits_its_own_autocast_gives(make_run, teacher_dir, monkeypatch):
+    import distill.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: True)  # torch emulates bf16 where oneDNN lacks it
+    run = make_run('[stages.task_specific]\nprecision = "bf16"')
+    run.execute(only=["prepare"])
+    teacher = frozen_teacher(load_classifier(teacher_dir), run.device)
+    dataset = task_dataset(text_encoder(run.recipe, teacher_dir), run.data().train)
+    cache = cache_teacher_logits(run, teacher, dataset, run.data())
+    fp32 = predict_logits(teacher, dataset)
+    rows = [7, 0, 31, 12, 39]
+    batch = dataset.collate([dataset[i] for i in rows])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        live = teacher(**batch["inputs"]).logits.float()
+    assert cache.logits.dtype == torch.float32
+    # the cache matches a bf16 pass (batched differently, so not bit for bit) and is not the fp32 one
+    assert torch.allclose(cache.logits[batch["index"]], live, atol=2e-2)
+    assert not torch.allclose(cache.logits, fp32, atol=1e-3)
 
 
 def test_task_specific_loss_is_the_weighted_sum_of_soft_and_hard_terms(prepared, teacher_dir):

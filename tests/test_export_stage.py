@@ -286,15 +286,21 @@ def test_int8_verdict_by_hand(fp32_ms, int8_ms, fp32_dev, int8_dev, kept, reason
     assert verdict[0] is kept and verdict[1].startswith(reason)
 
 
+def unexported_copy(run: Run, tmp_path: Path) -> Path:
+    """The run copied without its export, its recipe set to keep int8 only where it pays."""
+    run_dir = tmp_path / "runs" / "tiny"
+    shutil.copytree(run.dir, run_dir, ignore=shutil.ignore_patterns("onnx", "done"))
+    recipe = run_dir / "recipe.toml"
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace('int8_keep = "always"', 'int8_keep = "if_faster"'), encoding="utf-8")
+    return run_dir
+
+
 def test_int8_is_kept_only_where_it_pays_and_the_report_says_why(exported, tmp_path, monkeypatch):
     import distill.report.bench as bench
     from distill.stages.report import int8_note
 
     run, _ = exported
-    run_dir = tmp_path / "runs" / "tiny"
-    shutil.copytree(run.dir, run_dir, ignore=shutil.ignore_patterns("onnx", "done"))
-    recipe = run_dir / "recipe.toml"
-    recipe.write_text(recipe.read_text(encoding="utf-8").replace('int8_keep = "always"', 'int8_keep = "if_faster"'), encoding="utf-8")
+    run_dir = unexported_copy(run, tmp_path)
     timed = []
 
     def fake_latencies(calls, texts, batch_sizes, warmup, repeats, rounds):
@@ -315,3 +321,42 @@ def test_int8_is_kept_only_where_it_pays_and_the_report_says_why(exported, tmp_p
     assert not (run_dir / "onnx" / "bow.int8.onnx").exists() and not (run_dir / "onnx" / "bow.int8.json").exists()
     assert (run_dir / "onnx" / "student.int8.onnx").is_file()
     assert int8_note(summary) == f"int8 not kept for bow ({decisions['bow']['reason']})"
+
+
+def test_a_dropped_teacher_int8_stays_as_the_reference_the_report_times_and_never_recommends(exported, tmp_path, monkeypatch):
+    import distill.report.bench as bench
+    from distill.report.recommend import recommend
+    from distill.report.render import render_markdown
+    from distill.report.schema import validate_report
+    from distill.stages.report import build_report, int8_note
+
+    run, _ = exported
+    run_dir = unexported_copy(run, tmp_path)
+    timed = []
+
+    def fake_latencies(calls, texts, batch_sizes, warmup, repeats, rounds):
+        # only the teacher's int8 copy (timed first) is slower
+        timed.append(sorted(calls))
+        return {"fp32": {"bs1_p50": 2.0}, "int8": {"bs1_p50": 3.0 if len(timed) == 1 else 1.0}}
+
+    monkeypatch.setattr(bench, "measure_latencies", fake_latencies)
+    summary = export_run(Run.from_dir(run_dir))
+    teacher, student, bow = summary["models"]
+    assert not teacher["int8_decision"]["kept"] and student["int8_decision"]["kept"] and bow["int8_decision"]["kept"]
+    assert teacher["onnx_int8"] is None and teacher["manifest_int8"] is None
+    assert (teacher["onnx_int8_reference"], teacher["manifest_int8_reference"]) == ("teacher.int8.onnx", "teacher.int8.json")
+    assert (run_dir / "onnx" / "teacher.int8.onnx").is_file() and (run_dir / "onnx" / "teacher.int8.json").is_file()
+    assert "onnx_int8_reference" not in student and "onnx_int8_reference" not in bow  # students' copies are kept or deleted
+    assert int8_note(summary) == f"int8 not kept for teacher ({teacher['int8_decision']['reason']}; timed as a reference)"
+
+    monkeypatch.undo()  # the report times every model for real
+    report = build_report(Run.from_dir(run_dir))
+    validate_report(report)
+    assert report["teacher"]["onnx_int8"] is None and report["teacher"]["onnx_int8_reference"] == "onnx/teacher.int8.onnx"
+    reference = report["teacher"]["int8"]
+    assert 0 <= reference["accuracy"] <= 1 and reference["latency_ms"]["bs1_p50"] > 0
+    assert "teacher int8 (reference, not kept)" in render_markdown(report)
+    # with no student left to choose from, the teacher is recommended, never its reference copy
+    alone = {**report, "students": []}
+    assert recommend(alone, tolerance=1.0)["name"] == "teacher"
+    assert "timed as a reference" in report["notes"]

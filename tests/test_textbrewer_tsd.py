@@ -80,3 +80,26 @@ def test_the_student_reads_teacher_ids_as_the_stage_feeds_it(tad_run, tmp_path):
     assert torch.equal(wrapped.logits, direct.logits)
     expected = torch.nn.functional.cross_entropy(direct.logits, batch["labels"])
     assert wrapped.loss.item() == pytest.approx(expected.item(), rel=1e-6)  # TextBrewer's hard-label term
+
+
+def test_the_fast_arm_changes_only_precision_and_batching_and_is_shared_out_by_hand(tad_run, monkeypatch):
+    tool = load_tool("textbrewer_tsd")
+    equal = tool.equal_work_recipe(tad_run.recipe, 2)
+    fast = tool.fast_recipe(equal)
+    changed = {key for key, value in fast.stages.task_specific.model_dump().items() if value != getattr(equal.stages.task_specific, key)}
+    assert changed == {"precision", "group_by_length"}
+    assert (fast.stages.task_specific.precision, fast.stages.task_specific.group_by_length) == ("bf16", True)
+
+    def fake_distill(run, recipe):
+        seconds = 40.0 if recipe.stages.task_specific.precision == "bf16" else 80.0
+        return {"seconds": seconds, "stage_seconds": seconds + 5.0}
+
+    monkeypatch.setattr(tool, "distill_arm", fake_distill)
+    monkeypatch.setattr(tool, "textbrewer_arm", lambda run, recipe, caching: {"seconds": 90.0 if caching else 100.0})
+    result = tool.compare(tad_run, equal, repeats=1, fast=True)
+    assert list(result["repeats"]) == ["distill", tool.FAST_ARM, "textbrewer live", "textbrewer cached"]
+    assert result["distill_share_of"] == {"textbrewer live": 0.8, "textbrewer cached": pytest.approx(80 / 90)}
+    assert result["fast_share_of"] == {"textbrewer live": 0.4, "textbrewer cached": pytest.approx(40 / 90)}
+    assert result["fast_stage_share_of"]["textbrewer live"] == pytest.approx(0.45)
+    assert result["fast_precision"] in ("bf16", "fp32 (no bf16 on this CPU)")
+    assert "fast_share_of" not in tool.compare(tad_run, equal, repeats=1)

@@ -2,7 +2,7 @@
 
     pip install textbrewer tensorboard      # the baseline's packages; distill itself never imports them
     distill run recipes/tiny.toml --stages prepare,finetune,task_adaptive    # once: split, teacher, TAD student
-    python tools/textbrewer_tsd.py recipes/tiny.toml --epochs 2 --repeats 2 --out results/textbrewer-tiny.json
+    python tools/textbrewer_tsd.py recipes/tiny.toml --epochs 2 --repeats 2 [--fast] --out results/textbrewer-tiny.json
 
 Every arm starts from the run's TAD student and its fine-tuned teacher and reads the same training
 rows, encoded by distill (teacher ids, looked up in a pruned student's vocabulary), in batches of the
@@ -15,6 +15,10 @@ after every epoch.
   (early stopping and the gold-only twin off), which runs the teacher once over the training set
   and reads its cached logits. Timed: its training loop plus that teacher pass (from the stage's
   metrics), and the whole stage with loading, final scoring and saving.
+- `distill bf16+grouped` (with `--fast`): the same stage with distill's two speed switches on,
+  `precision = "bf16"` (the teacher pass too) and `group_by_length = true`: the same rows, epochs
+  and losses in a different numeric precision and batch composition, so its dev figure says
+  whether they cost accuracy. The JSON records whether this CPU ran bf16 or fell back to fp32.
 - `textbrewer live`: TextBrewer's BasicDistiller as its examples use it, the teacher forward at
   every step.
 - `textbrewer cached`: the same with TextBrewer's own `is_caching_logits`, which runs the teacher
@@ -50,11 +54,12 @@ from distill.pipeline import STAGES, Run
 from distill.recipe import STAGE_ORDER, Recipe, load_recipe, parse_recipe
 from distill.stages.common import dev_evaluator, student_seed, task_dataset
 from distill.stages.distillation import TeacherStudent, fine_tuned_teacher, teacher_and_student
-from distill.train.loop import seed_everything
+from distill.train.loop import autocast_dtype, seed_everything
 from distill.train.optim import build_optimizer, build_scheduler
 
 UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("task_specific")]  # the stages whose outputs TSD may read
 ARMS = ("distill", "textbrewer live", "textbrewer cached")
+FAST_ARM = "distill bf16+grouped"
 
 
 def equal_work_recipe(base: Recipe, epochs: int) -> Recipe:
@@ -71,6 +76,15 @@ def equal_work_recipe(base: Recipe, epochs: int) -> Recipe:
         section.pop(key, None)
     recipe = parse_recipe(data)
     recipe.source = base.source
+    return recipe
+
+
+def fast_recipe(equal: Recipe) -> Recipe:
+    """The equal-work recipe with distill's speed switches on: bf16 autocast and length-grouped batches."""
+    data = equal.model_dump(mode="json", exclude_none=True)
+    data["stages"]["task_specific"].update(precision="bf16", group_by_length=True)
+    recipe = parse_recipe(data)
+    recipe.source = equal.source
     return recipe
 
 
@@ -177,21 +191,37 @@ def flat_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {**batch["inputs"], "labels": batch["labels"]}
 
 
-def compare(run: Run, recipe: Recipe, repeats: int) -> dict[str, Any]:
-    """Every arm `repeats` times, alternating, and each baseline's median over distill's."""
-    measured: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+def compare(run: Run, recipe: Recipe, repeats: int, fast: bool = False) -> dict[str, Any]:
+    """Every arm `repeats` times, alternating, and each baseline's median over each distill arm's."""
+    arms = {
+        "distill": lambda: distill_arm(run, recipe),
+        **({FAST_ARM: lambda: distill_arm(run, fast_recipe(recipe))} if fast else {}),
+        "textbrewer live": lambda: textbrewer_arm(run, recipe, caching=False),
+        "textbrewer cached": lambda: textbrewer_arm(run, recipe, caching=True),
+    }
+    measured: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for _ in range(repeats):
-        measured["distill"].append(distill_arm(run, recipe))
-        measured["textbrewer live"].append(textbrewer_arm(run, recipe, caching=False))
-        measured["textbrewer cached"].append(textbrewer_arm(run, recipe, caching=True))
+        for arm, measure in arms.items():
+            measured[arm].append(measure())
     medians = {arm: statistics.median(row["seconds"] for row in rows) for arm, rows in measured.items()}
-    stage = statistics.median(row["stage_seconds"] for row in measured["distill"])
+    ours = [arm for arm in arms if arm.startswith("distill")]
+    baselines = [arm for arm in arms if arm.startswith("textbrewer")]
+    stage = {arm: statistics.median(row["stage_seconds"] for row in measured[arm]) for arm in ours}
     return {
         "repeats": measured,
         "median_seconds": medians,
-        "distill_stage_median_seconds": stage,
-        "distill_share_of": {arm: medians["distill"] / medians[arm] for arm in ARMS[1:]},
-        "distill_stage_share_of": {arm: stage / medians[arm] for arm in ARMS[1:]},
+        "distill_stage_median_seconds": stage["distill"],
+        "distill_share_of": {arm: medians["distill"] / medians[arm] for arm in baselines},
+        "distill_stage_share_of": {arm: stage["distill"] / medians[arm] for arm in baselines},
+        **(
+            {
+                "fast_share_of": {arm: medians[FAST_ARM] / medians[arm] for arm in baselines},
+                "fast_stage_share_of": {arm: stage[FAST_ARM] / medians[arm] for arm in baselines},
+                "fast_precision": "bf16" if autocast_dtype(run.device, "bf16") is not None else "fp32 (no bf16 on this CPU)",
+            }
+            if fast
+            else {}
+        ),
     }
 
 
@@ -200,8 +230,9 @@ def compare(run: Run, recipe: Recipe, repeats: int) -> dict[str, Any]:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="TSD epochs every arm trains.")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Alternating repeats of the arms.")
+@click.option("--fast", is_flag=True, help=f"Add the arm {FAST_ARM!r}: distill's stage with bf16 and length-grouped batches.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The JSON file to write.")
-def main(recipe: Path, overrides: tuple[str, ...], epochs: int, repeats: int, out: Path) -> None:
+def main(recipe: Path, overrides: tuple[str, ...], epochs: int, repeats: int, fast: bool, out: Path) -> None:
     """Time RECIPE's task-specific stage against TextBrewer's distiller on its finished run."""
     try:
         import textbrewer  # noqa: F401  (the baseline: installed beside distill for this benchmark only)
@@ -220,7 +251,7 @@ def main(recipe: Path, overrides: tuple[str, ...], epochs: int, repeats: int, ou
         "epochs": epochs,
         "threads": torch.get_num_threads(),
         "textbrewer": textbrewer.__version__,
-        **compare(run, equal, repeats),
+        **compare(run, equal, repeats, fast),
         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "provenance": provenance.shareable(provenance.record(equal)),
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
+from functools import partial
 
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -23,16 +25,23 @@ def predict_logits(
     dataset: EncodedDataset | WordDataset,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Logits (N, C) for every row, in dataset order, from length-sorted batches; for token
-    classification (N, words, C), NaN past each sentence's end and for words without logits."""
+    classification (N, words, C), NaN past each sentence's end and for words without logits.
+    With `autocast` (a training stage's bf16/fp16) the forward passes run in that precision, as
+    the stage's own steps do; the logits come back as fp32."""
     was_training = model.training
     model.eval()
     chunks: list[torch.Tensor] = []
     order: list[int] = []
+    device_type = torch.device(device).type
+    precision = partial(torch.autocast, device_type, dtype=autocast) if autocast is not None else nullcontext
     for indices in length_sorted_batches(dataset, batch_size):
         batch = move_to_device(dataset.collate([dataset[i] for i in indices]), device)
-        chunks.append(word_logits(output_logits(model(**batch["inputs"])), batch, inference=True).float().cpu())
+        with precision():
+            output = output_logits(model(**batch["inputs"]))
+        chunks.append(word_logits(output, batch, inference=True).float().cpu())
         order.extend(indices)
     model.train(was_training)
     logits = torch.cat(_padded_to_longest(chunks))  # (N, C) or (N, words, C), in length order

@@ -218,7 +218,9 @@ def _model_entries(report: dict) -> Iterator[tuple[str, str, dict]]:
     """(row label, kind, metrics) for the teacher, then each student; each followed by its int8 variant."""
     yield "teacher", "teacher", report["teacher"]
     if "int8" in report["teacher"]:
-        yield "teacher int8", "teacher", {"params": report["teacher"]["params"], **report["teacher"]["int8"]}
+        reference = report["teacher"].get("int8_decision", {}).get("kept") is False
+        label = "teacher int8 (reference, not kept)" if reference else "teacher int8"
+        yield label, "teacher", {"params": report["teacher"]["params"], **report["teacher"]["int8"]}
     for student in report["students"]:
         yield student["name"], student["kind"], student
         if "int8" in student:

@@ -230,7 +230,15 @@ REPORT_SCHEMA: dict = {
         "teacher": {
             "type": "object",
             "required": [key for key in _MEASURED_MODEL if key not in ("threshold_gain", "per_type", "latency_split_ms")],
-            "properties": {**_MEASURED_MODEL, "int8_decision": _INT8_DECISION, **_COST},
+            "properties": {
+                **_MEASURED_MODEL,
+                "int8_decision": _INT8_DECISION,
+                "onnx_int8_reference": {
+                    "type": "string",
+                    "description": "the int8 copy the export did not keep, timed as the students' int8 reference",
+                },
+                **_COST,
+            },
         },
         "students": {"type": "array", "items": _STUDENT},
         "baseline": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "per_type": _PER_TYPE}},

@@ -3,6 +3,9 @@
 The teacher, the final transformer student and each shallow student become `onnx/NAME.onnx`
 with a manifest (and `NAME.int8.onnx` when quantizing and int8 pays: faster at batch size 1 on
 dev texts at equal dev accuracy, unless `[export] int8_keep = "always"`; the reason is kept).
+The teacher's int8 copy stays even when it does not pay, as the reference a student must beat
+(quantising the teacher is the cheapest compression there is), under `*_int8_reference` keys
+that serving never picks.
 Each manifest names its task family, and a multi-label model's manifest carries the per-label
 decision thresholds tuned on dev (its int8 copy shares them); a token-classification model's
 says how raw text splits into tokens, and its parity and metrics read the examples' own tokens.
@@ -138,7 +141,8 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
         if thresholds is not None:
             entry["thresholds"] = thresholds
         if quantize == "int8":
-            entry.update(_quantize_and_score(exported.onnx_path, entry[metric], data.dev, test, run))
+            reference = model.role == "teacher"
+            entry.update(_quantize_and_score(exported.onnx_path, entry[metric], data.dev, test, run, reference))
         _log_entry(run, entry, data.family.primary)
         entries.append(entry)
     summary = {
@@ -224,11 +228,12 @@ def int8_verdict(
 
 
 def _quantize_and_score(
-    onnx_path: Path, fp32_score: float, dev: list[Example], test: list[Example], run: Run
+    onnx_path: Path, fp32_score: float, dev: list[Example], test: list[Example], run: Run, reference: bool = False
 ) -> dict[str, Any]:
     """Write the int8 model, decide on dev whether it pays (`[export] int8_keep`), and measure what
     a kept one changes in the primary test metric against fp32 ONNX. The decision never reads the
-    test split."""
+    test split. A `reference` copy that does not pay stays on disk for the report to time, under
+    keys that serving and the recommendation do not read."""
     from distill.export.onnx import quantize_int8
     from distill.report.bench import measure_latencies
 
@@ -247,6 +252,12 @@ def _quantize_and_score(
     )
     kept = pays or settings.int8_keep == "always"
     decision = {"kept": kept, "reason": why if settings.int8_keep == "if_faster" else f"int8_keep = always; {why}"}
+    if not kept and reference:
+        return {
+            "onnx_int8_reference": quantized.onnx_path.name,
+            "manifest_int8_reference": quantized.manifest_path.name,
+            "int8_decision": decision,
+        }
     if not kept:
         quantized.onnx_path.unlink()
         quantized.manifest_path.unlink()

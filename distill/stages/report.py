@@ -50,6 +50,8 @@ from distill.stages.run_models import TWIN_DIR, RunModel, model_inputs, run_mode
 from distill.tasks import Label, TaskFamily
 from distill.validate import check_task_family
 
+# an entry's fp32 model, its kept int8 copy, and the teacher's int8 copy kept only as a reference
+_MANIFEST_KEYS = ("manifest", "manifest_int8", "manifest_int8_reference")
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
 
 
@@ -160,12 +162,12 @@ def build_report(run: Run) -> dict[str, Any]:
 
     family = data.family
     check_task_family(run.recipe, data)  # `distill report` on a run made without `distill validate`
-    manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in ("manifest", "manifest_int8") if entry[key]]
+    manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in _MANIFEST_KEYS if entry.get(key)]
     run.logger.info(f"[report] scoring {len(manifests)} models, then timing them in turns")
     measured = measure(manifests, test, family, timing)
 
     def measure_entry(entry: dict[str, Any], key: str) -> Measured | None:  # the entry's fp32 or int8 model
-        return measured[onnx_dir / entry[key]] if entry[key] else None
+        return measured[onnx_dir / entry[key]] if entry.get(key) else None
 
     teacher_entry = next(entry for entry in summary["models"] if entry["role"] == "teacher")
     teacher = measure_entry(teacher_entry, "manifest")
@@ -176,7 +178,8 @@ def build_report(run: Run) -> dict[str, Any]:
             "check the finetune stage's metrics before reporting",
         )
     report_teacher = {**teacher.figures, **_files(teacher_entry)}
-    teacher_int8 = measure_entry(teacher_entry, "manifest_int8")
+    # an int8 teacher the export did not keep is still the reference the students are timed against
+    teacher_int8 = measure_entry(teacher_entry, "manifest_int8") or measure_entry(teacher_entry, "manifest_int8_reference")
     if teacher_int8 is not None:
         report_teacher["int8"] = with_cost(compared(teacher_int8, teacher, family), teacher_entry, teacher_entry)
     report_teacher = with_cost(report_teacher, teacher_entry, teacher_entry)
@@ -343,6 +346,8 @@ def _files(entry: dict[str, Any]) -> dict[str, Any]:
         "onnx_int8": f"onnx/{entry['onnx_int8']}" if entry["onnx_int8"] else None,
         "onnx_parity_max_abs_diff": entry["parity_max_abs_diff"],
     }
+    if entry.get("onnx_int8_reference"):
+        files["onnx_int8_reference"] = f"onnx/{entry['onnx_int8_reference']}"
     # exports made before int8 was decided per model, or FLOPs counted, have none
     files.update({key: entry[key] for key in ("int8_decision", "tokens_per_text", "flops_per_text") if key in entry})
     return files
@@ -362,8 +367,13 @@ def with_cost(record: dict[str, Any], entry: dict[str, Any], teacher_entry: dict
 
 
 def int8_note(summary: dict[str, Any]) -> str:
-    """Which models' int8 copies the export dropped, and why (a kept copy is in the table)."""
-    dropped = [f"{e['name']} ({e['int8_decision']['reason']})" for e in summary["models"] if not e.get("int8_decision", {}).get("kept", True)]
+    """Which models' int8 copies the export dropped, and why (a kept copy is in the table; a
+    reference copy is in it too, marked)."""
+    dropped = [
+        f"{e['name']} ({e['int8_decision']['reason']}{'; timed as a reference' if e.get('onnx_int8_reference') else ''})"
+        for e in summary["models"]
+        if not e.get("int8_decision", {}).get("kept", True)
+    ]
     return f"int8 not kept for {'; '.join(dropped)}" if dropped else ""
 
 

@@ -49,7 +49,7 @@ from distill.stages.distillation import (
 )
 from distill.stages.run_models import TWIN_DIR
 from distill.tasks import TaskFamily
-from distill.train.loop import LossFn, TrainResult, train
+from distill.train.loop import LossFn, TrainResult, autocast_dtype, train
 from distill.train.mixup import mix_inputs
 from distill.train.rdrop import doubled, rdrop_loss
 
@@ -89,11 +89,15 @@ class TeacherLogitCache:
 
 def cache_teacher_logits(run: Run, teacher: nn.Module, dataset: EncodedDataset, data: PreparedData) -> TeacherLogitCache:
     """One eval-mode teacher pass over the training rows (`dataset`), timed (predict_logits
-    returns on the CPU, so it is synchronised); of an ensemble, each member's pass, combined."""
+    returns on the CPU, so it is synchronised), in the stage's precision (a bf16 stage reads bf16
+    teacher logits, as a live teacher inside its steps would give); of an ensemble, each member's
+    pass, combined."""
     started = time.perf_counter()
     ensemble = run.teacher_ensemble()
     if ensemble is None:
-        logits = predict_logits(teacher, dataset, run.device)  # (rows, classes)
+        section = run.recipe.stages.task_specific
+        precision = autocast_dtype(run.device, section.precision) if section is not None else None
+        logits = predict_logits(teacher, dataset, run.device, autocast=precision)  # (rows, classes)
     else:
         combined = ensemble.combined(data.family, lambda member: model_logits(run.recipe, member, data.train, data, run.device))
         logits = torch.from_numpy(combined)
