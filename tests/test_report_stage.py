@@ -292,3 +292,43 @@ def test_bench_table_gives_int8_speed_ups_the_latency_split_and_the_flop_limit_w
     assert "| cnn | 0.8000 | 0.8000 | 100.0% | 4.00 | 1.0× | 1.50† | 8.0× | 4.0× | — | — | 1.0 |" in section
     assert "| t.toml | builtin:tweets | teacher | 0.8000 | 0.8000 | 100.0% | 12.00 | 1.0× | 6.00 | 2.0× | 1.0× | — | 1.0× |" in section
     assert "| old.toml | builtin:tweets | cnn | 0.7000 | 0.7000 | 100.0% | 2.00 | 1.0× | — | — | — | — | — | 1.0 |" in section
+
+
+def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(reported, tmp_path, monkeypatch):
+    from distill.stages.report import Measured
+
+    tool = load_tool("graph_compare")
+    _, run, _ = reported
+    dirs = {side: tmp_path / side / "runs" / run.dir.name for side in "AB"}
+    for directory in dirs.values():
+        shutil.copytree(run.dir, directory)
+    calls = []
+
+    def fake_measure(paths, examples, family, timing):
+        calls.append(list(paths))
+        figures = lambda side: {  # B scores 0.1 higher at half A's latency
+            "accuracy": 0.5 + (0.1 if side == "B" else 0.0),
+            "latency_ms": {"bs1_p50": 1.0 if side == "B" else 2.0, "bs1_p50_low": 0.5, "bs1_p50_high": 3.0},
+            "latency_split_ms": {"tokenise": 0.1, "run": 0.8 if side == "B" else 1.8, "post": 0.1},
+            "size_mb": 1.0,
+        }
+        return {path: Measured([], figures("B" if dirs["B"] in path.parents else "A")) for path in paths}
+
+    monkeypatch.setattr(tool, "measure", fake_measure)
+    result = tool.compare_graphs(Run.from_dir(dirs["A"]), Run.from_dir(dirs["B"]))
+    (timed,) = calls  # one interleaved harness for both exports
+    assert len(timed) == 12 and sum(dirs["B"] in path.parents for path in timed) == 6
+    assert [(row["model"], row["variant"]) for row in result["rows"]] == [
+        (name, variant) for name in ("teacher", "student", "bow") for variant in ("fp32", "int8")
+    ]
+    for row in result["rows"]:
+        assert row["latency_b_over_a"] == 0.5 and row["accuracy_b_minus_a"] == pytest.approx(0.1)
+        manifest = json.loads((dirs["A"] / "onnx" / f"{row['model']}.json").read_text(encoding="utf-8"))
+        assert row["A"]["nodes"] == manifest["graph"]["nodes"] == row["B"]["nodes"]  # an int8 copy shows its fp32 graph
+    table = tool.markdown({**result, "created": "2026-12-06T00:00:00"}, ("A", "B"))
+    assert "| teacher fp32 |" in table and "| 2.00 (0.50–3.00) / 1.00 (0.50–3.00) | 0.50 | 1.80 / 0.80 |" in table
+
+    test_file = dirs["B"] / "data" / "test.jsonl"
+    test_file.write_text(test_file.read_text(encoding="utf-8").replace('"text": "', '"text": "x', 1), encoding="utf-8")
+    with pytest.raises(UserError, match="test splits differ"):
+        tool.compare_graphs(Run.from_dir(dirs["A"]), Run.from_dir(dirs["B"]))
