@@ -305,7 +305,7 @@ def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(repo
     calls = []
 
     def fake_measure(paths, examples, family, timing):
-        calls.append(list(paths))
+        calls.append((list(paths), timing))
         figures = lambda side: {  # B scores 0.1 higher at half A's latency
             "accuracy": 0.5 + (0.1 if side == "B" else 0.0),
             "latency_ms": {"bs1_p50": 1.0 if side == "B" else 2.0, "bs1_p50_low": 0.5, "bs1_p50_high": 3.0},
@@ -315,8 +315,9 @@ def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(repo
         return {path: Measured([], figures("B" if dirs["B"] in path.parents else "A")) for path in paths}
 
     monkeypatch.setattr(tool, "measure", fake_measure)
-    result = tool.compare_graphs(Run.from_dir(dirs["A"]), Run.from_dir(dirs["B"]))
-    (timed,) = calls  # one interleaved harness for both exports
+    result = tool.compare_graphs(Run.from_dir(dirs["A"]), Run.from_dir(dirs["B"]), repeats=40, rounds=8)
+    ((timed, timing),) = calls  # one interleaved harness for both exports, at batch size 1
+    assert (timing.batch_sizes, timing.repeats, timing.rounds) == ([1], 40, 8) == ([1], result["repeats"], result["rounds"])
     assert len(timed) == 12 and sum(dirs["B"] in path.parents for path in timed) == 6
     assert [(row["model"], row["variant"]) for row in result["rows"]] == [
         (name, variant) for name in ("teacher", "student", "bow") for variant in ("fp32", "int8")

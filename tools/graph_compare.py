@@ -9,8 +9,8 @@ and differ in `[export] graph` give two exports of each model. Their reports tim
 against each other, but not one run's graph against the other's. This scores every exported model
 of both (fp32, the int8 copy the export kept and the teacher's int8 reference) on the shared test
 split and times them all in one process, interleaved as the report times models (every model takes
-its turn in every round, tokenisation included, distill.stages.report.measure), at A's `[report]`
-timing settings. Per model and graph: the primary metric, the batch-size-1 p50 with the spread of
+its turn in every round, tokenisation included, distill.stages.report.measure) at batch size 1,
+`--repeats` one-text calls per model in `--rounds` rounds (A's `[report]` settings by default). Per model and graph: the primary metric, the batch-size-1 p50 with the spread of
 the round medians, the tokenise / run / post-process split, the node count and fused operators from
 the manifest; and B's p50 over A's. Writes JSON (both runs' export commits and resolved recipes)
 and a Markdown table beside it. Refuses runs whose test splits differ.
@@ -19,6 +19,7 @@ and a Markdown table beside it. Refuses runs whose test splits differ.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,15 +58,18 @@ def graph_of(manifest: Path) -> dict[str, Any]:
     return {"exporter": graph.get("exporter"), "nodes": graph.get("nodes"), "fused_ops": graph.get("fused_ops", {})}
 
 
-def compare_graphs(run_a: Run, run_b: Run) -> dict[str, Any]:
-    """Every model of both exports scored and timed in one interleaved harness."""
+def compare_graphs(run_a: Run, run_b: Run, repeats: int | None = None, rounds: int | None = None) -> dict[str, Any]:
+    """Every model of both exports scored and timed at batch size 1 in one interleaved harness."""
     test_a, test_b = run_a.data().test, run_b.data().test
     if [(e.text, e.label) for e in test_a] != [(e.text, e.label) for e in test_b]:
         raise UserError("the two runs' test splits differ", f"{run_a.dir} / {run_b.dir}", "compare exports of the same trained models")
     family = run_a.data().family
     models = {"A": exported_models(run_a), "B": exported_models(run_b)}
     paths = [path for exported in models.values() for path in exported.values()]
-    measured = measure(paths, test_a, family, timing_settings(run_a))
+    timing = timing_settings(run_a)
+    repeats = repeats or timing.repeats
+    timing = replace(timing, batch_sizes=[1], repeats=repeats, rounds=min(rounds or timing.rounds, repeats))
+    measured = measure(paths, test_a, family, timing)
     rows = []
     for key in sorted(set(models["A"]) & set(models["B"]), key=lambda key: list(models["A"]).index(key)):
         row: dict[str, Any] = {"model": key[0], "variant": key[1]}
@@ -83,8 +87,10 @@ def compare_graphs(run_a: Run, run_b: Run) -> dict[str, Any]:
         row["latency_b_over_a"] = row["B"]["bs1_p50_ms"] / row["A"]["bs1_p50_ms"]
         row[f"{family.primary}_b_minus_a"] = row["B"][family.primary] - row["A"][family.primary]
         rows.append(row)
-    timing = timing_settings(run_a)
-    return {"metric": family.primary, "test_size": len(test_a), "threads": timing.threads, "rounds": timing.rounds, "rows": rows}
+    return {
+        "metric": family.primary, "test_size": len(test_a), "threads": timing.threads, "repeats": timing.repeats,
+        "rounds": timing.rounds, "rows": rows,
+    }
 
 
 def markdown(result: dict[str, Any], names: tuple[str, str]) -> str:
@@ -93,7 +99,7 @@ def markdown(result: dict[str, Any], names: tuple[str, str]) -> str:
     title = METRIC_TITLES.get(metric, metric)
     lines = [
         f"A = `{names[0]}`, B = `{names[1]}`; test split, {result['test_size']} rows, {result['threads']} threads, "
-        f"{result['rounds']} interleaved rounds (measured {result['created'][:10]} by `tools/graph_compare.py`).",
+        f"{result['repeats']} one-text calls per model in {result['rounds']} interleaved rounds (measured {result['created'][:10]} by `tools/graph_compare.py`).",
         "",
         f"| model | graph nodes A / B | {title} A / B | bs1 p50 ms A / B (round medians) | B / A | run phase ms A / B |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -114,11 +120,13 @@ def markdown(result: dict[str, Any], names: tuple[str, str]) -> str:
 @click.command()
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed one-text calls per model (default: A's [report] repeats).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Interleaved rounds they split into (default: A's [report] rounds).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The JSON file to write.")
-def main(run_a: Path, run_b: Path, out: Path) -> None:
+def main(run_a: Path, run_b: Path, repeats: int | None, rounds: int | None, out: Path) -> None:
     """Time the exports of RUN_A and RUN_B against each other, interleaved, on the shared test split."""
     runs = (Run.from_dir(run_a), Run.from_dir(run_b))
-    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compare_graphs(*runs)}
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compare_graphs(*runs, repeats, rounds)}
     result["provenance"] = {
         side: provenance.shareable(json.loads((run.dir / "done" / "export.json").read_text(encoding="utf-8"))["provenance"])
         for side, run in zip("AB", runs)
