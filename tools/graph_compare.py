@@ -31,11 +31,8 @@ from distill.errors import UserError
 from distill.export.runtime import read_manifest
 from distill.pipeline import Run
 from distill.report.schema import METRIC_TITLES
-from distill.stages.export import SUMMARY_FILE
+from distill.stages.export import MANIFEST_KEYS, SUMMARY_FILE
 from distill.stages.report import measure, timing_settings
-
-# an entry's fp32 model, its kept int8 copy, the teacher's int8 copy kept only as a reference
-VARIANTS = {"manifest": "fp32", "manifest_int8": "int8", "manifest_int8_reference": "int8 (reference)"}
 
 
 def exported_models(run: Run) -> dict[tuple[str, str], Path]:
@@ -47,7 +44,7 @@ def exported_models(run: Run) -> dict[tuple[str, str], Path]:
     return {
         (entry["name"], variant): run.dir / "onnx" / entry[key]
         for entry in summary["models"]
-        for key, variant in VARIANTS.items()
+        for key, variant in MANIFEST_KEYS.items()
         if entry.get(key)
     }
 

@@ -42,6 +42,9 @@ from distill.storage import write_json_atomic
 from distill.tasks import Label, TaskFamily
 
 SUMMARY_FILE = "summary.json"
+# the summary keys of an entry's manifests, with what each is: its fp32 model, its kept int8 copy,
+# and the teacher's int8 copy kept only as the students' reference
+MANIFEST_KEYS = {"manifest": "fp32", "manifest_int8": "int8", "manifest_int8_reference": "int8 (reference)"}
 # the fp32-vs-int8 timing on dev texts at batch size 1 that decides whether int8 is kept
 INT8_TIMING = {"warmup": 3, "repeats": 30, "rounds": 3}
 

@@ -45,13 +45,11 @@ from distill.seeds import (
 )
 from distill.models.ensemble import ENSEMBLE_FILE
 from distill.stages.common import model_logits, student_seed
-from distill.stages.export import SUMMARY_FILE, example_predictor, onnx_logits
+from distill.stages.export import MANIFEST_KEYS, SUMMARY_FILE, example_predictor, onnx_logits
 from distill.stages.run_models import TWIN_DIR, RunModel, model_inputs, run_models, torch_predictions
 from distill.tasks import Label, TaskFamily
 from distill.validate import check_task_family
 
-# an entry's fp32 model, its kept int8 copy, and the teacher's int8 copy kept only as a reference
-_MANIFEST_KEYS = ("manifest", "manifest_int8", "manifest_int8_reference")
 SEEDS_DIR = "seeds"  # repeats of the students under `[report] seeds`, inside the run directory
 
 
@@ -162,7 +160,7 @@ def build_report(run: Run) -> dict[str, Any]:
 
     family = data.family
     check_task_family(run.recipe, data)  # `distill report` on a run made without `distill validate`
-    manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in _MANIFEST_KEYS if entry.get(key)]
+    manifests = [onnx_dir / entry[key] for entry in summary["models"] for key in MANIFEST_KEYS if entry.get(key)]
     run.logger.info(f"[report] scoring {len(manifests)} models, then timing them in turns")
     measured = measure(manifests, test, family, timing)
 
