@@ -32,15 +32,12 @@ from distill.export.runtime import read_manifest
 from distill.pipeline import Run
 from distill.report.schema import METRIC_TITLES
 from distill.stages.export import MANIFEST_KEYS, SUMMARY_FILE
-from distill.stages.report import measure, timing_settings
+from distill.stages.report import measure, read_summary, timing_settings
 
 
 def exported_models(run: Run) -> dict[tuple[str, str], Path]:
     """(model name, variant) -> manifest path of every model the run's export wrote."""
-    summary_path = run.dir / "onnx" / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise UserError(f"{SUMMARY_FILE} is missing", str(summary_path.parent), "run `distill export RUN_DIR` first")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary = read_summary(run.dir / "onnx" / SUMMARY_FILE)
     return {
         (entry["name"], variant): run.dir / "onnx" / entry[key]
         for entry in summary["models"]

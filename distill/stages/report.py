@@ -153,7 +153,7 @@ def paired_test(
 def build_report(run: Run) -> dict[str, Any]:
     """Measure every exported model of the run and assemble report.json."""
     onnx_dir = run.require("onnx", "export")
-    summary = _read_summary(onnx_dir / SUMMARY_FILE)
+    summary = read_summary(onnx_dir / SUMMARY_FILE)
     data = run.data()
     test = data.test
     timing = timing_settings(run)
@@ -330,7 +330,8 @@ def pruning_note(run: Run) -> str:
     return ""
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
+def read_summary(path: Path) -> dict[str, Any]:
+    """An export's onnx/summary.json, or a clear error when the run was not exported."""
     if not path.is_file():
         raise UserError(f"{SUMMARY_FILE} is missing", str(path.parent), "run `distill export RUN_DIR` first")
     return json.loads(path.read_text(encoding="utf-8"))
