@@ -429,6 +429,7 @@ class ReportSection(Section):
     enabled: bool = True
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(default=5, ge=0)
+    # timed calls per model at the largest batch size; smaller sizes read as many texts (bench.timed_calls)
     repeats: int = Field(default=50, ge=1)
     # the repeats are split into rounds in which every model takes its turn (distill.report.bench);
     # at most one round per repeat

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from distill.report.bench import hardware_info, measure_latencies
+from distill.report.bench import hardware_info, measure_latencies, timed_calls
 
 
 class SleepingPredictor:
@@ -74,13 +74,19 @@ def test_a_slow_spell_shows_in_the_spread_and_hits_every_model():
         assert result[name]["bs1_p50"] < 6.0  # 4 of 12 calls slow: the median stays at the quiet speed
 
 
-def test_calls_are_warmup_plus_repeats_per_batch_size_on_the_given_texts_cycled():
+def test_calls_are_warmup_plus_as_many_texts_per_batch_size_as_the_largest_reads_cycled():
     predictor = SleepingPredictor(0.0)
     measure_latencies({"m": predictor}, ["a", "b", "c"], batch_sizes=(1, 2), warmup=3, repeats=4, rounds=2)
-    assert len(predictor.batches) == 2 * (3 + 4)
-    single, pairs = predictor.batches[:7], predictor.batches[7:]
-    assert single == [["a"], ["b"], ["c"], ["a"], ["b"], ["c"], ["a"]]
+    # batch size 2 makes the 4 repeats (8 texts); batch size 1 makes 8 calls to read as many
+    assert len(predictor.batches) == (3 + 8) + (3 + 4)
+    single, pairs = predictor.batches[:11], predictor.batches[11:]
+    assert single == [["a"], ["b"], ["c"]] * 3 + [["a"], ["b"]]
     assert pairs == [["a", "b"], ["c", "a"], ["b", "c"], ["a", "b"], ["c", "a"], ["b", "c"], ["a", "b"]]
+
+
+@pytest.mark.parametrize("size, sizes, repeats, calls", [(1, (1, 32), 50, 1600), (32, (1, 32), 50, 50), (8, (1, 8, 32), 20, 80), (1, (1,), 7, 7)])
+def test_timed_calls_read_the_same_number_of_texts_at_every_batch_size(size, sizes, repeats, calls):
+    assert timed_calls(size, sizes, repeats) == calls
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,10 @@ def measure_latencies(
 ) -> dict[str, dict[str, float]]:
     """Time every model's `predict` per batch size, interleaved; return each model's latencies.
 
-    A model's `repeats` timed calls are split into `rounds` rounds. In each round every model
+    A model makes `repeats` timed calls at the largest batch size and, at each smaller one, as
+    many calls as read the same number of texts (`timed_calls`): at batch size 1 a handful of
+    texts would make the median a property of those texts' lengths. The calls of each batch
+    size are split into `rounds` rounds. In each round every model
     makes its share of calls on the same batches, the first model of the round rotating, so a
     slow spell of the machine falls on all models alike instead of on whichever was being
     timed. Batches are cut from `texts` in order, wrapping around; warm-up calls (caches, lazy
@@ -80,10 +83,11 @@ def measure_latencies(
         raise ValueError(f"need warmup >= 0 and 1 <= rounds <= repeats, got warmup={warmup}, repeats={repeats}, rounds={rounds}")
     names = list(predicts)
     result: dict[str, dict[str, float]] = {name: {} for name in names}
-    # round r times calls bounds[r] .. bounds[r + 1] - 1 of the repeats, for every model
-    bounds = [round(repeats * r / rounds) for r in range(rounds + 1)]
     for size in batch_sizes:
-        batches = _cycled_batches(texts, size, warmup + repeats)
+        calls = timed_calls(size, batch_sizes, repeats)
+        # round r times calls bounds[r] .. bounds[r + 1] - 1, for every model
+        bounds = [round(calls * r / rounds) for r in range(rounds + 1)]
+        batches = _cycled_batches(texts, size, warmup + calls)
         for name in names:
             for batch in batches[:warmup]:
                 predicts[name](batch)
@@ -104,6 +108,13 @@ def measure_latencies(
             if size == max(batch_sizes):
                 result[name]["throughput_per_s"] = float(size * repeats * 1000.0 / every.sum())
     return result
+
+
+def timed_calls(size: int, batch_sizes: Sequence[int], repeats: int) -> int:
+    """Timed calls per model at batch size `size`: `repeats` at the largest of `batch_sizes`, and
+    as many at a smaller size as read the same number of texts (1,600 one-text calls beside 50
+    calls of 32)."""
+    return repeats * max(batch_sizes) // size
 
 
 def _cycled_batches(texts: Sequence[str], size: int, count: int) -> list[list[str]]:

@@ -29,7 +29,7 @@ from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.progress import Progress
 from distill.recipe import BUILTIN_PREFIX
 from distill.report.baseline import baseline_for_run
-from distill.report.bench import hardware_info, measure_latencies
+from distill.report.bench import hardware_info, measure_latencies, timed_calls
 from distill.report.recommend import recommend
 from distill.report.render import render_terminal, write_report
 from distill.report.schema import METRIC_TITLES
@@ -92,7 +92,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
         latencies = measure_latencies(
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
-    splits = latency_splits(predictors, examples, timing.repeats, timing.rounds)
+    splits = latency_splits(predictors, examples, timed_calls(1, timing.batch_sizes, timing.repeats), timing.rounds)
     measured = {}
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
