@@ -65,7 +65,7 @@ def compare_graphs(run_a: Run, run_b: Run, repeats: int | None = None, rounds: i
     timing = replace(timing, batch_sizes=[1], repeats=repeats, rounds=min(rounds or timing.rounds, repeats))
     measured = measure(paths, test_a, family, timing)
     rows = []
-    for key in sorted(set(models["A"]) & set(models["B"]), key=lambda key: list(models["A"]).index(key)):
+    for key in [key for key in models["A"] if key in models["B"]]:  # in A's export order
         row: dict[str, Any] = {"model": key[0], "variant": key[1]}
         for side in ("A", "B"):
             path = models[side][key]
