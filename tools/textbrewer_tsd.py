@@ -58,7 +58,6 @@ from distill.train.loop import autocast_dtype, seed_everything
 from distill.train.optim import build_optimizer, build_scheduler
 
 UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("task_specific")]  # the stages whose outputs TSD may read
-ARMS = ("distill", "textbrewer live", "textbrewer cached")
 FAST_ARM = "distill bf16+grouped"
 
 
@@ -66,25 +65,28 @@ def equal_work_recipe(base: Recipe, epochs: int) -> Recipe:
     """The base recipe with a TSD of exactly `epochs` epochs on random batches in fp32: no early
     stop, twin, adversarial step or weight average, the soft and gold terms only (what TextBrewer's
     BasicDistiller computes)."""
-    data = base.model_dump(mode="json", exclude_none=True)
-    section = data["stages"]["task_specific"]
-    section.update(
+    changes = dict(
         epochs=epochs, baseline_twin=False, precision="fp32", group_by_length=False, relation_weight=0.0,
         adversarial="none", label_smoothing=0.0,
     )
-    for key in ("early_stop_patience", "max_steps", "eval_every", "mixup_alpha", "rdrop_alpha", "ema", "swa_start"):
-        section.pop(key, None)
-    recipe = parse_recipe(data)
-    recipe.source = base.source
-    return recipe
+    unset = ("early_stop_patience", "max_steps", "eval_every", "mixup_alpha", "rdrop_alpha", "ema", "swa_start")
+    return with_task_specific(base, changes, unset)
 
 
 def fast_recipe(equal: Recipe) -> Recipe:
     """The equal-work recipe with distill's speed switches on: bf16 autocast and length-grouped batches."""
-    data = equal.model_dump(mode="json", exclude_none=True)
-    data["stages"]["task_specific"].update(precision="bf16", group_by_length=True)
+    return with_task_specific(equal, {"precision": "bf16", "group_by_length": True})
+
+
+def with_task_specific(base: Recipe, changes: dict[str, Any], unset: tuple[str, ...] = ()) -> Recipe:
+    """A validated copy of `base` whose `[stages.task_specific]` takes `changes` and drops `unset`."""
+    data = base.model_dump(mode="json", exclude_none=True)
+    section = data["stages"]["task_specific"]
+    section.update(changes)
+    for key in unset:
+        section.pop(key, None)
     recipe = parse_recipe(data)
-    recipe.source = equal.source
+    recipe.source = base.source
     return recipe
 
 
@@ -193,9 +195,10 @@ def flat_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def compare(run: Run, recipe: Recipe, repeats: int, fast: bool = False) -> dict[str, Any]:
     """Every arm `repeats` times, alternating, and each baseline's median over each distill arm's."""
+    fast_arm = fast_recipe(recipe) if fast else None
     arms = {
         "distill": lambda: distill_arm(run, recipe),
-        **({FAST_ARM: lambda: distill_arm(run, fast_recipe(recipe))} if fast else {}),
+        **({FAST_ARM: lambda: distill_arm(run, fast_arm)} if fast_arm is not None else {}),
         "textbrewer live": lambda: textbrewer_arm(run, recipe, caching=False),
         "textbrewer cached": lambda: textbrewer_arm(run, recipe, caching=True),
     }
@@ -207,22 +210,18 @@ def compare(run: Run, recipe: Recipe, repeats: int, fast: bool = False) -> dict[
     ours = [arm for arm in arms if arm.startswith("distill")]
     baselines = [arm for arm in arms if arm.startswith("textbrewer")]
     stage = {arm: statistics.median(row["stage_seconds"] for row in measured[arm]) for arm in ours}
-    return {
+    result = {
         "repeats": measured,
         "median_seconds": medians,
         "distill_stage_median_seconds": stage["distill"],
         "distill_share_of": {arm: medians["distill"] / medians[arm] for arm in baselines},
         "distill_stage_share_of": {arm: stage["distill"] / medians[arm] for arm in baselines},
-        **(
-            {
-                "fast_share_of": {arm: medians[FAST_ARM] / medians[arm] for arm in baselines},
-                "fast_stage_share_of": {arm: stage[FAST_ARM] / medians[arm] for arm in baselines},
-                "fast_precision": "bf16" if autocast_dtype(run.device, "bf16") is not None else "fp32 (no bf16 on this CPU)",
-            }
-            if fast
-            else {}
-        ),
     }
+    if fast:
+        result["fast_share_of"] = {arm: medians[FAST_ARM] / medians[arm] for arm in baselines}
+        result["fast_stage_share_of"] = {arm: stage[FAST_ARM] / medians[arm] for arm in baselines}
+        result["fast_precision"] = "bf16" if autocast_dtype(run.device, "bf16") is not None else "fp32 (no bf16 on this CPU)"
+    return result
 
 
 @click.command()
