@@ -12,12 +12,13 @@ from tiny_models import tiny_teacher_dir
 from distill.errors import UserError
 from distill.pipeline import Run
 from distill.recipe import load_recipe
-from distill.report.stats import mcnemar_exact
+from distill.report.stats import HIERARCHICAL_BOOTSTRAP, mcnemar_exact
 from distill.stages.run_models import torch_predictions
 
 
-def tiny_run(tmp_path, name: str, seed: int = 42, soft_weight: float = 1.0) -> Run:
-    """A tiny teacher and a one-layer TSD student (soft and hard labels, or gold only)."""
+def tiny_run(tmp_path, name: str, seed: int = 42, soft_weight: float = 1.0, student_seed: int | None = None) -> Run:
+    """A tiny teacher and a one-layer TSD student (soft and hard labels, or gold only); `student_seed`
+    gives the student other initial weights and order on the same split."""
     data = tmp_path / "data.csv"
     if not data.is_file():
         write_rows(data, tiny_rows())
@@ -26,7 +27,7 @@ def tiny_run(tmp_path, name: str, seed: int = 42, soft_weight: float = 1.0) -> R
         "run": {"name": name, "out_dir": str(tmp_path / "runs"), "threads": 1, "seed": seed},
         "task": {"dataset": str(data), "max_length": 16},
         "teacher": {"model": str(tiny_teacher_dir(tmp_path / "teacher"))},
-        "student": {"layers": 1},
+        "student": {"layers": 1, **({} if student_seed is None else {"seed": student_seed})},
         "stages": {"finetune": steps, "task_specific": {**steps, "soft_weight": soft_weight}},
         "export": {"enabled": False},
         "report": {"enabled": False},
@@ -80,8 +81,31 @@ def test_runs_of_other_splits_or_models_are_refused(two_runs):
     other = tiny_run(data_home, "other-split", seed=7)
     with pytest.raises(UserError, match="different test splits"):
         tool.compare(a.dir, other.dir)
-    with pytest.raises(UserError, match="not trained in both runs: bow"):
+    with pytest.raises(UserError, match="not trained in every compared run: bow"):
         tool.compare(a.dir, a.dir, ["bow"])
+
+
+def test_further_pairs_are_compared_seed_by_seed_and_pooled(two_runs):
+    a, b, data_home = two_runs
+    tool = load_tool("compare_runs")
+    a7, b7 = (tiny_run(data_home, f"{name}-7", soft_weight=weight, student_seed=7) for name, weight in (("soft", 1.0), ("gold", 0.0)))
+    result = tool.compare(a.dir, b.dir, ["student"], [(a7.dir, b7.dir)])
+    row = result["models"][0]
+    accuracy = {run.dir.name: json.loads((run.dir / "student" / "metrics.json").read_text())["test_accuracy"] for run in (a, b, a7, b7)}
+    assert row["a_over_seeds"]["seeds"] == [42, 7] and row["b_over_seeds"]["seeds"] == [42, 7]
+    assert row["a_over_seeds"]["accuracy_mean"] == pytest.approx((accuracy["soft"] + accuracy["soft-7"]) / 2, abs=1e-9)
+    per_seed = [test["diff"] for test in row["b_minus_a_over_seeds"]["per_seed"]]
+    assert per_seed == pytest.approx([accuracy["gold"] - accuracy["soft"], accuracy["gold-7"] - accuracy["soft-7"]], abs=1e-9)
+    pooled = row["b_minus_a_over_seeds"]["pooled"]
+    assert pooled["diff"] == pytest.approx(sum(per_seed) / 2, abs=1e-9) and pooled["interval"] == HIERARCHICAL_BOOTSTRAP
+    assert row["b_minus_a"]["diff"] == pytest.approx(per_seed[0], abs=1e-9)  # the first pair alone, as without pairs
+    assert [pair["b"]["run_dir"] for pair in result["pairs"]] == [str(b7.dir)]
+    table = tool.markdown(result, "soft", "gold")
+    assert "Over 2 pairs of runs (student seeds 42, 7)" in table
+    assert f"{100 * per_seed[0]:+.2f}, {100 * per_seed[1]:+.2f}" in table
+    other = tiny_run(data_home, "other-split", seed=7)
+    with pytest.raises(UserError, match="different test splits"):
+        tool.compare(a.dir, b.dir, ["student"], [(a7.dir, other.dir)])
 
 
 def test_the_table_names_both_runs_and_every_model(two_runs):

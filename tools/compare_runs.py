@@ -7,8 +7,12 @@ another teacher recipe, other stage settings) train models of the same names: th
 transformer student and its gold-only twin, the word-level students. For every name both runs
 have, this scores each model's torch decisions on the test split and tests the difference in the
 task's primary metric, B minus A: a paired bootstrap interval over test texts and, where the task
-family has one, the exact McNemar p-value. A single seed per run: a difference inside a point needs
-repeats (tools/ablate.py) before it is called a gain. Refuses runs whose test splits differ.
+family has one, the exact McNemar p-value. Refuses runs whose test splits differ.
+
+One seed per run cannot tell a difference inside a point from noise. `--pair RUN_A2 RUN_B2`
+(repeatable) adds the same two settings at another student seed (e.g. the variant runs of
+tools/ablate.py on each base run): every model is then also compared pair by pair and pooled over
+the pairs, with a bootstrap interval over seeds and test texts, as the ablations do.
 
 What each run's training cost is compared too, stage by stage (fine-tuning and the transformer
 distillation stages both runs finished): the training loop's seconds per epoch, steps per second,
@@ -37,7 +41,8 @@ from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.report.schema import METRIC_TITLES
 from distill.report.sections import update_section
 from distill.report.stats import significant
-from distill.seeds import TWIN_NAME, seed_run, trained_students
+from distill.seeds import TWIN_NAME, SeedRun, seed_run, summary, trained_students, versus
+from distill.stages.common import student_seed
 from distill.stages.run_models import TWIN_DIR, RunModel, torch_predictions
 
 
@@ -120,39 +125,65 @@ def compare_costs(a: Run, b: Run, primary: str) -> list[dict[str, Any]]:
     return rows
 
 
-def compare(run_a: Path, run_b: Path, names: list[str] | None = None) -> dict[str, Any]:
-    """Scores of every model both runs have (or of `names`) and the paired difference B − A."""
-    a, b = Run.from_dir(run_a), Run.from_dir(run_b)
-    data_a, data_b = a.data(), b.data()
+def compare(run_a: Path, run_b: Path, names: list[str] | None = None, pairs: list[tuple[Path, Path]] | None = None) -> dict[str, Any]:
+    """Scores of every model both runs have (or of `names`) and the paired difference B − A; with
+    further `pairs` (A and B at other seeds) each model's difference per pair and pooled over all."""
+    runs = [(Run.from_dir(a), Run.from_dir(b)) for a, b in [(run_a, run_b), *(pairs or [])]]
+    a, b = runs[0]
+    data_a = a.data()
     test = data_a.test
-    if [(e.text, e.text_pair, e.label) for e in test] != [(e.text, e.text_pair, e.label) for e in data_b.test]:
-        raise UserError(f"{run_a} and {run_b} have different test splits", "compare", "compare runs of one split ([run] seed, [task])")
+    split = [(e.text, e.text_pair, e.label) for e in test]
+    for run in (run for pair in runs for run in pair):
+        if [(e.text, e.text_pair, e.label) for e in run.data().test] != split:
+            raise UserError(f"{run_a} and {run.dir} have different test splits", "compare", "compare runs of one split ([run] seed, [task])")
     family = data_a.family
-    models_a, models_b = compared_models(a), compared_models(b)
-    shared = [name for name in models_a if name in models_b]
+    models = [(compared_models(pair_a), compared_models(pair_b)) for pair_a, pair_b in runs]
+    shared = [name for name in models[0][0] if all(name in side for pair in models for side in pair)]
     names = names or shared
     missing = sorted(set(names) - set(shared))
     if missing:
-        raise UserError(f"not trained in both runs: {', '.join(missing)}", "--models", f"choose from {', '.join(shared)}")
-    teacher_a = torch_predictions(a, models_a["teacher"], test)
+        raise UserError(f"not trained in every compared run: {', '.join(missing)}", "--models", f"choose from {', '.join(shared)}")
+    teacher_a = torch_predictions(a, models[0][0]["teacher"], test)
     gold = [example.label for example in test]
     rows = []
     for name in names:
-        scored_a = seed_run(a, models_a[name], a.recipe.run.seed, teacher_a)
-        scored_b = seed_run(b, models_b[name], b.recipe.run.seed, teacher_a)
-        paired = family.paired(gold, scored_b.predictions, scored_a.predictions, a.recipe.run.seed)
-        rows.append({"model": name, "a": scored_a.figures, "b": scored_b.figures, "b_minus_a": paired})
+        scored = [
+            (seed_run(pair_a, sides[0][name], student_seed(pair_a.recipe), teacher_a),
+             seed_run(pair_b, sides[1][name], student_seed(pair_b.recipe), teacher_a))
+            for (pair_a, pair_b), sides in zip(runs, models)
+        ]
+        first_a, first_b = scored[0]
+        paired = family.paired(gold, first_b.predictions, first_a.predictions, a.recipe.run.seed)
+        row = {"model": name, "a": first_a.figures, "b": first_b.figures, "b_minus_a": paired}
+        if len(runs) > 1:
+            row.update(pooled_over_pairs(scored, test, a.recipe.run.seed, family))
+        rows.append(row)
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": list(family.metrics),
         "test_size": len(test),
         "models": rows,
         "stages": compare_costs(a, b, family.primary),
-        "runs": {
-            label: provenance.shareable({"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]})
-            for label, run in (("a", a), ("b", b))
-        },
+        "runs": {label: _run_record(run) for label, run in (("a", a), ("b", b))},
+        "pairs": [{"a": _run_record(pair_a), "b": _run_record(pair_b)} for pair_a, pair_b in runs[1:]],
     }
+
+
+def pooled_over_pairs(scored: list[tuple[SeedRun, SeedRun]], test: list, seed: int, family: Any) -> dict[str, Any]:
+    """One model over every pair: A's and B's mean and spread over seeds, and B − A per pair and
+    pooled (`distill.seeds.versus`, the ablations' test)."""
+    runs_a, runs_b = [pair[0] for pair in scored], [pair[1] for pair in scored]
+    keys = (*family.metrics, "agreement")
+    return {
+        "a_over_seeds": summary(runs_a, keys),
+        "b_over_seeds": summary(runs_b, keys),
+        "b_minus_a_over_seeds": versus(runs_b, runs_a, test, seed, family),
+    }
+
+
+def _run_record(run: Run) -> dict[str, Any]:
+    """Where a run is, the commits of its stages and its resolved recipe."""
+    return provenance.shareable({"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]})
 
 
 def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
@@ -176,10 +207,36 @@ def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
         lines.append(f"| {' | '.join([row['model'], *cells, agreement, interval, exact])} |")
     if any(row["model"] == TWIN_NAME for row in result["models"]):
         lines += ["", f"`{TWIN_NAME}`: the transformer student trained on gold labels only, with each run's student initialisation."]
-    lines += ["", "One seed per run: the interval is over test texts (paired bootstrap, 1,000 resamples), not over seeds."]
+    lines += ["", "This table: one seed per run, the interval over test texts (paired bootstrap, 1,000 resamples), not over seeds."]
+    if result["pairs"]:
+        lines += ["", *seeds_table(result)]
     if result["stages"]:
         lines += ["", *cost_table(result["stages"])]
     return "\n".join(lines) + "\n"
+
+
+def seeds_table(result: dict[str, Any]) -> list[str]:
+    """Each model over every pair of runs: A's and B's mean ± std over seeds, B − A per seed and
+    pooled with its interval."""
+    primary = result["metrics"][0]
+    title = METRIC_TITLES[primary]
+    pooled_rows = [row for row in result["models"] if "b_minus_a_over_seeds" in row]
+    seeds = ", ".join(str(seed) for seed in pooled_rows[0]["a_over_seeds"]["seeds"])
+    lines = [
+        f"Over {len(result['pairs']) + 1} pairs of runs (student seeds {seeds}):",
+        "",
+        f"| model | {title} A (mean ± std) | {title} B (mean ± std) | B − A per seed (points) | B − A pooled (points, 95% CI) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in pooled_rows:
+        test = row["b_minus_a_over_seeds"]
+        pooled = test["pooled"]
+        mark = "significant" if pooled["significant"] else "not significant"
+        sides = [f"{row[side][f'{primary}_mean']:.4f} ± {row[side][f'{primary}_std']:.4f}" for side in ("a_over_seeds", "b_over_seeds")]
+        per_seed = ", ".join(f"{100 * seed['diff']:+.2f}" for seed in test["per_seed"])
+        interval = f"{100 * pooled['diff']:+.2f} [{100 * pooled['low']:+.2f}, {100 * pooled['high']:+.2f}], {mark}"
+        lines.append(f"| {row['model']} | {sides[0]} | {sides[1]} | {per_seed} | {interval} |")
+    return [*lines, "", f"Pooled interval: {pooled_rows[0]['b_minus_a_over_seeds']['pooled']['interval']} (1,000 resamples)."]
 
 
 def cost_table(stages: list[dict[str, Any]]) -> list[str]:
@@ -211,16 +268,18 @@ def cost_table(stages: list[dict[str, Any]]) -> list[str]:
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--models", default=None, help="Comma-separated model names (default: every model both runs trained).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The JSON file to write (the .md goes beside it).")
+@click.option("--pair", "pairs", type=(click.Path(exists=True, file_okay=False, path_type=Path),) * 2, multiple=True,
+              metavar="RUN_A RUN_B", help="The same two settings at another student seed (repeatable): also pooled over seeds.")
 @click.option("--title-a", default=None, help="What run A is, for the table (default: its directory).")
 @click.option("--title-b", default=None, help="What run B is, for the table (default: its directory).")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A Markdown file whose marked section (see --section) gets the table.")
 @click.option("--section", default="comparison", show_default=True, help="The section's marker name.")
-def main(run_a: Path, run_b: Path, models: str | None, out: Path, title_a: str | None, title_b: str | None,
-         readme: Path | None, section: str) -> None:
+def main(run_a: Path, run_b: Path, models: str | None, out: Path, pairs: tuple[tuple[Path, Path], ...],
+         title_a: str | None, title_b: str | None, readme: Path | None, section: str) -> None:
     """Compare RUN_A and RUN_B (B − A) on their shared test split."""
     try:
-        result = compare(run_a, run_b, models.split(",") if models else None)
+        result = compare(run_a, run_b, models.split(",") if models else None, list(pairs))
     except UserError as error:
         click.echo(f"error: {error.line()}", err=True)
         sys.exit(2)
