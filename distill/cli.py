@@ -175,7 +175,7 @@ def _model_manifest(model: Path) -> Path:
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
 @click.option("--pair", "pairs", multiple=True, help="The second text of a text-pair task, one per --text (repeatable).")
 @click.option("--file", "text_file", type=click.Path(dir_okay=False, path_type=Path), help="A UTF-8 file, one text per line.")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the count the export measured fastest for the model).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 def predict(
     model_dir: Path, texts: tuple[str, ...], pairs: tuple[str, ...], text_file: Path | None, threads: int | None, batch_size: int
@@ -209,7 +209,7 @@ def predict(
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the count the export measured fastest for the model).")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Most texts in one request.")
 @click.option("--max-text-chars", type=int, default=2000, show_default=True, help="Longest text accepted.")
 def serve(model_dir: Path, host: str, port: int, threads: int | None, max_batch: int, max_text_chars: int) -> None:

@@ -32,7 +32,7 @@ from distill.models.shallow import ShallowConfig, build_shallow, save_shallow
 from distill.models.teacher import label_maps
 from distill.pipeline import Run
 from distill.recipe import load_recipe
-from distill.stages.export import export_models, export_run, int8_verdict, onnx_predictions, primary_score
+from distill.stages.export import export_models, export_run, int8_verdict, onnx_predictions, primary_score, thread_counts
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {
@@ -307,11 +307,11 @@ def test_int8_is_kept_only_where_it_pays_and_the_report_says_why(exported, tmp_p
         # the bow's int8 copy is slower; the transformers' are faster (the decision reads dev texts only)
         timed.append((sorted(calls), [e.text for e in texts]))
         int8_ms = 3.0 if len(timed) == 3 else 1.0
-        return {"fp32": {"bs1_p50": 2.0}, "int8": {"bs1_p50": int8_ms}}
+        return {name: {"bs1_p50": int8_ms if name.startswith("int8") else 2.0} for name in calls}
 
     monkeypatch.setattr(bench, "measure_latencies", fake_latencies)
     summary = export_run(Run.from_dir(run_dir))
-    assert [names for names, _ in timed] == [["fp32", "int8"]] * 3
+    assert [names for names, _ in timed] == [["fp32@1", "int8@1"]] * 3  # the run's one thread
     assert all(texts == [e.text for e in run.data().dev] for _, texts in timed)
     decisions = {entry["name"]: entry["int8_decision"] for entry in summary["models"]}
     assert decisions["teacher"]["kept"] and decisions["student"]["kept"] and not decisions["bow"]["kept"]
@@ -321,6 +321,40 @@ def test_int8_is_kept_only_where_it_pays_and_the_report_says_why(exported, tmp_p
     assert not (run_dir / "onnx" / "bow.int8.onnx").exists() and not (run_dir / "onnx" / "bow.int8.json").exists()
     assert (run_dir / "onnx" / "student.int8.onnx").is_file()
     assert int8_note(summary) == f"int8 not kept for bow ({decisions['bow']['reason']})"
+
+
+@pytest.mark.parametrize("limit, counts", [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8])])
+def test_thread_counts_double_up_to_the_limit(limit, counts):
+    assert thread_counts(limit) == counts
+
+
+def test_each_model_serves_with_the_thread_count_it_ran_fastest_with(exported, tmp_path, monkeypatch):
+    import distill.report.bench as bench
+
+    run, _ = exported
+    run_dir = unexported_copy(run, tmp_path)
+    recipe = run_dir / "recipe.toml"
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("threads = 1", "threads = 2"), encoding="utf-8")
+    # fp32 gains from a second thread, int8 loses: each is judged and served at its best count
+    p50 = {"fp32@1": 4.0, "fp32@2": 2.5, "int8@1": 1.5, "int8@2": 1.75}
+    timed = []
+
+    def fake_latencies(calls, texts, batch_sizes, warmup, repeats, rounds):
+        timed.append(sorted(calls))
+        return {name: {"bs1_p50": p50[name]} for name in calls}
+
+    monkeypatch.setattr(bench, "measure_latencies", fake_latencies)
+    summary = export_run(Run.from_dir(run_dir))
+    assert timed == [["fp32@1", "fp32@2", "int8@1", "int8@2"]] * 3  # one harness per model, every count
+    for entry in summary["models"]:
+        assert (entry["threads"], entry["threads_int8"]) == (2, 1)
+        assert entry["int8_decision"]["reason"].startswith("faster at equal accuracy (int8 1.5 ms vs fp32 2.5 ms")
+        fp32, int8 = (json.loads((run_dir / "onnx" / entry[key]).read_text(encoding="utf-8")) for key in ("manifest", "manifest_int8"))
+        assert (fp32["threads"], fp32["threads_bs1_p50_ms"]) == (2, {"1": 4.0, "2": 2.5})
+        assert (int8["threads"], int8["threads_bs1_p50_ms"]) == (1, {"1": 1.5, "2": 1.75})
+    monkeypatch.undo()
+    assert OnnxPredictor(run_dir / "onnx" / "student.int8.json").threads == 1  # the manifest's count by default
+    assert OnnxPredictor(run_dir / "onnx" / "student.int8.json", threads=2).threads == 2
 
 
 def test_a_dropped_teacher_int8_stays_as_the_reference_the_report_times_and_never_recommends(exported, tmp_path, monkeypatch):
@@ -337,7 +371,7 @@ def test_a_dropped_teacher_int8_stays_as_the_reference_the_report_times_and_neve
     def fake_latencies(calls, texts, batch_sizes, warmup, repeats, rounds):
         # only the teacher's int8 copy (timed first) is slower
         timed.append(sorted(calls))
-        return {"fp32": {"bs1_p50": 2.0}, "int8": {"bs1_p50": 3.0 if len(timed) == 1 else 1.0}}
+        return {name: {"bs1_p50": (3.0 if len(timed) == 1 else 1.0) if name.startswith("int8") else 2.0} for name in calls}
 
     monkeypatch.setattr(bench, "measure_latencies", fake_latencies)
     summary = export_run(Run.from_dir(run_dir))

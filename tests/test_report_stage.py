@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import shutil
 import subprocess
 import sys
@@ -333,3 +334,34 @@ def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(repo
     test_file.write_text(test_file.read_text(encoding="utf-8").replace('"text": "', '"text": "x', 1), encoding="utf-8")
     with pytest.raises(UserError, match="test splits differ"):
         tool.compare_graphs(Run.from_dir(dirs["A"]), Run.from_dir(dirs["B"]))
+
+
+def test_each_model_is_also_timed_at_the_thread_count_it_serves_with(reported, tmp_path, monkeypatch):
+    import distill.stages.report as report_stage
+
+    _, run, report = reported
+    for entry in (report["teacher"], *report["students"]):  # exported with one thread, reported with one
+        served, latency = entry["served_bs1_ms"], entry["latency_ms"]
+        assert served == {"threads": 1, **{key: latency[key] for key in report_stage.SERVED_KEYS}}
+    for entry in [report["teacher"]["int8"], *report["students"], *(student["int8"] for student in report["students"])]:
+        served = report["teacher"]["served_bs1_ms"]["bs1_p50"] / entry["served_bs1_ms"]["bs1_p50"]
+        assert entry["served_speedup"] == pytest.approx(served) == pytest.approx(entry["speedup"])
+    # a manifest that serves with two threads makes one more interleaved batch-size-1 pass for all
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(run.dir / "onnx", onnx_dir)
+    manifests = [onnx_dir / "teacher.json", onnx_dir / "student.int8.json"]
+    manifest = json.loads(manifests[0].read_text(encoding="utf-8"))
+    manifests[0].write_text(json.dumps({**manifest, "threads": 2}), encoding="utf-8")
+    calls = []
+
+    def fake_latencies(predicts, texts, batch_sizes, warmup, repeats, rounds):
+        calls.append((sorted(predicts), batch_sizes, repeats))
+        return {name: {"bs1_p50": 1.0 + index, "bs1_p50_low": 0.5, "bs1_p50_high": 4.0} for index, name in enumerate(predicts)}
+
+    monkeypatch.setattr(report_stage, "measure_latencies", fake_latencies)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # a manifest's count is capped at the machine's cores
+    timing = report_stage.TimingSettings(1, [1, 32], 0, 4, 2)
+    served = report_stage.served_latencies(manifests, run.data().test, timing, {})
+    assert calls == [(sorted(map(str, manifests)), (1,), 4 * 32)]  # as many one-text calls as the bs1 column
+    assert served[manifests[0]] == {"threads": 2, "bs1_p50": 1.0, "bs1_p50_low": 0.5, "bs1_p50_high": 4.0}
+    assert served[manifests[1]]["threads"] == 1 and served[manifests[1]]["bs1_p50"] == 2.0

@@ -11,6 +11,7 @@ tagger's token i is its word i).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,7 +198,9 @@ def first_piece_logits(logits: np.ndarray, first: np.ndarray) -> np.ndarray:
 class OnnxPredictor:
     """Predicts labels for raw texts with an exported student on the CPU.
 
-    `threads` sets onnxruntime's intra-op threads (None: onnxruntime's default, all cores).
+    `threads` sets onnxruntime's intra-op threads; None takes the count the export measured
+    fastest for this model at batch size 1 (the manifest's `threads`, at most the machine's
+    cores), or onnxruntime's default (all cores) for a manifest without one.
     Texts are sorted by length and run `batch_size` at a time, so short texts are not padded
     to the longest of the whole request; results come back in input order. A per-token model
     (`token_split` set) splits each raw text into tokens and answers per token.
@@ -228,6 +231,9 @@ class OnnxPredictor:
         self.batch_size = batch_size
         directory = self.manifest_path.parent
         options = onnxruntime.SessionOptions()
+        if threads is None and "threads" in self.manifest:
+            threads = min(int(self.manifest["threads"]), os.cpu_count() or 1)
+        self.threads: int | None = threads  # None: onnxruntime's default
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(

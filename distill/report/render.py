@@ -40,6 +40,9 @@ _LEGEND = (
     "bs1 tokenise / run / post = the median of each phase of one-text predict calls (splitting and encoding the "
     "text, onnxruntime, logits to the answer), timed in rounds like the p50 but in a pass of their own; "
     "medians of parts need not sum to the p50. "
+    "bs1 p50 served = at the intra-op thread count the model serves with (the one its export measured "
+    "fastest, in brackets), the other columns all at the report's thread count; served speed-up = the "
+    "fp32 teacher's served p50 / the model's. "
     "MFLOPs/text = matrix-product FLOPs of one forward pass on a text of the mean test length; "
     "FLOP-limit speed-up = teacher FLOPs / model FLOPs, the speed-up if latency followed FLOPs. "
     "Parity = largest absolute logit difference between the ONNX export and the original model."
@@ -238,7 +241,7 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     ]
     if large:
         headers.append(f"bs{large} p50 ms")
-    headers += ["throughput/s", "speed-up", "MFLOPs/text", "FLOP-limit speed-up", "parity"]
+    headers += ["throughput/s", "speed-up", "bs1 p50 ms served (threads)", "served speed-up", "MFLOPs/text", "FLOP-limit speed-up", "parity"]
     rows = []
     for label, kind, metrics in _model_entries(report):
         latency = metrics["latency_ms"]
@@ -258,6 +261,8 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         row += [
             _optional(metrics.get("throughput_per_s"), lambda value: f"{value:,.0f}"),
             _optional(metrics.get("speedup"), lambda value: f"{value:.1f}×"),
+            _optional(metrics.get("served_bs1_ms"), lambda served: f"{_ms(served['bs1_p50'])} ({served['threads']})"),
+            _optional(metrics.get("served_speedup"), lambda value: f"{value:.1f}×"),
             _optional(metrics.get("flops_per_text"), lambda value: f"{value / 1e6:,.3g}"),
             _optional(metrics.get("flop_speedup"), lambda value: f"{value:.1f}×"),
             _optional(metrics.get("onnx_parity_max_abs_diff"), lambda value: f"{value:.1e}"),

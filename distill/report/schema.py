@@ -104,6 +104,14 @@ _LATENCY_SPLIT = {
     "properties": {"tokenise": _NON_NEGATIVE, "run": _NON_NEGATIVE, "post": _NON_NEGATIVE},
 }
 
+_SERVED = {
+    "type": "object",
+    "description": "Batch-size-1 latency at the intra-op thread count the model serves with (its manifest's, measured fastest at export).",
+    "required": ["threads", "bs1_p50"],
+    "properties": {"threads": {"type": "integer", "minimum": 1}, "bs1_p50": _NON_NEGATIVE, "bs1_p50_low": _NON_NEGATIVE, "bs1_p50_high": _NON_NEGATIVE},
+}
+_SERVED_SPEEDUP = {**_NON_NEGATIVE, "description": "the fp32 teacher's served bs1 p50 / this model's, each at its own thread count"}
+
 _MEASURED_MODEL = {
     "threshold_gain": {**_NUMBER, "description": "primary metric at the manifest's dev-tuned thresholds minus at the default rule"},
     "per_type": _PER_TYPE,
@@ -111,6 +119,7 @@ _MEASURED_MODEL = {
     "size_mb": _NON_NEGATIVE,
     "latency_ms": _LATENCY,
     "latency_split_ms": _LATENCY_SPLIT,
+    "served_bs1_ms": _SERVED,
     "throughput_per_s": _NON_NEGATIVE,
 }
 
@@ -129,6 +138,7 @@ _INT8 = {
         **_MEASURED_MODEL,
         "retention": _NON_NEGATIVE,
         "speedup": _NON_NEGATIVE,
+        "served_speedup": _SERVED_SPEEDUP,
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
         "agreement": _NUMBER,
         **_COST,
@@ -156,6 +166,7 @@ _STUDENT = {
         "onnx": {"type": ["string", "null"]},
         "onnx_int8": {"type": ["string", "null"]},
         "speedup": _NON_NEGATIVE,
+        "served_speedup": _SERVED_SPEEDUP,
         "onnx_parity_max_abs_diff": {"type": ["number", "null"], "minimum": 0},
         "int8": _INT8,
         "int8_decision": _INT8_DECISION,
@@ -229,7 +240,7 @@ REPORT_SCHEMA: dict = {
         },
         "teacher": {
             "type": "object",
-            "required": [key for key in _MEASURED_MODEL if key not in ("threshold_gain", "per_type", "latency_split_ms")],
+            "required": [key for key in _MEASURED_MODEL if key not in ("threshold_gain", "per_type", "latency_split_ms", "served_bs1_ms")],
             "properties": {
                 **_MEASURED_MODEL,
                 "int8_decision": _INT8_DECISION,

@@ -9,6 +9,10 @@ that serving never picks.
 Each manifest names its task family, and a multi-label model's manifest carries the per-label
 decision thresholds tuned on dev (its int8 copy shares them); a token-classification model's
 says how raw text splits into tokens, and its parity and metrics read the examples' own tokens.
+Each manifest also names the intra-op thread count its model ran fastest with at batch size 1 on
+dev texts (`threads`, from 1, 2, 4, ... up to `[run] threads`): one text at a time, a small int8
+model often runs faster on one thread than on two, where a large fp32 one gains from both; the
+predictor serves with that count unless told otherwise.
 `onnx/summary.json` records, per model, where its files are, their sizes, the torch/ONNX parity
 (and how many batches and rows it covered) and what int8 costs in the task's primary test
 metric (`test_accuracy`, `test_micro_f1`, `test_pearson`, `test_entity_f1`, ...), so the report
@@ -18,6 +22,7 @@ and tools read one file instead of re-deriving it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -45,7 +50,8 @@ SUMMARY_FILE = "summary.json"
 # the summary keys of an entry's manifests, with what each is: its fp32 model, its kept int8 copy,
 # and the teacher's int8 copy kept only as the students' reference
 MANIFEST_KEYS = {"manifest": "fp32", "manifest_int8": "int8", "manifest_int8_reference": "int8 (reference)"}
-# the fp32-vs-int8 timing on dev texts at batch size 1 that decides whether int8 is kept
+# the timing on dev texts at batch size 1 that decides whether int8 is kept and with how many
+# intra-op threads each model serves
 INT8_TIMING = {"warmup": 3, "repeats": 30, "rounds": 3}
 
 
@@ -146,6 +152,8 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
         if quantize == "int8":
             reference = model.role == "teacher"
             entry.update(_quantize_and_score(exported.onnx_path, entry[metric], data.dev, test, run, reference))
+        else:
+            entry["threads"] = serving_threads(run, {"fp32": exported.manifest_path}, data.dev)["fp32"]
         _log_entry(run, entry, data.family.primary)
         entries.append(entry)
     summary = {
@@ -214,6 +222,34 @@ def _export(
     return count_parameters(network), exported, {"tokens_per_text": tokens, "flops_per_text": flops}
 
 
+def thread_counts(limit: int) -> list[int]:
+    """The intra-op thread counts the export times a model at: 1, 2, 4, ... below `limit`, and `limit`."""
+    counts = [1]
+    while counts[-1] * 2 < limit:
+        counts.append(counts[-1] * 2)
+    return counts if limit == 1 else [*counts, limit]
+
+
+def serving_threads(run: Run, manifests: dict[str, Path], dev: Sequence[Example]) -> dict[str, dict[str, Any]]:
+    """Time each model at batch size 1 on dev texts at every count of `thread_counts` (all models
+    and counts interleaved in one harness), write the fastest count into its manifest (`threads`,
+    with the p50 at each count) and return, per name, that count and its p50 in milliseconds."""
+    from distill.report.bench import measure_latencies
+
+    counts = thread_counts(run.recipe.run.threads or os.cpu_count() or 1)
+    calls = {f"{name}@{count}": example_predictor(OnnxPredictor(path, count)) for name, path in manifests.items() for count in counts}
+    latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
+    chosen = {}
+    for name, path in manifests.items():
+        p50 = {count: latency[f"{name}@{count}"]["bs1_p50"] for count in counts}
+        best = min(counts, key=lambda count: p50[count])  # the fewer threads on a tie
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        timings = {str(count): round(ms, 4) for count, ms in p50.items()}
+        write_json_atomic(path, {**manifest, "threads": best, "threads_bs1_p50_ms": timings})
+        chosen[name] = {"threads": best, "bs1_p50": p50[best]}
+    return chosen
+
+
 def int8_verdict(
     fp32_ms: float, int8_ms: float, fp32_dev: float, int8_dev: float, max_drop: float, metric: str = "accuracy"
 ) -> tuple[bool, str]:
@@ -238,25 +274,23 @@ def _quantize_and_score(
     test split. A `reference` copy that does not pay stays on disk for the report to time, under
     keys that serving and the recommendation do not read."""
     from distill.export.onnx import quantize_int8
-    from distill.report.bench import measure_latencies
 
     settings, threads = run.recipe.export, run.recipe.run.threads
     quantized = quantize_int8(onnx_path)
-    predictors = {
-        "fp32": OnnxPredictor(onnx_path.with_suffix(".json"), threads),
-        "int8": OnnxPredictor(quantized.manifest_path, threads),
-    }
+    manifests = {"fp32": onnx_path.with_suffix(".json"), "int8": quantized.manifest_path}
+    predictors = {name: OnnxPredictor(path, threads) for name, path in manifests.items()}
     primary = predictors["fp32"].family.primary
     dev_score = {name: primary_score(p, dev) for name, p in predictors.items()}
-    calls = {name: example_predictor(predictor) for name, predictor in predictors.items()}
-    latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
+    fastest = serving_threads(run, manifests, dev)  # each at its own best thread count
     pays, why = int8_verdict(
-        latency["fp32"]["bs1_p50"], latency["int8"]["bs1_p50"], dev_score["fp32"], dev_score["int8"], settings.int8_max_dev_drop, primary
+        fastest["fp32"]["bs1_p50"], fastest["int8"]["bs1_p50"], dev_score["fp32"], dev_score["int8"], settings.int8_max_dev_drop, primary
     )
     kept = pays or settings.int8_keep == "always"
     decision = {"kept": kept, "reason": why if settings.int8_keep == "if_faster" else f"int8_keep = always; {why}"}
+    threads_used = {"threads": fastest["fp32"]["threads"]}
     if not kept and reference:
         return {
+            **threads_used,
             "onnx_int8_reference": quantized.onnx_path.name,
             "manifest_int8_reference": quantized.manifest_path.name,
             "int8_decision": decision,
@@ -264,14 +298,16 @@ def _quantize_and_score(
     if not kept:
         quantized.onnx_path.unlink()
         quantized.manifest_path.unlink()
-        return {"int8_decision": decision}
+        return {**threads_used, "int8_decision": decision}
     int8_score = primary_score(predictors["int8"], test)
     return {
+        **threads_used,
         "onnx_int8": quantized.onnx_path.name,
         "manifest_int8": quantized.manifest_path.name,
         "size_bytes_int8": quantized.onnx_path.stat().st_size,
         f"test_{primary}_int8": int8_score,
         f"int8_{primary}_delta": int8_score - fp32_score,
+        "threads_int8": fastest["int8"]["threads"],
         "int8_decision": decision,
     }
 
@@ -295,6 +331,9 @@ def _log_entry(run: Run, entry: dict[str, Any], metric: str) -> None:
             f"; int8 {entry['size_bytes_int8'] / BYTES_PER_MB:.1f} MB,"
             f" test {metric} {entry[f'test_{metric}_int8']:.4f} ({entry[f'int8_{metric}_delta']:+.4f})"
         )
+    line += f"; serves with {entry['threads']} thread(s)"
+    if entry.get("threads_int8"):
+        line += f", int8 with {entry['threads_int8']}"
     if "int8_decision" in entry:
         decision = entry["int8_decision"]
         line += f"; int8 {'kept' if decision['kept'] else 'not kept'}: {decision['reason']}"

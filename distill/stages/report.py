@@ -93,6 +93,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
     splits = latency_splits(predictors, examples, timed_calls(1, timing.batch_sizes, timing.repeats), timing.rounds)
+    served = served_latencies(manifests, examples, timing, latencies)
     measured = {}
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
@@ -105,8 +106,30 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
             figures["threshold_gain"] = metrics[family.primary] - default[family.primary]
         figures.update(size_mb=model_file.stat().st_size / BYTES_PER_MB, latency_ms=latency, throughput_per_s=throughput)
         figures["latency_split_ms"] = splits[path]
+        figures["served_bs1_ms"] = served[path]
         measured[path] = Measured(predictions[path], figures)
     return measured
+
+
+SERVED_KEYS = ("bs1_p50", "bs1_p50_low", "bs1_p50_high")
+
+
+def served_latencies(
+    manifests: Sequence[Path], examples: Sequence[Example], timing: TimingSettings, latencies: dict[str, dict[str, float]]
+) -> dict[Path, dict[str, Any]]:
+    """Per model, its batch-size-1 latency at the thread count it serves with (its manifest's,
+    which the export measured fastest; `OnnxPredictor`'s default), beside the table's timing of
+    every model at `timing.threads`. Timed again, all models interleaved on as many texts as the
+    batch-size-1 column, only when some model serves with another count; else the column's figures."""
+    predictors = {path: OnnxPredictor(path, batch_size=1) for path in manifests}
+    counts = {path: predictor.threads or os.cpu_count() or 1 for path, predictor in predictors.items()}
+    if all(count == timing.threads for count in counts.values()):
+        timed = {str(path): latencies[str(path)] for path in manifests}
+    else:
+        calls = {str(path): example_predictor(predictor) for path, predictor in predictors.items()}
+        repeats = timed_calls(1, timing.batch_sizes, timing.repeats)
+        timed = measure_latencies(calls, examples, (1,), timing.warmup, repeats, timing.rounds)
+    return {path: {"threads": counts[path], **{key: timed[str(path)][key] for key in SERVED_KEYS}} for path in manifests}
 
 
 def latency_splits(
@@ -138,6 +161,7 @@ def compared(model: Measured, teacher: Measured, family: TaskFamily) -> dict[str
         **model.figures,
         "retention": model.figures[family.primary] / teacher.figures[family.primary],
         "speedup": teacher.figures["latency_ms"]["bs1_p50"] / model.figures["latency_ms"]["bs1_p50"],
+        "served_speedup": teacher.figures["served_bs1_ms"]["bs1_p50"] / model.figures["served_bs1_ms"]["bs1_p50"],
         "agreement": family.agreement(teacher.predictions, model.predictions),
     }
 
