@@ -51,8 +51,9 @@ SUMMARY_FILE = "summary.json"
 # and the teacher's int8 copy kept only as the students' reference
 MANIFEST_KEYS = {"manifest": "fp32", "manifest_int8": "int8", "manifest_int8_reference": "int8 (reference)"}
 # the timing on dev texts at batch size 1 that decides whether int8 is kept and with how many
-# intra-op threads each model serves
-INT8_TIMING = {"warmup": 3, "repeats": 30, "rounds": 3}
+# intra-op threads each model serves: 120 one-text calls, since the median of a few dozen texts
+# follows those texts' lengths more than the model
+SERVING_TIMING = {"warmup": 3, "repeats": 120, "rounds": 4}
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[Label]:
@@ -238,7 +239,7 @@ def serving_threads(run: Run, manifests: dict[str, Path], dev: Sequence[Example]
 
     counts = thread_counts(run.recipe.run.threads or os.cpu_count() or 1)
     calls = {f"{name}@{count}": example_predictor(OnnxPredictor(path, count)) for name, path in manifests.items() for count in counts}
-    latency = measure_latencies(calls, dev, (1,), INT8_TIMING["warmup"], INT8_TIMING["repeats"], INT8_TIMING["rounds"])
+    latency = measure_latencies(calls, dev, (1,), SERVING_TIMING["warmup"], SERVING_TIMING["repeats"], SERVING_TIMING["rounds"])
     chosen = {}
     for name, path in manifests.items():
         p50 = {count: latency[f"{name}@{count}"]["bs1_p50"] for count in counts}
