@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import tomli_w
@@ -172,3 +173,13 @@ def test_word_level_students_of_a_data_distillation_not_yet_run_are_not_compared
     pending = Run(load_recipe(a.dir / "recipe.toml", ['stages.data_distill.students=["bow"]']), a.dir.parent)
     assert pending.recipe.stage_enabled("data_distill") and not (a.dir / "shallow").exists()
     assert list(tool.compared_models(pending)) == ["teacher", "student"]
+
+
+def test_an_ensembles_fine_tuning_has_no_one_loop_to_cost(two_runs, tmp_path):
+    a, _, _ = two_runs
+    tool = load_tool("compare_runs")
+    copy = tmp_path / "runs" / "ensemble"
+    shutil.copytree(a.dir, copy)
+    (copy / "teacher" / "metrics.json").write_text(json.dumps({"dev": {"accuracy": 0.5}, "members": []}), encoding="utf-8")
+    costs = tool.stage_costs(Run.from_dir(copy), "accuracy")
+    assert "finetune" not in costs and "task_specific" in costs

@@ -98,9 +98,11 @@ def stage_costs(run: Run, primary: str) -> dict[str, dict[str, Any]]:
     for name in TRAINING_STAGES:
         done = run.dir / "done" / f"{name}.json"
         out = run.path(STAGES[name].output)
-        if not done.is_file() or not (out / "metrics.json").is_file():  # not run, or an ensemble's members
+        if not done.is_file() or not (out / "metrics.json").is_file():
             continue
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        if "steps" not in metrics:  # an ensemble's fine-tuning: its members' and their combination's figures
+            continue
         section = getattr(run.recipe.stages, name)
         epochs = section.epochs if section.max_steps is None else None
         cost = {**_loop_cost(metrics, epochs), "dev": _dev_figure(metrics, primary)}
