@@ -256,6 +256,8 @@ def test_cli_export_of_a_teacher_only_run_without_int8(exported, tmp_path):
     (entry,) = json.loads(result.stdout)["models"]
     assert entry["name"] == "teacher" and entry["source"] == str(run.dir / "teacher")
     assert entry["onnx_int8"] is None and entry["int8_accuracy_delta"] is None
+    manifest = json.loads((run_dir / "onnx" / "teacher.json").read_text(encoding="utf-8"))
+    assert entry["threads"] == manifest["threads"] == 1  # the run's one thread, timed without int8 too
     assert sorted(path.name for path in (run_dir / "onnx").iterdir()) == [
         "summary.json", "teacher.json", "teacher.onnx", "teacher.tokenizer.json"
     ]

@@ -195,6 +195,12 @@ def first_piece_logits(logits: np.ndarray, first: np.ndarray) -> np.ndarray:
     return np.where((first >= 0)[..., None], gathered, np.nan).astype(np.float32)
 
 
+def manifest_threads(manifest: dict[str, Any]) -> int | None:
+    """The intra-op thread count a model serves with: the one its export measured fastest, at
+    most this machine's cores; None for a manifest from before (onnxruntime's default)."""
+    return min(int(manifest["threads"]), os.cpu_count() or 1) if "threads" in manifest else None
+
+
 class OnnxPredictor:
     """Predicts labels for raw texts with an exported student on the CPU.
 
@@ -231,9 +237,8 @@ class OnnxPredictor:
         self.batch_size = batch_size
         directory = self.manifest_path.parent
         options = onnxruntime.SessionOptions()
-        if threads is None and "threads" in self.manifest:
-            threads = min(int(self.manifest["threads"]), os.cpu_count() or 1)
-        self.threads: int | None = threads  # None: onnxruntime's default
+        self.threads: int | None = manifest_threads(self.manifest) if threads is None else threads  # None: onnxruntime's default
+        threads = self.threads
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(

@@ -154,7 +154,7 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
             reference = model.role == "teacher"
             entry.update(_quantize_and_score(exported.onnx_path, entry[metric], data.dev, test, run, reference))
         else:
-            entry["threads"] = serving_threads(run, {"fp32": exported.manifest_path}, data.dev)["fp32"]
+            entry["threads"] = serving_threads(run, {"fp32": exported.manifest_path}, data.dev)["fp32"]["threads"]
         _log_entry(run, entry, data.family.primary)
         entries.append(entry)
     summary = {

@@ -23,7 +23,7 @@ import numpy as np
 from distill import distributed, provenance
 from distill.data.datasets import Example
 from distill.errors import UserError
-from distill.export.runtime import PHASES, TRANSFORMER_KIND, OnnxPredictor
+from distill.export.runtime import PHASES, TRANSFORMER_KIND, OnnxPredictor, manifest_threads, read_manifest
 from distill.models.size import BYTES_PER_MB
 from distill.pipeline import STAGES, STUDENT_STAGES, Run
 from distill.progress import Progress
@@ -121,12 +121,11 @@ def served_latencies(
     which the export measured fastest; `OnnxPredictor`'s default), beside the table's timing of
     every model at `timing.threads`. Timed again, all models interleaved on as many texts as the
     batch-size-1 column, only when some model serves with another count; else the column's figures."""
-    predictors = {path: OnnxPredictor(path, batch_size=1) for path in manifests}
-    counts = {path: predictor.threads or os.cpu_count() or 1 for path, predictor in predictors.items()}
+    counts = {path: manifest_threads(read_manifest(path)) or os.cpu_count() or 1 for path in manifests}
     if all(count == timing.threads for count in counts.values()):
         timed = {str(path): latencies[str(path)] for path in manifests}
-    else:
-        calls = {str(path): example_predictor(predictor) for path, predictor in predictors.items()}
+    else:  # sessions of their own, built only when needed
+        calls = {str(path): example_predictor(OnnxPredictor(path, batch_size=1)) for path in manifests}
         repeats = timed_calls(1, timing.batch_sizes, timing.repeats)
         timed = measure_latencies(calls, examples, (1,), timing.warmup, repeats, timing.rounds)
     return {path: {"threads": counts[path], **{key: timed[str(path)][key] for key in SERVED_KEYS}} for path in manifests}
