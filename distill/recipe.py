@@ -52,15 +52,19 @@ class Section(BaseModel):
     # allow_inf_nan=False: `epochs = inf` or `split = [nan, nan, nan]` would pass `gt=0`-style
     # checks (or none at all) and fail deep inside a stage instead.
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
-    # Keys added after runs were made with this table. While at their default they are left out
-    # of dumps, so the stage hashes and cache keys of those runs stay valid.
+    # Keys added after runs were made with this table. While at the value those runs had (the
+    # default, or FORMER_DEFAULTS' value for a key whose default changed since) they are left out
+    # of dumps, so the stage hashes and cache keys of those runs stay valid; a new default
+    # changes the hash of the stages it shapes, which are then made again.
     ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
+    FORMER_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     @model_serializer(mode="wrap")
     def _omit_later_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
         for key in self.ADDED_LATER:
-            if key in data and getattr(self, key) == type(self).model_fields[key].get_default(call_default_factory=True):
+            implied = self.FORMER_DEFAULTS.get(key, type(self).model_fields[key].get_default(call_default_factory=True))
+            if key in data and getattr(self, key) == implied:
                 data.pop(key)
         return data
 
@@ -420,9 +424,11 @@ class ExportSection(Section):
     int8_keep: Literal["if_faster", "always"] = "if_faster"
     int8_max_dev_drop: float = Field(default=0.005, ge=0, le=1)
     # transformers: "fused" = the graph onnxruntime fuses into Attention / layer-norm / GELU operators
-    # (TorchScript exporter, eager attention; the plain graph where that fails, said in the manifest)
-    graph: Literal["plain", "fused"] = "plain"
+    # (TorchScript exporter, eager attention; the plain graph where that fails or misses parity,
+    # said in the manifest), "plain" = torch.export's graph as onnxruntime optimises it at load
+    graph: Literal["plain", "fused"] = "fused"
     ADDED_LATER = frozenset({"int8_keep", "int8_max_dev_drop", "graph"})
+    FORMER_DEFAULTS = {"graph": "plain"}  # runs exported before fused graphs became the default
 
 
 class ReportSection(Section):

@@ -13,6 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from distill.data.tokenize import TextEncoder
 from distill.data.words import WordTokenizer, WordVocab
 from distill.errors import UserError
+from distill.export.fusion import FUSED_EXPORTER, TORCHSCRIPT_OPSET
 from distill.export import onnx as onnx_export
 from distill.export.onnx import (
     Parity,
@@ -181,7 +182,8 @@ def test_transformer_manifest_describes_inputs_and_files(transformer_export, out
         4,
     )
     assert manifest["tokenizer_file"] == "student.tokenizer.json"
-    assert manifest["opset"] == 18
+    # the default graph is the fused one, which the TorchScript exporter writes at its own opset
+    assert manifest["graph"]["exporter"] == FUSED_EXPORTER and manifest["opset"] == TORCHSCRIPT_OPSET
     assert 0.0 <= manifest["parity_max_abs_diff"] <= 1e-4
     assert (manifest["parity_batches"], manifest["parity_rows"]) == (4, 8 + 4 + 4 + 1)
     assert manifest["file_sizes"] == {

@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 from tiny_architectures import ARCHITECTURES, LAYERS, tiny_classifier, tokenizer_for
 
 from distill.data.tokenize import TextEncoder
+from distill.export import onnx as onnx_export
+from distill.export.fusion import FUSED_EXPORTER, fuse_graph
 from distill.export.onnx import export_transformer, quantize_int8
 from distill.export.runtime import OnnxPredictor
 from distill.models.architectures import architecture as architecture_of
@@ -43,6 +47,7 @@ def test_a_bert_graph_fuses_attention_per_layer_and_shrinks_against_the_plain_gr
     _, _, plain = _export(tmp_path / "plain", "bert", "plain")
     _, exported, fused = _export(tmp_path / "fused", "bert", "fused")
     assert plain["graph"]["exporter"] == "torch.export" and "fused_ops" not in plain["graph"]
+    assert plain["opset"] == 18  # the recipe's default opset; the TorchScript exporter writes 17
     assert fused["graph"]["exporter"] == "torchscript"
     assert fused["graph"]["fused_ops"]["Attention"] == LAYERS
     assert fused["graph"]["fused_ops"]["SkipLayerNormalization"] == 2 * LAYERS
@@ -56,3 +61,21 @@ def test_the_fused_graph_quantises_and_its_int8_copy_predicts_like_fp32(tmp_path
     int8_logits = OnnxPredictor(int8.manifest_path).predict_logits(TEXTS)
     assert np.isfinite(int8_logits).all()
     assert np.abs(int8_logits - fp32_logits).max() < 0.1 * (np.abs(fp32_logits).max() + 1e-3) + 0.05
+
+
+def test_a_fused_graph_that_misses_parity_is_replaced_by_the_plain_graph_and_the_manifest_says_why(tmp_path, monkeypatch):
+    def fuse_wrongly(onnx_path, heads, hidden):
+        made = fuse_graph(onnx_path, heads, hidden)
+        graph = onnx.load(str(onnx_path))
+        weight = next(tensor for tensor in graph.graph.initializer if len(tensor.dims) == 2)
+        values = onnx.numpy_helper.to_array(weight) * 3.0  # a fusion that computes something else
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(graph, str(onnx_path))
+        return made
+
+    monkeypatch.setattr(onnx_export, "fuse_graph", fuse_wrongly)
+    model, exported, manifest = _export(tmp_path, "bert", "fused")
+    assert manifest["graph"]["exporter"] == "torch.export"
+    assert manifest["graph"]["fusion_failed"].startswith("the fused graph missed parity: ONNX logits differ from torch by")
+    assert manifest["parity_max_abs_diff"] <= 1e-4 and manifest["opset"] == 18
+    assert exported.onnx_path.is_file() and OnnxPredictor(exported.manifest_path).predict_logits(TEXTS).shape == (4, 3)

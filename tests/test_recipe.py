@@ -164,6 +164,21 @@ def test_a_teacher_seed_changes_the_fine_tuning_but_not_the_split_or_the_pretrai
     assert [member.seed for member in members] == [7, 8, 9]
 
 
+
+def test_the_fused_graph_is_the_default_and_runs_exported_before_it_export_again():
+    from distill.pipeline import stage_hashes
+
+    def recipe(**export):
+        return parse_recipe({"task": {"dataset": "tiny.csv"}, "export": export})
+
+    assert recipe().export.graph == "fused"
+    # runs made before the key existed exported the plain graph: a recipe saying so keeps their hashes
+    assert "graph" not in recipe(graph="plain").export.model_dump(mode="json")
+    assert recipe().export.model_dump(mode="json")["graph"] == "fused"
+    plain, fused = stage_hashes(recipe(graph="plain")), stage_hashes(recipe())
+    assert plain["export"] != fused["export"]
+    assert plain["prepare"] == fused["prepare"]  # the stages before the export are not made again
+
 # --------------------------------------------------------------------------- loading and paths
 
 

@@ -1,7 +1,7 @@
 """The same trained models exported as two graphs (plain and fused), timed against each other.
 
-    distill run recipes/tweets.toml --set run.name=plain --stages export,report
-    distill run recipes/tweets.toml --set run.name=fused --set export.graph=fused --stages export,report
+    distill run recipes/tweets.toml --set run.name=plain --set export.graph=plain --stages export,report
+    distill run recipes/tweets.toml --set run.name=fused --stages export,report
     python tools/graph_compare.py runs/plain runs/fused --out results/graph-tweets.json
 
 Two runs that share their trained models (copies of one run's model folders and done markers)

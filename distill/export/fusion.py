@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 TORCHSCRIPT_OPSET = 17  # the TorchScript exporter's newest tested opset
+FUSED_EXPORTER = "torchscript"  # the manifest's graph.exporter of a fused graph
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
 
 
@@ -67,7 +68,7 @@ def fuse_graph(onnx_path: Path, heads: int, hidden: int) -> dict[str, Any]:
     fused.save_model_to_file(str(onnx_path))
     counts = Counter(node.op_type for node in onnx.load(str(onnx_path)).graph.node)
     return {
-        "exporter": "torchscript",
+        "exporter": FUSED_EXPORTER,
         "nodes_before_fusion": before,
         "nodes": sum(counts.values()),
         "fused_ops": {op: counts[op] for op in FUSED_OPS if counts[op]},

@@ -29,6 +29,7 @@ import distill
 from distill.data.tokenize import TextEncoder
 from distill.data.words import WordVocab
 from distill.errors import UserError
+from distill.export.fusion import FUSED_EXPORTER, export_torchscript, fuse_graph
 from distill.export.runtime import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -122,7 +123,7 @@ def export_transformer(
     task: str = "classification",
     words: Sequence[Sequence[str]] | None = None,
     task_fields: dict[str, Any] | None = None,
-    graph: str = "plain",
+    graph: str = "fused",
 ) -> ExportedModel:
     """Exports a transformer classifier as `NAME.onnx` + `NAME.json` + `NAME.tokenizer.json`.
 
@@ -332,34 +333,55 @@ def _export_checked(
     fuse: tuple[int, int] | None = None,
 ) -> ExportedModel:
     """Builds the graph from `texts` (fused for `fuse` = (heads, hidden)), writes the manifest,
-    and keeps both only if parity holds."""
+    and keeps both only if parity holds. A fused graph that misses parity is replaced by the
+    plain graph, with the reason in the manifest's `graph`, before parity may fail the export."""
     texts = _require_texts(texts, pairs, words)
     onnx_path = out_dir / manifest["model_file"]
-    role, file_name = side_file
     manifest_path = onnx_path.with_suffix(".json")
-    with _removed_on_failure([onnx_path, manifest_path, out_dir / file_name]):
+    with _removed_on_failure([onnx_path, manifest_path, out_dir / side_file[1]]):
         example = _example_inputs(input_encoder(manifest, out_dir), texts, pairs)
         manifest["graph"] = _export_graph(model, example, onnx_path, opset, fuse)
-        # The exporter keeps its native opset when it cannot convert to the one asked for.
-        manifest["opset"] = _default_domain_opset(onnx_path)
-        manifest["file_sizes"] = {
-            "model": onnx_path.stat().st_size,
-            role: (out_dir / file_name).stat().st_size,
-        }
-        _write_manifest(manifest, onnx_path)
-        parity = check_parity(model, manifest_path, texts, pairs, words)
-        if not parity.max_abs_diff <= parity_tolerance:  # written so that NaN fails as well
-            raise ParityError(
-                f"ONNX logits differ from torch by {parity.max_abs_diff:.2e} (tolerance"
-                f" {parity_tolerance:.0e}) on the {parity.worst_batch} parity batch",
-                str(onnx_path),
-                _GRAPH_FIX,
-            )
+        try:
+            parity = _parity_held(model, manifest, onnx_path, side_file, texts, pairs, words, parity_tolerance)
+        except ParityError as error:
+            if manifest["graph"]["exporter"] != FUSED_EXPORTER:
+                raise
+            plain = _export_graph(model, example, onnx_path, opset)
+            manifest["graph"] = {**plain, "fusion_failed": f"the fused graph missed parity: {error.what}"}
+            parity = _parity_held(model, manifest, onnx_path, side_file, texts, pairs, words, parity_tolerance)
     manifest["parity_max_abs_diff"] = parity.max_abs_diff
     manifest["parity_batches"] = parity.batches
     manifest["parity_rows"] = parity.rows
     _write_manifest(manifest, onnx_path)
     return ExportedModel(onnx_path, manifest_path)
+
+
+def _parity_held(
+    model: nn.Module,
+    manifest: dict[str, Any],
+    onnx_path: Path,
+    side_file: tuple[str, str],
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    words: Sequence[Sequence[str]] | None,
+    parity_tolerance: float,
+) -> Parity:
+    """Writes the manifest of the graph at `onnx_path` and checks it against torch; raises
+    ParityError above `parity_tolerance`."""
+    role, file_name = side_file
+    # The exporter keeps its native opset when it cannot convert to the one asked for.
+    manifest["opset"] = _default_domain_opset(onnx_path)
+    manifest["file_sizes"] = {"model": onnx_path.stat().st_size, role: (onnx_path.parent / file_name).stat().st_size}
+    _write_manifest(manifest, onnx_path)
+    parity = check_parity(model, onnx_path.with_suffix(".json"), texts, pairs, words)
+    if not parity.max_abs_diff <= parity_tolerance:  # written so that NaN fails as well
+        raise ParityError(
+            f"ONNX logits differ from torch by {parity.max_abs_diff:.2e} (tolerance"
+            f" {parity_tolerance:.0e}) on the {parity.worst_batch} parity batch",
+            str(onnx_path),
+            _GRAPH_FIX,
+        )
+    return parity
 
 
 @contextmanager
@@ -417,8 +439,6 @@ def _export_graph(
     example = tuple(torch.from_numpy(value).to(device) for value in inputs.values())
     fallback: dict[str, str] = {}
     if fuse is not None:
-        from distill.export.fusion import export_torchscript, fuse_graph
-
         try:
             with _eval_mode(model), torch.no_grad(), _quiet_converters():
                 export_torchscript(_LogitsOnly(model).eval(), model, example, list(inputs), OUTPUT_NAME, onnx_path)
