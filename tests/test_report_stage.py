@@ -305,7 +305,8 @@ def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(repo
         shutil.copytree(run.dir, directory)
     calls = []
 
-    def fake_measure(paths, examples, family, timing):
+    def fake_measure(paths, examples, family, timing, served):
+        assert not served  # both graphs at one thread count, no pass at each model's own
         calls.append((list(paths), timing))
         figures = lambda side: {  # B scores 0.1 higher at half A's latency
             "accuracy": 0.5 + (0.1 if side == "B" else 0.0),

@@ -63,7 +63,7 @@ def compare_graphs(run_a: Run, run_b: Run, repeats: int | None = None, rounds: i
     timing = timing_settings(run_a)
     repeats = repeats or timing.repeats
     timing = replace(timing, batch_sizes=[1], repeats=repeats, rounds=min(rounds or timing.rounds, repeats))
-    measured = measure(paths, test_a, family, timing)
+    measured = measure(paths, test_a, family, timing, served=False)  # both graphs at one thread count
     rows = []
     for key in [key for key in models["A"] if key in models["B"]]:  # in A's export order
         row: dict[str, Any] = {"model": key[0], "variant": key[1]}

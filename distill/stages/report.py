@@ -79,10 +79,13 @@ def timing_settings(run: Run) -> TimingSettings:
     return TimingSettings(threads, sorted(set(section.batch_sizes)), section.warmup, section.repeats, rounds)
 
 
-def measure(manifests: Sequence[Path], examples: Sequence[Example], family: TaskFamily, timing: TimingSettings) -> dict[Path, Measured]:
+def measure(
+    manifests: Sequence[Path], examples: Sequence[Example], family: TaskFamily, timing: TimingSettings, served: bool = True
+) -> dict[Path, Measured]:
     """Score every exported model on `examples`, then time them on those texts, interleaved
-    (distill.report.bench), tokenisation included. A model deciding at tuned thresholds also
-    records `threshold_gain`: its primary metric minus the one at the family's default rule."""
+    (distill.report.bench), tokenisation included, and (`served`) each at its serving thread count
+    (`served_latencies`). A model deciding at tuned thresholds also records `threshold_gain`: its
+    primary metric minus the one at the family's default rule."""
     gold = [e.label for e in examples]
     predictors = {path: OnnxPredictor(path, threads=timing.threads, batch_size=max(timing.batch_sizes)) for path in manifests}
     logits = {path: onnx_logits(predictor, examples) for path, predictor in predictors.items()}
@@ -93,7 +96,7 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
     splits = latency_splits(predictors, examples, timed_calls(1, timing.batch_sizes, timing.repeats), timing.rounds)
-    served = served_latencies(manifests, examples, timing, latencies)
+    at_serving_count = served_latencies(manifests, examples, timing, latencies) if served else {}
     measured = {}
     for path, predictor in predictors.items():
         latency = latencies[str(path)]
@@ -106,7 +109,8 @@ def measure(manifests: Sequence[Path], examples: Sequence[Example], family: Task
             figures["threshold_gain"] = metrics[family.primary] - default[family.primary]
         figures.update(size_mb=model_file.stat().st_size / BYTES_PER_MB, latency_ms=latency, throughput_per_s=throughput)
         figures["latency_split_ms"] = splits[path]
-        figures["served_bs1_ms"] = served[path]
+        if served:
+            figures["served_bs1_ms"] = at_serving_count[path]
         measured[path] = Measured(predictions[path], figures)
     return measured
 
