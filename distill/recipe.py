@@ -434,7 +434,7 @@ class ExportSection(Section):
 class ReportSection(Section):
     enabled: bool = True
     batch_sizes: list[int] = [1, 32]
-    warmup: int = Field(default=5, ge=0)
+    warmup: int = Field(default=5, ge=0)  # untimed calls at the start of each model's turn (distill.report.bench)
     # timed calls per model at the largest batch size; smaller sizes read as many texts (bench.timed_calls)
     repeats: int = Field(default=50, ge=1)
     # the repeats are split into rounds in which every model takes its turn (distill.report.bench);

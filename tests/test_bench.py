@@ -48,13 +48,12 @@ def test_models_take_turns_on_the_same_batches_with_the_first_model_rotating():
         {"a": recorder("a"), "b": recorder("b")}, ["x", "y", "z"], batch_sizes=(1,), warmup=1, repeats=4, rounds=2,
         after_round=lambda: rounds.append(len(calls)),
     )
-    # warm-up: one call each; round 1: a then b on calls 1-2; round 2: b then a on calls 3-4
+    # each turn: one warm-up call, then the round's calls; round 1: a then b on calls 1-2; round 2: b then a on calls 3-4
     assert calls == [
-        ("a", ["x"]), ("b", ["x"]),
-        ("a", ["y"]), ("a", ["z"]), ("b", ["y"]), ("b", ["z"]),
-        ("b", ["x"]), ("b", ["y"]), ("a", ["x"]), ("a", ["y"]),
+        ("a", ["x"]), ("a", ["y"]), ("a", ["z"]), ("b", ["x"]), ("b", ["y"]), ("b", ["z"]),
+        ("b", ["x"]), ("b", ["x"]), ("b", ["y"]), ("a", ["x"]), ("a", ["x"]), ("a", ["y"]),
     ]
-    assert rounds == [6, 10]
+    assert rounds == [6, 12]
 
 
 def test_a_slow_spell_shows_in_the_spread_and_hits_every_model():
@@ -65,7 +64,7 @@ def test_a_slow_spell_shows_in_the_spread_and_hits_every_model():
     def spell(name: str):
         def predict(batch):
             round_of_call["n"] += 1
-            time.sleep(0.012 if 10 < round_of_call["n"] <= 18 else 0.002)  # 2 warm-ups, 8 calls a round: 11-18 are round 2
+            time.sleep(0.012 if 10 < round_of_call["n"] <= 20 else 0.002)  # 2 turns of 1 warm-up + 4 calls a round: 11-20 are round 2
         return predict
 
     result = measure_latencies({"a": spell("a"), "b": spell("b")}, ["t"], batch_sizes=(1,), warmup=1, repeats=12, rounds=3)
@@ -77,11 +76,14 @@ def test_a_slow_spell_shows_in_the_spread_and_hits_every_model():
 def test_calls_are_warmup_plus_as_many_texts_per_batch_size_as_the_largest_reads_cycled():
     predictor = SleepingPredictor(0.0)
     measure_latencies({"m": predictor}, ["a", "b", "c"], batch_sizes=(1, 2), warmup=3, repeats=4, rounds=2)
-    # batch size 2 makes the 4 repeats (8 texts); batch size 1 makes 8 calls to read as many
-    assert len(predictor.batches) == (3 + 8) + (3 + 4)
-    single, pairs = predictor.batches[:11], predictor.batches[11:]
-    assert single == [["a"], ["b"], ["c"]] * 3 + [["a"], ["b"]]
-    assert pairs == [["a", "b"], ["c", "a"], ["b", "c"], ["a", "b"], ["c", "a"], ["b", "c"], ["a", "b"]]
+    # batch size 2 makes the 4 repeats (8 texts); batch size 1 makes 8 calls to read as many;
+    # each of the 2 rounds starts with the 3 warm-up batches
+    assert len(predictor.batches) == (2 * 3 + 8) + (2 * 3 + 4)
+    single, pairs = predictor.batches[:14], predictor.batches[14:]
+    a, b, c = ["a"], ["b"], ["c"]
+    assert single == [a, b, c, a, b, c, a] + [a, b, c, b, c, a, b]
+    ab, ca, bc = ["a", "b"], ["c", "a"], ["b", "c"]
+    assert pairs == [ab, ca, bc, ab, ca] + [ab, ca, bc, bc, ab]
 
 
 @pytest.mark.parametrize("size, sizes, repeats, calls", [(1, (1, 32), 50, 1600), (32, (1, 32), 50, 50), (8, (1, 8, 32), 20, 80), (1, (1,), 7, 7)])

@@ -68,8 +68,10 @@ def measure_latencies(
     size are split into `rounds` rounds. In each round every model
     makes its share of calls on the same batches, the first model of the round rotating, so a
     slow spell of the machine falls on all models alike instead of on whichever was being
-    timed. Batches are cut from `texts` in order, wrapping around; warm-up calls (caches, lazy
-    init, allocator) come first and are not timed. Per model and batch size n: `bs{n}_p50` and
+    timed. Batches are cut from `texts` in order, wrapping around. Each model's turn starts with
+    `warmup` untimed calls: the first calls after another model ran are two to three times
+    slower (its weights are out of the caches, its threads asleep), which would bias the
+    harness against whichever model's turn is shortest, the small ones. Per model and batch size n: `bs{n}_p50` and
     `bs{n}_p95` over all timed calls, `bs{n}_p50_low` / `bs{n}_p50_high`, the lowest and highest
     of the rounds' medians (the spread the machine's noise leaves), and `throughput_per_s`:
     texts per second over all timed calls at the largest batch size. `after_round` is called
@@ -88,13 +90,12 @@ def measure_latencies(
         # round r times calls bounds[r] .. bounds[r + 1] - 1, for every model
         bounds = [round(calls * r / rounds) for r in range(rounds + 1)]
         batches = _cycled_batches(texts, size, warmup + calls)
-        for name in names:
-            for batch in batches[:warmup]:
-                predicts[name](batch)
         seconds: dict[str, list[list[float]]] = {name: [] for name in names}  # model -> per round
         for r in range(rounds):
             timed = batches[warmup + bounds[r] : warmup + bounds[r + 1]]
             for name in names[r % len(names) :] + names[: r % len(names)]:
+                for batch in batches[:warmup]:
+                    predicts[name](batch)
                 seconds[name].append([_time_call(predicts[name], batch) for batch in timed])
             if after_round is not None:
                 after_round()

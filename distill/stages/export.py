@@ -53,7 +53,7 @@ MANIFEST_KEYS = {"manifest": "fp32", "manifest_int8": "int8", "manifest_int8_ref
 # the timing on dev texts at batch size 1 that decides whether int8 is kept and with how many
 # intra-op threads each model serves: 120 one-text calls, since the median of a few dozen texts
 # follows those texts' lengths more than the model
-SERVING_TIMING = {"warmup": 3, "repeats": 120, "rounds": 4}
+SERVING_TIMING = {"warmup": 5, "repeats": 120, "rounds": 4}
 
 
 def onnx_predictions(predictor: OnnxPredictor, examples: Sequence[Example]) -> list[Label]:

@@ -95,7 +95,7 @@ def measure(
         latencies = measure_latencies(
             calls, examples, timing.batch_sizes, timing.warmup, timing.repeats, timing.rounds, lambda: bar.update(1)
         )
-    splits = latency_splits(predictors, examples, timed_calls(1, timing.batch_sizes, timing.repeats), timing.rounds)
+    splits = latency_splits(predictors, examples, timed_calls(1, timing.batch_sizes, timing.repeats), timing.rounds, timing.warmup)
     at_serving_count = served_latencies(manifests, examples, timing, latencies) if served else {}
     measured = {}
     for path, predictor in predictors.items():
@@ -136,12 +136,12 @@ def served_latencies(
 
 
 def latency_splits(
-    predictors: dict[Path, OnnxPredictor], examples: Sequence[Example], calls: int, rounds: int
+    predictors: dict[Path, OnnxPredictor], examples: Sequence[Example], calls: int, rounds: int, warmup: int
 ) -> dict[Path, dict[str, float]]:
     """Per model, the median milliseconds of one batch-size-1 predict call in each phase
     (tokenise, run, post), over `calls` one-text calls split into `rounds` rounds as the latency
-    harness splits them: in each round every model makes its share of calls in a row (after one
-    untimed call, so its weights are back in the caches), the first model rotating."""
+    harness splits them: in each round every model makes its share of calls in a row (after
+    `warmup` untimed calls, so its weights are back in the caches), the first model rotating."""
     seconds: dict[Path, dict[str, list[float]]] = {path: {phase: [] for phase in PHASES} for path in predictors}
     texts = [examples[index % len(examples)] for index in range(calls)]
     bounds = [round(calls * r / rounds) for r in range(rounds + 1)]
@@ -149,7 +149,8 @@ def latency_splits(
     for r in range(rounds):
         for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
             predictor = predictors[path]
-            predictor.timed_predict(*model_inputs(predictor.kind, texts[:1]))
+            for example in texts[:warmup]:
+                predictor.timed_predict(*model_inputs(predictor.kind, [example]))
             for example in texts[bounds[r] : bounds[r + 1]]:
                 _, phases = predictor.timed_predict(*model_inputs(predictor.kind, [example]))
                 for phase, value in phases.items():
