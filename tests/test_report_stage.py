@@ -330,6 +330,11 @@ def test_graph_compare_times_both_exports_in_one_harness_and_divides_b_by_a(repo
         assert row["A"]["nodes"] == manifest["graph"]["nodes"] == row["B"]["nodes"]  # an int8 copy shows its fp32 graph
     table = tool.markdown({**result, "created": "2026-12-06T00:00:00"}, ("A", "B"))
     assert "| teacher fp32 |" in table and "| 2.00 (0.50–3.00) / 1.00 (0.50–3.00) | 0.50 | 1.80 / 0.80 |" in table
+    out = tmp_path / "graph.json"
+    assert CliRunner().invoke(tool.main, [str(dirs["A"]), str(dirs["B"]), "--repeats", "4", "--out", str(out)]).exit_code == 0
+    written = json.loads(out.read_text(encoding="utf-8"))["provenance"]
+    assert written["timed_by"] == provenance.code()  # the harness's code beside each export's
+    assert written["A"]["git_commit"] == json.loads((dirs["A"] / "done" / "export.json").read_text(encoding="utf-8"))["provenance"]["git_commit"]
 
     test_file = dirs["B"] / "data" / "test.jsonl"
     test_file.write_text(test_file.read_text(encoding="utf-8").replace('"text": "', '"text": "x', 1), encoding="utf-8")

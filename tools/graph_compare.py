@@ -121,9 +121,12 @@ def main(run_a: Path, run_b: Path, repeats: int | None, rounds: int | None, out:
     """Time the exports of RUN_A and RUN_B against each other, interleaved, on the shared test split."""
     runs = (Run.from_dir(run_a), Run.from_dir(run_b))
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compare_graphs(*runs, repeats, rounds)}
-    result["provenance"] = {
-        side: provenance.shareable(json.loads((run.dir / "done" / "export.json").read_text(encoding="utf-8"))["provenance"])
-        for side, run in zip("AB", runs)
+    result["provenance"] = {  # each export's code and recipe, and the code that timed them
+        **{
+            side: provenance.shareable(json.loads((run.dir / "done" / "export.json").read_text(encoding="utf-8"))["provenance"])
+            for side, run in zip("AB", runs)
+        },
+        "timed_by": provenance.code(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
