@@ -22,13 +22,13 @@ from distill.models.architectures import architecture as architecture_of
 TEXTS = ["good film", "the plot was bad", "negative sentence number context", "a b c d e f g h i j k l"]
 
 
-def _export(tmp_path, architecture: str, graph: str):
+def _export(tmp_path, architecture: str, graph: str, opset: int = 18):
     model = tiny_classifier(architecture)
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_for(architecture).save_pretrained(tokenizer_dir)
     uses_types = architecture_of(model.config).uses_token_types(model.config)
     encoder = TextEncoder.from_pretrained_dir(tokenizer_dir, 24, "head", 6, token_types=uses_types)
-    exported = export_transformer(model, encoder, tmp_path, "model", ["a", "b", "c"], TEXTS * 3, graph=graph)
+    exported = export_transformer(model, encoder, tmp_path, "model", ["a", "b", "c"], TEXTS * 3, graph=graph, opset=opset)
     return model, exported, json.loads(exported.manifest_path.read_text(encoding="utf-8"))
 
 
@@ -79,3 +79,9 @@ def test_a_fused_graph_that_misses_parity_is_replaced_by_the_plain_graph_and_the
     assert manifest["graph"]["fusion_failed"].startswith("the fused graph missed parity: ONNX logits differ from torch by")
     assert manifest["parity_max_abs_diff"] <= 1e-4 and manifest["opset"] == 18
     assert exported.onnx_path.is_file() and OnnxPredictor(exported.manifest_path).predict_logits(TEXTS).shape == (4, 3)
+
+
+def test_a_fused_graph_keeps_an_older_opset_the_recipe_asks_for(tmp_path):
+    _, _, manifest = _export(tmp_path, "bert", "fused", opset=14)
+    assert manifest["opset"] == 14 and manifest["graph"]["exporter"] == FUSED_EXPORTER
+    assert manifest["graph"]["fused_ops"]["Attention"] == LAYERS and manifest["parity_max_abs_diff"] <= 1e-4

@@ -44,8 +44,9 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 
 
 def export_torchscript(wrapper: nn.Module, model: nn.Module, example: tuple[torch.Tensor, ...],
-                       input_names: list[str], output_name: str, onnx_path: Path) -> None:
-    """The TorchScript exporter's graph of `wrapper` (around `model`) with dynamic batch and sequence axes."""
+                       input_names: list[str], output_name: str, onnx_path: Path, opset: int) -> None:
+    """The TorchScript exporter's graph of `wrapper` (around `model`) with dynamic batch and sequence
+    axes, at `opset` or the exporter's newest tested one, whichever is older."""
     with eager_attention(model):
         torch.onnx.export(
             wrapper,
@@ -54,7 +55,7 @@ def export_torchscript(wrapper: nn.Module, model: nn.Module, example: tuple[torc
             input_names=input_names,
             output_names=[output_name],
             dynamic_axes={name: {0: "batch", 1: "sequence"} for name in input_names},
-            opset_version=TORCHSCRIPT_OPSET,
+            opset_version=min(opset, TORCHSCRIPT_OPSET),
             dynamo=False,
         )
 

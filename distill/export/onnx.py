@@ -441,7 +441,7 @@ def _export_graph(
     if fuse is not None:
         try:
             with _eval_mode(model), torch.no_grad(), _quiet_converters():
-                export_torchscript(_LogitsOnly(model).eval(), model, example, list(inputs), OUTPUT_NAME, onnx_path)
+                export_torchscript(_LogitsOnly(model).eval(), model, example, list(inputs), OUTPUT_NAME, onnx_path, opset)
                 return fuse_graph(onnx_path, *fuse)
         except Exception as error:  # any failure of the optional path: keep the plain graph
             fallback = {"fusion_failed": (str(error).strip().splitlines() or [type(error).__name__])[0]}
