@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import random
 import string
+from types import SimpleNamespace
 
 import jieba
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 from transformers import BertForMaskedLM, BertTokenizerFast
 
 from distill.data.mlm import MaskingCollator, build_char_vocab, make_char_tokenizer
 from distill.errors import UserError
 from distill.models.mlm import load_for_mlm, new_mlm_model, save_encoder
+from tiny_architectures import ARCHITECTURES, WORDS, tiny_encoder_dir, tokenizer_for
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORD_PIECES = ["the", "cat", "dog", "play", "##ing", "##ed", "run", "##ner", "sun", "##ny",
@@ -132,21 +134,74 @@ def english_words(tokens: list[str]) -> list[list[int]]:
     return words
 
 
+def marked_words(tokens: list[str], special: list[int]) -> list[list[int]]:
+    """Positions of each word of byte-level BPE or SentencePiece: the first piece, or one led by
+    `Ġ` / `▁`, followed by the pieces without a mark."""
+    words: list[list[int]] = []
+    for position, token in enumerate(tokens):
+        if special[position]:
+            continue
+        if not words or token.startswith(("Ġ", "▁")):
+            words.append([position])
+        else:
+            words[-1].append(position)
+    return words
+
+
+class WordTally:
+    """Checks that every word is selected whole and counts what a rate test needs."""
+
+    def __init__(self) -> None:
+        self.multi_piece_selected = self.tokens = self.selected = 0
+
+    def add(self, words: list[list[int]], is_selected: list[bool], pieces: list[str]) -> None:
+        for word in words:
+            flags = {is_selected[position] for position in word}
+            assert len(flags) == 1, [pieces[position] for position in word]
+            self.multi_piece_selected += len(word) > 1 and is_selected[word[0]]
+            self.tokens += len(word)
+            self.selected += len(word) * is_selected[word[0]]
+
+
 def test_english_whole_word_masks_continuations_with_their_head(english_tokenizer):
     collator = MaskingCollator(english_tokenizer, whole_word=True, seed=0)
-    multi_piece_selected = tokens = selected = 0
+    tally = WordTally()
     for original, batch in masked_batches(collator, english_tokenizer, batches=20):
         for row in range(len(batch["labels"])):
-            is_selected = (batch["labels"][row] != -100).tolist()
             pieces = english_tokenizer.convert_ids_to_tokens(original["input_ids"][row].tolist())
-            for word in english_words(pieces):
-                flags = {is_selected[position] for position in word}
-                assert len(flags) == 1, [pieces[position] for position in word]
-                multi_piece_selected += len(word) > 1 and is_selected[word[0]]
-                tokens += len(word)
-                selected += len(word) * is_selected[word[0]]
-    assert multi_piece_selected > 100
-    assert abs(selected / tokens - 0.15) < 0.02
+            tally.add(english_words(pieces), (batch["labels"][row] != -100).tolist(), pieces)
+    assert tally.multi_piece_selected > 100
+    assert abs(tally.selected / tally.tokens - 0.15) < 0.02
+
+
+@pytest.mark.parametrize("architecture", ["roberta", "xlm-roberta", "deberta-v2", "modernbert"])
+def test_whole_word_masking_follows_bpe_and_sentencepiece_words(architecture):
+    """A teacher without WordPiece marks a word's first piece instead (byte-level BPE `Ġ`,
+    SentencePiece `▁`): its words are still masked whole, at the selection rate."""
+    tokenizer = tokenizer_for(architecture)
+    collator = MaskingCollator(tokenizer, mask_prob=0.3, whole_word=True, seed=0)
+    rng = random.Random(0)
+    # letters only: byte-level BPE pre-tokenisation splits digits from letters, a word of its own
+    vocabulary = WORDS + ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6))) for _ in range(30)]
+    tally = WordTally()
+    for _ in range(10):
+        texts = [" ".join(rng.choices(vocabulary, k=rng.randint(3, 20))) for _ in range(32)]
+        original = encode(tokenizer, texts)
+        batch = collator(texts)
+        for row in range(len(texts)):
+            pieces = tokenizer.convert_ids_to_tokens(original["input_ids"][row].tolist())
+            special = ((original["special_tokens_mask"][row] == 1) | (original["attention_mask"][row] == 0)).tolist()
+            words = marked_words(pieces, special)
+            assert len(words) == len(texts[row].split())
+            tally.add(words, (batch["labels"][row] != -100).tolist(), pieces)
+    assert tally.multi_piece_selected > 100
+    assert abs(tally.selected / tally.tokens - 0.3) < 0.04
+
+
+def test_whole_word_masking_needs_a_fast_tokenizer(english_tokenizer):
+    slow = SimpleNamespace(mask_token_id=english_tokenizer.mask_token_id, is_fast=False)
+    with pytest.raises(UserError, match="fast tokenizer"):
+        MaskingCollator(slow, whole_word=True)
 
 
 def test_chinese_whole_word_masks_the_characters_of_a_jieba_word(chinese_tokenizer):
@@ -206,8 +261,8 @@ def tiny_config(vocab_size: int = 100) -> BertConfig:
 
 
 def assert_tied(model) -> None:
-    decoder = model.cls.predictions.decoder.weight
-    assert decoder.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    decoder = model.get_output_embeddings().weight
+    assert decoder.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def test_new_mlm_model_predicts_through_the_tied_embeddings():
@@ -268,6 +323,37 @@ def test_load_for_mlm_refuses_missing_encoder_weights(tmp_path):
         load_for_mlm(tmp_path)
     with pytest.raises(UserError, match="config.json"):
         load_for_mlm(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_mlm_pretraining_pieces_work_on_every_teacher_architecture(architecture, tmp_path):
+    """Further pretraining of any supported teacher: a tied MLM head over every encoder weight,
+    a whole-word batch whose loss is the cross-entropy of the masked positions, and an encoder
+    saved back that a classifier loads whole."""
+    encoder_dir = tiny_encoder_dir(tmp_path / "teacher", architecture)
+    encoder = AutoModel.from_pretrained(encoder_dir).eval()
+    model = load_for_mlm(encoder_dir).eval()
+    assert_tied(model)
+    loaded = model.base_model.state_dict()
+    for key, value in encoder.state_dict().items():
+        if not key.startswith("pooler."):
+            assert torch.equal(loaded[key], value), key
+
+    tokenizer = tokenizer_for(architecture)
+    batch = MaskingCollator(tokenizer, mask_prob=0.3, whole_word=True, seed=0,
+                            token_types=False)(["good film the number", "bad context sentence negative"])
+    assert (batch["labels"] != -100).any()
+    with torch.no_grad():
+        output = model(**batch)
+    targets = batch["labels"] != -100  # (batch, seq)
+    expected = torch.nn.functional.cross_entropy(output.logits[targets], batch["labels"][targets])
+    assert torch.isfinite(output.loss) and torch.allclose(output.loss, expected, atol=1e-5)
+
+    save_encoder(model, tokenizer, tmp_path / "pretrained")
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pretrained", num_labels=3)
+    reloaded = classifier.base_model.state_dict()
+    for key, value in model.base_model.state_dict().items():
+        assert torch.equal(reloaded[key], value), key
 
 
 def test_saved_encoder_loads_into_a_classifier_with_every_weight(tmp_path, english_tokenizer):

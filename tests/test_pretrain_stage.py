@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
+from tiny_architectures import tiny_encoder_dir
+
 from distill.data.mlm import MaskingCollator
 from distill.data.tokenize import TextEncoder
 from distill.models.teacher import build_classifier, load_tokenizer
@@ -250,3 +252,31 @@ def test_finetune_starts_from_the_pretrained_encoder(chinese_run):
     tuned = load_file(str(teacher / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
     assert torch.allclose(tuned, pretrained, atol=1e-3)
     assert pretrained.std() > 0.01
+
+
+@pytest.mark.parametrize("name", ["roberta", "deberta-v2", "modernbert"])
+def test_a_bpe_or_sentencepiece_teacher_is_pretrained_further_and_finetuned_from_it(tmp_path, name):
+    """Further pretraining is not BERT's alone: a byte-level BPE (RoBERTa, ModernBERT) or
+    SentencePiece (DeBERTa-v3) teacher learns its corpus with whole-word masks, and fine-tuning
+    starts from the encoder it saved."""
+    teacher_dir = tiny_encoder_dir(tmp_path / "teacher", name)
+    english_run(tmp_path, teacher_dir)  # writes en.toml
+    recipe = (tmp_path / "en.toml").read_text(encoding="utf-8")
+    recipe = recipe.replace("max_steps = 60", "max_steps = 30") + "[stages.finetune]\nmax_steps = 2\nlr = 2e-5\n"
+    (tmp_path / "en.toml").write_text(recipe, encoding="utf-8")
+    run = Run(load_recipe(tmp_path / "en.toml"))
+    run.execute(["prepare", "pretrain", "finetune"])
+    metrics = stage_metrics(run)
+    assert metrics["steps"] == 30
+    assert metrics["held_out_loss"] < metrics["initial_held_out_loss"]
+    config = json.loads((run.dir / "teacher" / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == name
+    # two fine-tuning steps at 2e-5 move the pretrained embeddings by far less than pretraining did
+    pretrained_weights = load_file(str(run.dir / "mlm" / "model.safetensors"))
+    key = next(key for key in pretrained_weights if key.endswith(("word_embeddings.weight", "tok_embeddings.weight")))
+    pretrained = pretrained_weights[key]
+    original = load_file(str(teacher_dir / "model.safetensors"))[key]
+    tuned = next(tensor for weight, tensor in load_file(str(run.dir / "teacher" / "model.safetensors")).items()
+                 if weight.endswith(key))
+    assert torch.allclose(tuned, pretrained, atol=1e-3)
+    assert not torch.allclose(pretrained, original, atol=1e-3)

@@ -15,7 +15,7 @@ from tiny_models import tiny_teacher_dir
 
 from distill.export.runtime import OnnxPredictor
 from distill.pipeline import Run
-from distill.recipe import load_recipe
+from distill.recipe import STAGE_ORDER, load_recipe
 from distill.report.schema import validate_report
 from distill.stages.report import evaluate_run
 from distill.tasks.multi_label import sigmoid
@@ -66,7 +66,11 @@ def write_run(tmp_path: Path, task_type: str, rows: list[dict[str, str]], studen
         "teacher": {"model": str(teacher)},
         "student": {"layers": 1},
         "stages": {
-            "finetune": {**steps, "max_steps": 300, "lr": 1e-3},
+            "pretrain": {**steps, "max_steps": 3, "lr": 1e-5},  # the task-agnostic stages, briefly: each must take the task
+            "finetune": {**steps, "max_steps": 400, "lr": 1e-3},  # the pooler starts afresh after pretraining
+            "general": {**steps, "max_steps": 3},
+            "general_enhanced": {**steps, "max_steps": 3},
+            "task_adaptive": {**steps, "max_steps": 3},
             "task_specific": {**steps, "baseline_twin": True},
             "data_distill": {
                 **steps, "students": students, "embed_dim": 16, "hidden": 16, "embeddings": "random",
@@ -91,6 +95,13 @@ def multi_label_run(tmp_path_factory) -> Run:
 @pytest.fixture(scope="module")
 def regression_run(tmp_path_factory) -> Run:
     return write_run(tmp_path_factory.mktemp("regression"), "regression", regression_rows(150), ["bow", "cnn"])
+
+
+@pytest.mark.parametrize("fixture", ["multi_label_run", "regression_run"])
+def test_every_stage_runs_on_the_task(fixture, request):
+    run = request.getfixturevalue(fixture)
+    done = sorted(path.stem for path in (run.dir / "done").glob("*.json"))
+    assert done == sorted(STAGE_ORDER)
 
 
 def test_multi_label_run_reports_the_tasks_metrics_for_every_model(multi_label_run):

@@ -31,9 +31,11 @@ class MaskingCollator:
     Each selected token becomes [MASK] 80% of the time, a random non-special token 10%,
     and stays unchanged 10%; `labels` hold the original id there and -100 elsewhere.
 
-    With `whole_word`, the unit of selection is a word: a WordPiece head plus its `##`
-    continuations for English, a jieba word for Chinese (its tokens found through the
-    tokenizer's offsets). Each word is selected with probability `mask_prob`, so the
+    With `whole_word`, the unit of selection is a word: for English, a word of the fast
+    tokenizer's own pre-tokenisation (`word_ids`), so a WordPiece head with its `##`
+    continuations, a byte-level BPE word with its `Ġ` piece, or a SentencePiece word with its
+    `▁` piece, whatever the teacher's architecture; for Chinese, a jieba word (its tokens found
+    through the tokenizer's offsets). Each word is selected with probability `mask_prob`, so the
     expected share of masked tokens is still `mask_prob`. As in Google's BERT whole-word
     masking, the 80/10/10 choice is then drawn per token: a word is always predicted as a
     whole, but its pieces may be replaced differently.
@@ -65,9 +67,9 @@ class MaskingCollator:
         if tokenizer.mask_token_id is None:
             raise UserError("the tokenizer has no mask token", "tokenizer",
                             "use a BERT-style tokenizer with a [MASK] token")
-        if whole_word and language == "zh" and not tokenizer.is_fast:
-            raise UserError("Chinese whole-word masking needs token offsets", "tokenizer",
-                            "use a fast tokenizer (BertTokenizerFast)")
+        if whole_word and not tokenizer.is_fast:
+            raise UserError("whole-word masking needs a fast tokenizer (its word boundaries and offsets)",
+                            "tokenizer", "use a fast tokenizer, or set whole_word = false")
         self.tokenizer = tokenizer
         self.mask_prob = mask_prob
         self.whole_word = whole_word
@@ -81,8 +83,6 @@ class MaskingCollator:
         self._replacement_ids = torch.tensor(  # (non-special vocab,)
             sorted(set(vocab.values()) - special_ids)
         )
-        self._is_continuation = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)  # (vocab,)
-        self._is_continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Return input_ids, attention_mask, token_type_ids (with `token_types`) and labels, each (batch, seq)."""
@@ -141,10 +141,19 @@ class MaskingCollator:
         if self.language == "zh":
             starts = _jieba_word_starts(encoding["offset_mapping"], texts)
         else:
-            starts = ~self._is_continuation[encoding["input_ids"]]  # (batch, seq)
+            starts = _tokenizer_word_starts(encoding)
         starts = starts | ~maskable
         positions = torch.arange(starts.shape[1]).expand_as(starts)  # (batch, seq)
         return torch.where(starts, positions, 0).cummax(dim=1).values
+
+
+def _tokenizer_word_starts(encoding: BatchEncoding) -> torch.Tensor:
+    """Whether each token opens a new word of the tokenizer's pre-tokenisation, (batch, seq)."""
+    starts = torch.ones(encoding["input_ids"].shape, dtype=torch.bool)  # (batch, seq)
+    for row in range(starts.shape[0]):
+        words = torch.tensor([-1 if word is None else word for word in encoding.word_ids(row)])  # (seq,)
+        starts[row, 1:] = (words[1:] != words[:-1]) | (words[1:] < 0)
+    return starts
 
 
 def _jieba_word_starts(offsets: torch.Tensor, texts: list[str]) -> torch.Tensor:
