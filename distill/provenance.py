@@ -7,6 +7,7 @@ the git fields are None and nothing fails.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tomllib
 from functools import cache
@@ -80,3 +81,33 @@ def shareable(made: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
         return value
 
     return portable(made)
+
+
+def mixed_code(markers: dict[str, dict[str, Any]], strict: bool = True) -> dict[str, str | None] | None:
+    """Stage -> the commit that made it, when the stages come from more than one code tree; else None.
+
+    A marker without provenance (written before distill recorded it) counts as code of its own.
+    With `strict` (figures to publish), so does a stage made by uncommitted package code: no commit
+    names what ran. Without it (a run's own report) only committed trees are compared, so a run
+    made in a checkout being edited is not flagged at every stage.
+    """
+    made_by = {name: marker.get("provenance") or {} for name, marker in markers.items()}
+    trees = {(made.get("code_tree"), name if strict and made.get("git_dirty") else None) for name, made in made_by.items()}
+    if len(trees) <= 1:
+        return None
+    return {
+        name: f"{made['git_commit']}{'+uncommitted' if made.get('git_dirty') else ''}" if made.get("git_commit") else None
+        for name, made in made_by.items()
+    }
+
+
+def commits_text(mixed: dict[str, str | None]) -> str:
+    """`prepare 1a2b3c4d5e6f, report unknown`: each stage with its short commit."""
+    # commit[40:] keeps a "+uncommitted" mark after the 40-digit id
+    return ", ".join(f"{stage} {commit[:12] + commit[40:] if commit else 'unknown'}" for stage, commit in mixed.items())
+
+
+def stage_markers(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stage name -> its done/NAME.json marker (config hash, metrics, seconds, finish time)."""
+    paths = sorted((run_dir / "done").glob("*.json"))
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in paths}

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 from transformers import BertConfig, BertForSequenceClassification
 
+from distill import provenance
 from distill.cli import cli
 from distill.data.datasets import Example
 from distill.data.tokenize import TextEncoder
@@ -150,6 +151,7 @@ def test_every_model_is_exported_with_int8_and_parity(exported):
         ("bow", "bow", "student"),
     ]
     assert json.loads((onnx_dir / "summary.json").read_text(encoding="utf-8")) == summary
+    assert summary["provenance"] == provenance.code()  # the code that exported, as `distill export` leaves no marker
     for entry in summary["models"]:
         name = entry["name"]
         assert entry["onnx"] == f"{name}.onnx" and entry["onnx_int8"] == f"{name}.int8.onnx"

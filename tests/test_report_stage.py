@@ -28,6 +28,7 @@ from distill.pipeline import Run
 from distill.recipe import load_recipe
 from distill.report.recommend import recommend
 from distill.report.schema import validate_report
+from distill.stages.report import build_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -247,11 +248,47 @@ def test_bench_refuses_a_run_whose_stages_come_from_different_code_unless_allowe
     assert "**⚠ MIXED CODE**: the row's stages were made by different commits" in readme.read_text(encoding="utf-8")
 
 
+def test_the_report_names_stages_made_by_other_code(reported, tmp_path, monkeypatch):
+    """A stage reused from other code, or onnx/ redone by `distill export` at other code, is named
+    in report.json's provenance (stage -> commit) and in its notes; one code's run has neither."""
+    recipe, run, _ = reported
+    copied = tomllib.loads(recipe.read_text(encoding="utf-8"))
+    copied["run"]["out_dir"] = str(tmp_path / "runs")
+    (tmp_path / "tiny.toml").write_text(tomli_w.dumps(copied), encoding="utf-8")
+    run_dir = tmp_path / "runs" / "tiny"
+    shutil.copytree(run.dir, run_dir)
+    this_code = {"package_version": "1.0", "git_commit": "c" * 40, "git_dirty": False, "code_tree": "t" * 40}
+    monkeypatch.setattr(provenance, "code", lambda: dict(this_code))
+
+    def made_by(path: Path, code: dict) -> None:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["provenance"] = {**record.get("provenance", {}), **code}
+        path.write_text(json.dumps(record), encoding="utf-8")
+
+    markers = sorted((run_dir / "done").glob("*.json"))
+    for path in [*markers, run_dir / "onnx" / "summary.json"]:
+        made_by(path, this_code)
+    one_code = build_report(Run(load_recipe(tmp_path / "tiny.toml")))
+    assert "mixed_code" not in one_code["provenance"] and "different code" not in one_code.get("notes", "")
+
+    other_code = {**this_code, "git_commit": "d" * 40, "code_tree": "u" * 40}
+    made_by(run_dir / "done" / "prepare.json", other_code)
+    made_by(run_dir / "onnx" / "summary.json", {**other_code, "git_commit": "e" * 40})
+    mixed = build_report(Run(load_recipe(tmp_path / "tiny.toml")))
+    validate_report(mixed)
+    expected = {path.stem: "c" * 40 for path in markers} | {"prepare": "d" * 40, "export": "e" * 40, "report": "c" * 40}
+    assert mixed["provenance"]["mixed_code"] == expected
+    assert "stages made by different code (" in mixed["notes"] and "prepare dddddddddddd" in mixed["notes"]
+
+
 def test_mixed_code_counts_a_marker_without_provenance_as_other_code():
-    mixed_code = load_bench_tool().mixed_code
+    mixed_code = provenance.mixed_code
     same = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c"}}
     assert mixed_code({"prepare": same, "report": same}) is None
     assert mixed_code({"prepare": {"seconds": 1.0}, "report": same}) == {"prepare": None, "report": "c"}
+    edited = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c", "git_dirty": True}}
+    assert mixed_code({"prepare": edited, "report": edited}) == {"prepare": "c+uncommitted", "report": "c+uncommitted"}
+    assert mixed_code({"prepare": edited, "report": edited}, strict=False) is None  # a run's own report
 
 
 def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_path):

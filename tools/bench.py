@@ -51,7 +51,7 @@ MIXED_MARK = "⚠ MIXED CODE"
 def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, Any]:
     """Run one recipe in a child process; return its timings, peak memory and report figures."""
     run_dir = Run(load_recipe(recipe_path)).dir
-    markers_before = _done_markers(run_dir)
+    markers_before = provenance.stage_markers(run_dir)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     command = [sys.executable, "-m", "distill", "run", str(recipe_path)]
@@ -61,11 +61,11 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise UserError(f"`distill run` exited with code {code}", str(recipe_path), f"see {run_dir / 'run.log'}")
-    markers = _done_markers(run_dir)
-    mixed = mixed_code(markers)
+    markers = provenance.stage_markers(run_dir)
+    mixed = provenance.mixed_code(markers)
     if mixed and not allow_mixed_code:
         raise UserError(
-            f"the run's stages come from different code ({_commits(mixed)})",
+            f"the run's stages come from different code ({provenance.commits_text(mixed)})",
             str(run_dir),
             "remake them with `distill run RECIPE --fresh`, or pass --allow-mixed-code to record the mix",
         )
@@ -97,34 +97,6 @@ def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, A
     if mixed:
         row["mixed_code"] = mixed
     return row
-
-
-def mixed_code(markers: dict[str, dict[str, Any]]) -> dict[str, str | None] | None:
-    """Stage -> the commit that made it, when the stages come from more than one code tree; else None.
-
-    A marker without provenance (written before distill recorded it) counts as code of its own, and
-    so does a stage made by uncommitted package code: no commit names what ran.
-    """
-    made_by = {name: marker.get("provenance") or {} for name, marker in markers.items()}
-    trees = {(made.get("code_tree"), name if made.get("git_dirty") else None) for name, made in made_by.items()}
-    if len(trees) <= 1:
-        return None
-    return {
-        name: f"{made['git_commit']}{'+uncommitted' if made.get('git_dirty') else ''}" if made.get("git_commit") else None
-        for name, made in made_by.items()
-    }
-
-
-def _commits(mixed: dict[str, str | None]) -> str:
-    """`prepare 1a2b3c4d5e6f, report unknown`: each stage with its short commit."""
-    # commit[40:] keeps a "+uncommitted" mark after the 40-digit id
-    return ", ".join(f"{stage} {commit[:12] + commit[40:] if commit else 'unknown'}" for stage, commit in mixed.items())
-
-
-def _done_markers(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Stage name -> its done/NAME.json marker (config hash, metrics, seconds, finish time)."""
-    paths = sorted((run_dir / "done").glob("*.json"))
-    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in paths}
 
 
 def _max_rss_mb(max_rss: int) -> float:
@@ -208,7 +180,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
         "A load average above the thread count means other work shared the cores: stage times and "
         "latencies are then slower than on an idle machine (ratios are measured in one process).",
     ]
-    mixed = "; ".join(f"{Path(run['recipe']).name}: {_commits(run['mixed_code'])}" for run in runs if run.get("mixed_code"))
+    mixed = "; ".join(f"{Path(run['recipe']).name}: {provenance.commits_text(run['mixed_code'])}" for run in runs if run.get("mixed_code"))
     if mixed:
         lines += [
             "",

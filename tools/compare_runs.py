@@ -56,10 +56,9 @@ def compared_models(run: Run) -> dict[str, RunModel]:
 def stage_provenance(run: Run) -> dict[str, dict[str, Any]]:
     """Per finished stage: the commit and code tree that made it, and its seconds."""
     stages = {}
-    for done in sorted((run.dir / "done").glob("*.json")):
-        record = json.loads(done.read_text(encoding="utf-8"))
+    for stage, record in provenance.stage_markers(run.dir).items():
         made = record.get("provenance", {})
-        stages[done.stem] = {"git_commit": made.get("git_commit"), "code_tree": made.get("code_tree"), "seconds": record.get("seconds")}
+        stages[stage] = {"git_commit": made.get("git_commit"), "code_tree": made.get("code_tree"), "seconds": record.get("seconds")}
     return stages
 
 

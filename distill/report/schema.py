@@ -218,6 +218,11 @@ _PROVENANCE = {
         "git_dirty": {"type": ["boolean", "null"]},
         "code_tree": {"type": ["string", "null"]},
         "recipe": {"type": "object"},
+        "mixed_code": {
+            "type": "object",
+            "description": "Present when the run's stages, its export or the report came from different code: stage -> commit (null: unknown).",
+            "additionalProperties": {"type": ["string", "null"]},
+        },
     },
 }
 

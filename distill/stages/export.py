@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from distill import provenance
 from distill.data.datasets import Example, tokens_of
 from distill.errors import UserError
 from distill.export.runtime import (
@@ -164,6 +165,8 @@ def export_models(run: Run, out_dir: Path, quantize: str) -> dict[str, Any]:
         "opset": settings.opset,
         "test_size": len(test),
         "models": entries,
+        # `distill export` replaces onnx/ without a new done marker: the report reads which code exported from here
+        "provenance": provenance.code(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary

@@ -235,13 +235,15 @@ def build_report(run: Run) -> dict[str, Any]:
         "threads": timing.threads,
         "timing": {"batch_sizes": timing.batch_sizes, "warmup": timing.warmup, "repeats": timing.repeats, "rounds": timing.rounds},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "provenance": provenance.record(run.recipe),
+        "provenance": made_by(run, summary),
     }
     section = run.recipe.report
     recommended = recommend(report, section.recommend_tolerance, section.latency_budget_ms)
     if recommended is not None:
         report["recommended"] = recommended
-    notes = "; ".join(note for note in (text_source_notes(run), pruning_note(run), int8_note(summary)) if note)
+    notes = "; ".join(
+        note for note in (text_source_notes(run), pruning_note(run), int8_note(summary), mixed_code_note(report)) if note
+    )
     if notes:
         report["notes"] = notes
     return report
@@ -333,6 +335,22 @@ def seed_summaries(run: Run, teacher_predictions: list[str], test: list[Example]
     if "student" in summaries and TWIN_NAME in runs:
         summaries["student"]["vs_gold_twin"] = versus(runs["student"], runs[TWIN_NAME], test, run.recipe.run.seed)
     return summaries
+
+
+def made_by(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """The report's code and recipe, plus `mixed_code` (stage -> commit) when the run's stages,
+    its export or this report were made by different code: their figures would not be one code's."""
+    made = provenance.record(run.recipe)
+    markers = provenance.stage_markers(run.dir)
+    if "provenance" in summary:  # the code of the export in onnx/, which `distill export` may have redone
+        markers["export"] = {"provenance": summary["provenance"]}
+    mixed = provenance.mixed_code({**markers, "report": {"provenance": made}}, strict=False)
+    return {**made, "mixed_code": mixed} if mixed else made
+
+
+def mixed_code_note(report: dict[str, Any]) -> str:
+    mixed = report["provenance"].get("mixed_code")
+    return f"stages made by different code ({provenance.commits_text(mixed)})" if mixed else ""
 
 
 def text_source_notes(run: Run) -> str:
