@@ -425,7 +425,7 @@ class Run:
         then = done.get("provenance") or {}
         now = provenance.code()
         # code_tree is the committed package's tree: a commit that changes only docs or tests keeps it
-        if then.get("code_tree") == now["code_tree"] and not (then.get("git_dirty") or now["git_dirty"]):
+        if provenance.same_code(then, now):
             return
         self.logger.warning(
             f"WARNING: [{stage}] reuses the output of commit {then.get('git_commit') or 'unknown'}, "

@@ -7,6 +7,7 @@ the git fields are None and nothing fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tomllib
@@ -18,18 +19,33 @@ import distill
 from distill.recipe import Recipe
 
 GIT_TIMEOUT_S = 5.0
+MIXED_MARK = "⚠ MIXED CODE"  # how tables mark figures whose stages were made by different code
 PACKAGE_DIR = Path(distill.__file__).resolve().parent
 
 
-def _git(*args: str) -> str | None:
-    """A git command's stripped output in the package's checkout, or None when git cannot answer."""
+def _git(*args: str, strip: bool = True) -> str | None:
+    """A git command's output in the package's directory (stripped unless asked not to), or None
+    when git cannot answer."""
     try:
         done = subprocess.run(
             ["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip()
+    return done.stdout.strip() if strip else done.stdout
+
+
+def _uncommitted_digest() -> str | None:
+    """A digest of the package's uncommitted changes (the diff against HEAD and the untracked
+    files), so two stages made by the same edited code are known to be one code."""
+    diff = _git("diff", "HEAD", "--binary", "--", ".", strip=False)
+    untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", ".", strip=False)
+    if diff is None or untracked is None:
+        return None
+    digest = hashlib.sha256(diff.encode("utf-8", "surrogateescape"))
+    for name in sorted(filter(None, untracked.split("\0"))):
+        digest.update(name.encode("utf-8") + b"\0" + (PACKAGE_DIR / name).read_bytes())
+    return digest.hexdigest()
 
 
 @cache
@@ -39,20 +55,36 @@ def _code() -> tuple[tuple[str, Any], ...]:
     # Only the checkout the package lives in at its top level counts: an installed copy under a
     # virtualenv inside some other repository must not report that repository's commit.
     in_checkout = top is not None and Path(top).resolve() == PACKAGE_DIR.parent
-    # dirty means the package itself differs from its commit (uncommitted docs or tests do not count)
-    status = _git("status", "--porcelain", "--", PACKAGE_DIR.name) if in_checkout else None
+    # dirty means the package itself differs from its commit (uncommitted docs or tests do not
+    # count); git runs inside the package, so "." is the package
+    status = _git("status", "--porcelain", "--", ".") if in_checkout else None
+    dirty = None if status is None else status != ""
     return (
         ("package_version", distill.__version__),
         ("git_commit", _git("rev-parse", "HEAD") if in_checkout else None),
-        ("git_dirty", None if status is None else status != ""),
+        ("git_dirty", dirty),
         ("code_tree", _git("rev-parse", f"HEAD:{PACKAGE_DIR.name}") if in_checkout else None),
+        ("uncommitted_digest", _uncommitted_digest() if dirty else None),
     )
 
 
 def code() -> dict[str, Any]:
-    """{package_version, git_commit, git_dirty, code_tree}: code_tree is git's tree id of the
-    committed `distill` package, equal across commits that change only docs, tests or tools."""
+    """{package_version, git_commit, git_dirty, code_tree, uncommitted_digest}: code_tree is git's
+    tree id of the committed `distill` package, equal across commits that change only docs, tests
+    or tools; uncommitted_digest tells apart edits made on top of it (None when there are none)."""
     return dict(_code())
+
+
+def code_identity(made: dict[str, Any], name: str) -> tuple[Any, ...]:
+    """What makes two records' code the same: the committed tree and the digest of uncommitted
+    changes. A record of edited code without a digest (older markers) is code of its own (`name`)."""
+    dirty = bool(made.get("git_dirty"))
+    digest = made.get("uncommitted_digest") if dirty else None
+    return made.get("code_tree"), digest, name if dirty and digest is None else None
+
+
+def same_code(then: dict[str, Any], now: dict[str, Any]) -> bool:
+    return code_identity(then, "then") == code_identity(now, "now")
 
 
 def record(recipe: Recipe) -> dict[str, Any]:
@@ -83,17 +115,14 @@ def shareable(made: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
     return portable(made)
 
 
-def mixed_code(markers: dict[str, dict[str, Any]], strict: bool = True) -> dict[str, str | None] | None:
-    """Stage -> the commit that made it, when the stages come from more than one code tree; else None.
+def mixed_code(markers: dict[str, dict[str, Any]]) -> dict[str, str | None] | None:
+    """Stage -> the commit that made it, when the stages come from more than one code; else None.
 
-    A marker without provenance (written before distill recorded it) counts as code of its own.
-    With `strict` (figures to publish), so does a stage made by uncommitted package code: no commit
-    names what ran. Without it (a run's own report) only committed trees are compared, so a run
-    made in a checkout being edited is not flagged at every stage.
+    A marker without provenance (written before distill recorded it) counts as code of its own, and
+    so does one made by edited package code without a digest of the edits (`code_identity`).
     """
     made_by = {name: marker.get("provenance") or {} for name, marker in markers.items()}
-    trees = {(made.get("code_tree"), name if strict and made.get("git_dirty") else None) for name, made in made_by.items()}
-    if len(trees) <= 1:
+    if len({code_identity(made, name) for name, made in made_by.items()}) <= 1:
         return None
     return {
         name: f"{made['git_commit']}{'+uncommitted' if made.get('git_dirty') else ''}" if made.get("git_commit") else None

@@ -183,3 +183,27 @@ def test_an_ensembles_fine_tuning_has_no_one_loop_to_cost(two_runs, tmp_path):
     (copy / "teacher" / "metrics.json").write_text(json.dumps({"dev": {"accuracy": 0.5}, "members": []}), encoding="utf-8")
     costs = tool.stage_costs(Run.from_dir(copy), "accuracy")
     assert "finetune" not in costs and "task_specific" in costs
+
+
+def test_a_run_whose_stages_come_from_different_code_is_marked(two_runs, tmp_path):
+    a, b, _ = two_runs
+    tool = load_tool("compare_runs")
+    copy = tmp_path / "soft"
+    shutil.copytree(a.dir, copy)
+    markers = sorted((copy / "done").glob("*.json"))
+
+    def made_by(code_tree: str, commit: str, stages: list) -> None:
+        for path in stages:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            record["provenance"].update(code_tree=code_tree, git_commit=commit, git_dirty=False)
+            path.write_text(json.dumps(record), encoding="utf-8")
+
+    made_by("t" * 40, "c" * 40, markers)
+    assert "mixed_code" not in tool._run_record(Run.from_dir(copy))
+    made_by("u" * 40, "d" * 40, [copy / "done" / "finetune.json"])
+    record = tool._run_record(Run.from_dir(copy))
+    assert record["mixed_code"] == {path.stem: "c" * 40 for path in markers} | {"finetune": "d" * 40}
+    result = tool.compare(a.dir, b.dir)
+    assert "MIXED CODE" not in tool.markdown(result, "A", "B")
+    result["runs"]["a"] = record
+    assert "**⚠ MIXED CODE**: " in tool.markdown(result, "A", "B") and "finetune dddddddddddd" in tool.markdown(result, "A", "B")

@@ -10,7 +10,7 @@ import pytest
 import distill
 from distill import provenance
 
-NO_GIT = {"package_version": distill.__version__, "git_commit": None, "git_dirty": None, "code_tree": None}
+NO_GIT = {"package_version": distill.__version__, "git_commit": None, "git_dirty": None, "code_tree": None, "uncommitted_digest": None}
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +80,37 @@ def test_shareable_writes_paths_inside_the_root_relative_and_leaves_the_rest(tmp
         },
     }
     assert made["recipe"]["teacher"]["model"].startswith(str(tmp_path))  # the input is not changed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_edits_to_the_package_are_dirty_with_a_digest_that_tells_them_apart(monkeypatch, tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True)
+
+    package = tmp_path / "distill"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+
+    def code() -> dict:
+        provenance._code.cache_clear()
+        return provenance.code()
+
+    clean = code()
+    assert clean["git_dirty"] is False and clean["uncommitted_digest"] is None and clean["code_tree"]
+    (tmp_path / "README.md").write_text("other docs\n")
+    assert code() == clean  # edits outside the package do not count
+    (package / "a.py").write_text("x = 2\n")
+    edited = code()
+    assert edited["git_dirty"] is True and edited["code_tree"] == clean["code_tree"]
+    assert code()["uncommitted_digest"] == edited["uncommitted_digest"]  # the same edits, the same digest
+    assert provenance.same_code(edited, code()) and not provenance.same_code(edited, clean)
+    (package / "b.py").write_text("y = 1\n")  # an untracked module is code too
+    with_new_file = code()
+    assert with_new_file["uncommitted_digest"] != edited["uncommitted_digest"]
+    (package / "a.py").write_text("x = 3\n")
+    assert code()["uncommitted_digest"] not in (edited["uncommitted_digest"], with_new_file["uncommitted_digest"])

@@ -241,7 +241,8 @@ def test_bench_refuses_a_run_whose_stages_come_from_different_code_unless_allowe
     assert allowed.returncode == 0, allowed.stderr
     (entry,) = json.loads(out.read_text(encoding="utf-8"))["runs"]
     now = provenance.code()["git_commit"]
-    assert entry["mixed_code"] == {"export": now, "prepare": marker["provenance"]["git_commit"], "report": now}
+    edited = "+uncommitted" if provenance.code()["git_dirty"] else ""  # a checkout being edited
+    assert entry["mixed_code"] == {"export": now + edited, "prepare": marker["provenance"]["git_commit"] + edited, "report": now + edited}
     assert entry["provenance"] == json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["provenance"]
     rows = [line for line in readme.read_text(encoding="utf-8").splitlines() if line.startswith("| tiny.toml")]
     assert rows and all(row.startswith("| tiny.toml **⚠ MIXED CODE** |") for row in rows)
@@ -286,9 +287,13 @@ def test_mixed_code_counts_a_marker_without_provenance_as_other_code():
     same = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c"}}
     assert mixed_code({"prepare": same, "report": same}) is None
     assert mixed_code({"prepare": {"seconds": 1.0}, "report": same}) == {"prepare": None, "report": "c"}
-    edited = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c", "git_dirty": True}}
-    assert mixed_code({"prepare": edited, "report": edited}) == {"prepare": "c+uncommitted", "report": "c+uncommitted"}
-    assert mixed_code({"prepare": edited, "report": edited}, strict=False) is None  # a run's own report
+    edited = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c", "git_dirty": True, "uncommitted_digest": "x"}}
+    assert mixed_code({"prepare": edited, "report": edited}) is None  # the same edits
+    other_edits = {"seconds": 1.0, "provenance": {**edited["provenance"], "uncommitted_digest": "y"}}
+    assert mixed_code({"prepare": edited, "report": other_edits}) == {"prepare": "c+uncommitted", "report": "c+uncommitted"}
+    assert mixed_code({"prepare": edited, "report": same}) == {"prepare": "c+uncommitted", "report": "c"}
+    unknown_edits = {"seconds": 1.0, "provenance": {"code_tree": "t", "git_commit": "c", "git_dirty": True}}  # older marker
+    assert mixed_code({"prepare": unknown_edits, "report": unknown_edits}) is not None
 
 
 def test_bench_with_earlier_files_merges_runs_dated_and_replaced_by_recipe(tmp_path):

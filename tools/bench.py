@@ -45,7 +45,6 @@ _STUDENT_KEYS = ("name", "kind", *_MODEL_KEYS, "retention", "speedup")
 # kept where the report has them (reports of older code lack some): the int8 copy's figures, the
 # batch-size-1 latency split, the FLOP-limit speed-up, whether int8 was kept
 _COST_KEYS = ("int8", "int8_decision", "latency_split_ms", "flops_per_text", "flop_speedup")
-MIXED_MARK = "⚠ MIXED CODE"
 
 
 def run_recipe(recipe_path: Path, allow_mixed_code: bool = False) -> dict[str, Any]:
@@ -130,7 +129,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
     cpus = sorted({run["hardware"]["cpu"] for run in runs})
 
     def recipe_cell(run: dict[str, Any]) -> str:
-        return f"{Path(run['recipe']).name}{f' **{MIXED_MARK}**' if run.get('mixed_code') else ''}"
+        return f"{Path(run['recipe']).name}{f' **{provenance.MIXED_MARK}**' if run.get('mixed_code') else ''}"
 
     lines = [
         f"Measured by `tools/bench.py`, CPU: {', '.join(cpus)}.",
@@ -184,7 +183,7 @@ def results_section(runs: list[dict[str, Any]]) -> str:
     if mixed:
         lines += [
             "",
-            f"**{MIXED_MARK}**: the row's stages were made by different commits, so its figures do not come from "
+            f"**{provenance.MIXED_MARK}**: the row's stages were made by different commits, so its figures do not come from "
             f"one version of the code ({mixed}).",
         ]
     return "\n".join(lines)

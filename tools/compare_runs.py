@@ -183,8 +183,22 @@ def pooled_over_pairs(scored: list[tuple[SeedRun, SeedRun]], test: list, seed: i
 
 
 def _run_record(run: Run) -> dict[str, Any]:
-    """Where a run is, the commits of its stages and its resolved recipe."""
-    return provenance.shareable({"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]})
+    """Where a run is, the commits of its stages, `mixed_code` when they differ, and its resolved recipe."""
+    record = {"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]}
+    mixed = provenance.mixed_code(provenance.stage_markers(run.dir))
+    if mixed:
+        record["mixed_code"] = mixed
+    return provenance.shareable(record)
+
+
+def mixed_code_lines(result: dict[str, Any]) -> list[str]:
+    """A warning per compared run whose stages were made by different code: its figures are not one code's."""
+    runs = [*result["runs"].values(), *(record for pair in result["pairs"] for record in pair.values())]
+    return [
+        f"**{provenance.MIXED_MARK}**: {run['run_dir']} has stages made by different code ({provenance.commits_text(run['mixed_code'])})."
+        for run in runs
+        if run.get("mixed_code")
+    ]
 
 
 def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
@@ -209,6 +223,7 @@ def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:
     if any(row["model"] == TWIN_NAME for row in result["models"]):
         lines += ["", f"`{TWIN_NAME}`: the transformer student trained on gold labels only, with each run's student initialisation."]
     lines += ["", "This table: one seed per run, the interval over test texts (paired bootstrap, 1,000 resamples), not over seeds."]
+    lines += [line for warning in mixed_code_lines(result) for line in ("", warning)]
     if result["pairs"]:
         lines += ["", *seeds_table(result)]
     if result["stages"]:

@@ -217,6 +217,7 @@ _PROVENANCE = {
         "git_commit": {"type": ["string", "null"]},
         "git_dirty": {"type": ["boolean", "null"]},
         "code_tree": {"type": ["string", "null"]},
+        "uncommitted_digest": {"type": ["string", "null"]},
         "recipe": {"type": "object"},
         "mixed_code": {
             "type": "object",

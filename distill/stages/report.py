@@ -344,7 +344,7 @@ def made_by(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     markers = provenance.stage_markers(run.dir)
     if "provenance" in summary:  # the code of the export in onnx/, which `distill export` may have redone
         markers["export"] = {"provenance": summary["provenance"]}
-    mixed = provenance.mixed_code({**markers, "report": {"provenance": made}}, strict=False)
+    mixed = provenance.mixed_code({**markers, "report": {"provenance": made}})
     return {**made, "mixed_code": mixed} if mixed else made
 
 
