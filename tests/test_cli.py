@@ -279,3 +279,23 @@ def test_validate_refuses_what_the_task_family_rules_out(tmp_path, distill_main)
     code, out, err = distill_main("validate", recipe)
     assert code == 0, err
     assert "regression task, outputs score" in out and "decisions: the output score; primary metric pearson" in out
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "says"),
+    [
+        (OSError(28, "No space left on device", "runs/r/teacher"), 1, "cannot read or write a file (runs/r/teacher): No space left on device"),
+        (KeyboardInterrupt(), 130, "interrupted; run the same command again to resume"),
+    ],
+)
+def test_a_failing_disk_exits_1_and_an_interrupt_130_each_with_one_line(raised, code, says, tmp_path, monkeypatch, distill_main):
+    import distill.recipe
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(distill.recipe, "load_recipe", fail)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("", encoding="utf-8")
+    exit_code, _, err = distill_main("validate", recipe)
+    assert exit_code == code and err.strip().splitlines() == [err.strip()] and says in err
