@@ -562,6 +562,10 @@ def test_ablation_markdown_names_the_pooled_interval():
     table = load_tool("ablate").markdown_table(rows, [1, 2], "`r.toml`")
     assert "| tsd | TSD | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | 0.5000 ± 0.5000 | +1.00 [-0.20, +2.00] vs gold_only" in table
     assert "95% interval from a hierarchical bootstrap over seeds and examples (1,000 resamples)" in table
+    assert "MIXED CODE" not in table
+    rows[1]["runs"] = [{"run_dir": "runs/a/tsd-seed1", "mixed_code": {"prepare": "d" * 40, "task_specific": "c" * 40}}]
+    table = load_tool("ablate").markdown_table(rows, [1, 2], "`r.toml`")
+    assert "**⚠ MIXED CODE**: runs/a/tsd-seed1 has stages made by different code (prepare dddddddddddd, task_specific cccccccccccc)." in table
 
 
 def test_ablation_refuses_a_base_run_made_with_other_settings(make_run):

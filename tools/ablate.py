@@ -191,6 +191,9 @@ def run_variant(
         required = ("prepare", "pretrain") if is_teacher(variant) else SHARED_STAGES
         run, done = run_repeat(base, variant_recipe(base, variant, seed, out_dir), required)
     minutes = sum(done[name]["seconds"] for name in variant.stages) / 60
+    # stages linked from the base run or resumed may come from other code than the variant's own
+    mixed = provenance.mixed_code(provenance.stage_markers(run.dir))
+    made_by = {"mixed_code": mixed} if mixed else {}
     if is_teacher(variant):
         models = [RunModel("teacher", TRANSFORMER_KIND, "teacher", run.dir / "teacher")]
     else:  # the base run also holds its transformer student, which a data variant does not train
@@ -199,7 +202,7 @@ def run_variant(
     for model in models:
         if model.name != TWIN_NAME:
             measured = seed_run(run, model, seed, teacher_predictions)
-            results[model.name] = SeedRun({**measured.figures, "minutes": minutes, "run_dir": str(run.dir)}, measured.predictions)
+            results[model.name] = SeedRun({**measured.figures, "minutes": minutes, "run_dir": str(run.dir), **made_by}, measured.predictions)
     return results
 
 
@@ -299,7 +302,12 @@ def markdown_table(
                 lines.append(f"| {' | '.join(cells)} |")
     minutes = "minutes: the variant's stages, shared by the word-level students of one data variant"
     minutes += "; an ensemble's, the sum of its members'." if subject == "Teacher" else "."
-    return "\n".join([*lines, "", minutes]) + "\n"
+    mixed = {run["run_dir"]: run["mixed_code"] for row in rows for run in row.get("runs", []) if run.get("mixed_code")}
+    warnings = [
+        f"**{provenance.MIXED_MARK}**: {run_dir} has stages made by different code ({provenance.commits_text(commits)})."
+        for run_dir, commits in mixed.items()
+    ]
+    return "\n".join([*lines, "", minutes, *(line for warning in warnings for line in ("", warning))]) + "\n"
 
 
 def ablate(
