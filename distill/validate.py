@@ -20,7 +20,8 @@ def _check_teacher(recipe: Recipe) -> tuple[list[str], AttentionShape]:
 
     from distill.models.architectures import architecture
     from distill.models.pruning import unprunable
-    from distill.models.teacher import model_config, resolve_model_path
+    from distill.models.teacher import check_pooling, model_config, resolve_model_path
+    from distill.tasks import family
 
     path = resolve_model_path(recipe.teacher.model)
     try:
@@ -33,6 +34,7 @@ def _check_teacher(recipe: Recipe) -> tuple[list[str], AttentionShape]:
             "point it at a Hugging Face model directory with config.json and tokenizer files",
         ) from None
     spec = architecture(config)
+    check_pooling(recipe.teacher.pooling, spec.model_type, family(recipe.task.type).head)
     shape = spec.shape(config)
     positions = spec.usable_positions(config)
     if recipe.task.max_length > positions:

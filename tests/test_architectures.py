@@ -226,6 +226,18 @@ def check_run(run_dir: Path, student_type: str) -> dict:
     return report
 
 
+@pytest.mark.parametrize(("name", "accepted"), [("bert", True), ("roberta", False), ("modernbert", False)])
+def test_validate_checks_the_pooling_against_the_teacher_before_any_training(name, accepted, encoder_dirs, tmp_path, distill_main):
+    recipe = run_recipe(tmp_path, encoder_dirs[name])
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("[teacher]\n", '[teacher]\npooling = "mean"\n'), encoding="utf-8")
+    code, out, err = distill_main("validate", str(recipe))
+    if accepted:
+        assert code == 0, err
+    else:
+        assert code == 2 and f"pooling 'mean' needs a BERT-family teacher, got model_type '{name}'" in err
+        assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_the_pipeline_runs_on_a_teacher_of_each_architecture(name, tmp_path, distill_main):

@@ -100,6 +100,24 @@ def _check_pooling(pooling: str) -> None:
         raise UserError(f"unknown pooling {pooling!r}", "[teacher] pooling", f"use one of {', '.join(POOLINGS)}")
 
 
+def check_pooling(pooling: str, model_type: str, head: str = "sequence") -> None:
+    """Whether a classifier of `model_type` with a `head` head can pool this way; `distill validate`
+    asks before any training, the classifier builder again."""
+    _check_pooling(pooling)
+    if head == "token" and pooling != "cls":
+        raise UserError(
+            f"pooling {pooling!r} pools a text into one vector; a token-classification head reads every token",
+            "[teacher] pooling",
+            "leave [teacher] pooling out for a token-classification task",
+        )
+    if pooling != "cls" and model_type not in BERT_FAMILY:
+        raise UserError(
+            f"pooling {pooling!r} needs a BERT-family teacher, got model_type {model_type!r}",
+            "[teacher] pooling",
+            "use pooling = \"cls\" with this teacher, or a BERT teacher",
+        )
+
+
 class PooledBertConfig(BertConfig):
     """A BERT config that also records how the classifier pools token vectors (``mean`` or ``last4``)."""
 
@@ -219,20 +237,8 @@ def _classifier_config(
     encoder_config: PreTrainedConfig, labels: list[str], pooling: str, dropout: float | None, head: str = "sequence"
 ) -> PreTrainedConfig:
     """The encoder's config turned into a classifier config with labels, pooling, head kind and head dropout."""
-    _check_pooling(pooling)
     family = encoder_config.model_type
-    if head == "token" and pooling != "cls":
-        raise UserError(
-            f"pooling {pooling!r} pools a text into one vector; a token-classification head reads every token",
-            "[teacher] pooling",
-            "leave [teacher] pooling out for a token-classification task",
-        )
-    if pooling != "cls" and family not in BERT_FAMILY:
-        raise UserError(
-            f"pooling {pooling!r} needs a BERT-family teacher, got model_type {family!r}",
-            "[teacher] pooling",
-            "use pooling = \"cls\" with this teacher, or a BERT teacher",
-        )
+    check_pooling(pooling, family, head)
     settings = {**_encoder_settings(encoder_config), **label_maps(labels), HEAD_KEY: head}
     if dropout is not None:
         dropout_key = architecture(encoder_config).head_dropout
