@@ -262,6 +262,10 @@ class RelationSettings(Section):
     relation_heads: int | None = Field(default=None, ge=1)
     teacher_layer: int = -1
     student_layer: int = -1
+    # TinyBERT's hidden-state MSE between the same two layers' outputs, times this (0: off); the
+    # widths must match (relations bridge other widths, hidden states would need a learned map)
+    hidden_weight: float = Field(default=0.0, ge=0)
+    ADDED_LATER = frozenset({"hidden_weight"})
 
 
 class RegulariserSettings(Section):
@@ -312,6 +316,7 @@ class PretrainStage(TrainSettings):
 
 
 class GeneralStage(TrainSettings, RelationSettings):
+    ADDED_LATER = TrainSettings.ADDED_LATER | RelationSettings.ADDED_LATER
     corpus: list[str] = []  # text files or builtins; empty = the task's unlabelled texts
     corpus_limit: int | None = Field(default=None, ge=1)
     lr: float = Field(default=1e-4, gt=0)
@@ -319,18 +324,24 @@ class GeneralStage(TrainSettings, RelationSettings):
 
 
 class TaskAdaptiveStage(TrainSettings, RelationSettings):
+    ADDED_LATER = TrainSettings.ADDED_LATER | RelationSettings.ADDED_LATER
     augment: bool = False  # add the data-distillation augmenter's texts
     lr: float = Field(default=1e-4, gt=0)
 
 
 class TaskSpecificStage(TrainSettings, RelationSettings, RegulariserSettings):
-    ADDED_LATER = TrainSettings.ADDED_LATER | RegulariserSettings.ADDED_LATER
+    ADDED_LATER = TrainSettings.ADDED_LATER | RelationSettings.ADDED_LATER | RegulariserSettings.ADDED_LATER
     temperature: float = Field(default=2.0, gt=0)
     soft_weight: float = Field(default=1.0, ge=0)
     hard_weight: float = Field(default=1.0, ge=0)
     relation_weight: float = Field(default=0.0, ge=0)  # times the relation loss, a sum of len(relations) KLs
     baseline_twin: bool = False  # also train the same student on gold labels only
     lr: float = Field(default=5e-5, gt=0)
+
+    @property
+    def live_teacher(self) -> bool:
+        """Whether the teacher runs beside the student (its q/k/v or hidden states are read)."""
+        return bool(self.relation_weight or self.hidden_weight)
 
 
 class NlpaugSettings(Section):

@@ -88,9 +88,15 @@ def _check_relation_heads(recipe: Recipe, teacher: AttentionShape) -> list[str]:
     lines = []
     for name in ("general", "general_enhanced", "task_adaptive", "task_specific"):
         section = getattr(recipe.stages, name)
-        if section is None or not section.enabled or (name == "task_specific" and not section.relation_weight):
-            continue  # TSD without relation_weight computes no relations
+        if section is None or not section.enabled or (name == "task_specific" and not section.live_teacher):
+            continue  # TSD without relation_weight or hidden_weight reads no teacher features
         heads = relation_heads(section.relation_heads, section.relations, teacher, student, f"[stages.{name}]")
+        if section.hidden_weight and teacher.width != student.width:
+            raise UserError(
+                f"hidden_weight compares hidden states, but the teacher's width is {teacher.width} and the student's {student.width}",
+                f"[stages.{name}] hidden_weight",
+                "give the student the teacher's width, or set hidden_weight = 0 (the relations bridge widths)",
+            )
         lines.append(
             f"{name}: {heads} relation heads ({', '.join(section.relations)}) "
             f"for widths {teacher.width} and {student.width}"
@@ -200,18 +206,18 @@ def _check_regularisers(recipe: Recipe, data: TaskData | PreparedData) -> None:
                 f"[stages.{name}] mixup_alpha",
                 "remove mixup_alpha for this task",
             )
-        if name == "task_specific" and section.relation_weight:
+        if name == "task_specific" and section.live_teacher:
             raise UserError(
-                "mixup feeds the student mixed embeddings, but the relation loss needs the teacher on the same inputs",
+                "mixup feeds the student mixed embeddings, but the relation and hidden losses need the teacher on the same inputs",
                 "[stages.task_specific] mixup_alpha",
-                "set relation_weight = 0 or remove mixup_alpha",
+                "set relation_weight and hidden_weight to 0, or remove mixup_alpha",
             )
     section = recipe.stages.task_specific
-    if section is not None and section.enabled and section.rdrop_alpha is not None and section.relation_weight:
+    if section is not None and section.enabled and section.rdrop_alpha is not None and section.live_teacher:
         raise UserError(
-            "R-Drop reads each batch twice through the student, but the relation loss pairs one student pass with the teacher's",
+            "R-Drop reads each batch twice through the student, but the relation and hidden losses pair one student pass with the teacher's",
             "[stages.task_specific] rdrop_alpha",
-            "set relation_weight = 0 or remove rdrop_alpha",
+            "set relation_weight and hidden_weight to 0, or remove rdrop_alpha",
         )
 
 

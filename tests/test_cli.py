@@ -23,6 +23,12 @@ BAD_INPUT = {
     ),
     "wrong-type": ("run", GOOD_TASK + "[run]\nseed = \"42\"\n", None, ["'run.seed' = '42'", "valid integer"]),
     "invalid-toml": ("run", GOOD_TASK + "[run\nseed = 1\n", None, ["not valid TOML", "bad.toml"]),
+    "hidden-weight-across-widths": (
+        "validate",
+        GOOD_TASK + "[student]\nhidden = 192\nheads = 4\n[stages.task_adaptive]\nhidden_weight = 1.0\n",
+        None,
+        ["hidden_weight compares hidden states", "teacher's width is 384 and the student's 192", "[stages.task_adaptive] hidden_weight"],
+    ),
     "missing-data-file": ("validate", '[task]\ndataset = "nope.csv"\n', None, ["data file not found", "nope.csv"]),
     "missing-column": (
         "validate",

@@ -226,6 +226,18 @@ def test_task_adaptive_lowers_the_relation_loss(make_run):
     assert all(row["relation"] > 0 for row in train_logs(run, "task_adaptive"))  # logged under its own name
 
 
+def test_hidden_weight_adds_the_hidden_term_to_tad_and_alone_makes_tsd_run_its_teacher_live(make_run):
+    stages = stage_table("task_adaptive", hidden_weight=2.0) + stage_table(
+        "task_specific", soft_weight=0.0, hard_weight=0.0, relation_weight=0.0, hidden_weight=1.0
+    )
+    run = make_run(stages)
+    run.execute()
+    assert all(row["hidden"] > 0 and row["relation"] > 0 for row in train_logs(run, "task_adaptive"))
+    tsd = train_logs(run, "task_specific")
+    assert tsd and all(set(row) >= {"hidden", "loss"} and "relation" not in row for row in tsd)
+    assert all(row["loss"] == pytest.approx(row["hidden"], rel=1e-5) for row in tsd)
+
+
 def test_task_adaptive_adds_the_augmented_texts(make_run):
     augment = 'augment = { unk = 0.2, pos_swap = 0.0, n_sampling = 0.5, multiplier = 2 }'
     run = make_run(stage_table("task_adaptive", augment=True) + f"[stages.data_distill]\nenabled = false\n{augment}\n")
@@ -295,6 +307,38 @@ def test_ensemble_relations_target_the_weighted_mean_of_the_members_attention_ma
     torch.testing.assert_close(loss, rows[mask.bool()[:, None, :].expand_as(rows)].mean(), rtol=1e-4, atol=1e-6)
 
 
+def test_the_hidden_term_is_the_mse_of_the_layers_outputs_over_real_tokens():
+    # TinyBERT's hidden-state loss, beside the relations: teacher layer 0 against the student's last layer.
+    teacher, student, other = tiny_eager_bert(0, width=32), tiny_eager_bert(1, width=32), tiny_eager_bert(2, width=32)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(3, 100, mask.shape, generator=torch.Generator().manual_seed(0)), "attention_mask": mask}
+    settings = RelationSettings(hidden_weight=0.5, teacher_layer=0)
+    with torch.no_grad():
+        h_T = teacher(**batch, output_hidden_states=True).hidden_states[1]  # layer 0's output, (batch, seq, 32)
+        h_O = other(**batch, output_hidden_states=True).hidden_states[1]
+        h_S = student(**batch, output_hidden_states=True).hidden_states[-1]
+    real = mask.bool()
+
+    def mse(target):
+        return ((h_S - target)[real] ** 2).mean()  # (real tokens, width), flattened
+
+    with torch.no_grad(), RelationTransfer(teacher, student, settings, "[stages.task_adaptive]") as transfer:
+        terms = transfer.terms(*transfer.features(student, batch, batch), relation_weight=0.0)
+    assert set(terms) == {"hidden"} and terms["hidden"][0] == 0.5  # relations of weight 0 are not computed
+    torch.testing.assert_close(terms["hidden"][1], mse(h_T), rtol=1e-5, atol=1e-6)
+    members = [(teacher, 0.75), (other, 0.25)]
+    with torch.no_grad(), RelationTransfer(teacher, student, settings, "[stages.task_adaptive]", members) as transfer:
+        terms = transfer.terms(*transfer.features(student, batch, batch), relation_weight=1.0)
+    assert set(terms) == {"relation", "hidden"}
+    torch.testing.assert_close(terms["hidden"][1], 0.75 * mse(h_T) + 0.25 * mse(h_O), rtol=1e-5, atol=1e-6)
+
+
+def test_the_hidden_term_needs_the_teachers_width():
+    with pytest.raises(UserError, match="teacher's width is 32 and the student's 16") as info:
+        RelationTransfer(tiny_eager_bert(0, width=32), tiny_eager_bert(1, width=16), RelationSettings(hidden_weight=1.0), "[stages.general]")
+    assert info.value.where == "[stages.general] hidden_weight"
+
+
 def test_ensemble_members_that_need_different_relation_heads_are_refused():
     members = [tiny_eager_bert(0, width=32), tiny_eager_bert(2, width=24)]
     with pytest.raises(UserError, match="different relation head counts") as info:
@@ -329,7 +373,7 @@ def test_minilm_head_mismatch_stops_the_stage_before_training(make_run):
 
 def test_all_zero_loss_weights_are_a_user_error(make_run):
     run = make_run(stage_table("task_specific", soft_weight=0.0, hard_weight=0.0))
-    with pytest.raises(UserError, match="all 0"):
+    with pytest.raises(UserError, match="hidden_weight are all 0"):
         run.execute()
 
 

@@ -9,7 +9,6 @@ import torch
 
 from distill.errors import UserError
 from distill.losses import (
-    HiddenProjection,
     attention_kl,
     combine,
     hard_label_loss,
@@ -278,24 +277,9 @@ def test_hidden_mse_averages_over_real_tokens_only():
     torch.testing.assert_close(hidden_mse(padded_changed, teacher, MASK), expected)
 
 
-def test_hidden_mse_projects_a_narrower_student():
-    torch.manual_seed(0)
-    projection = HiddenProjection(student_width=16, teacher_width=32)
-    student, teacher = randn(BATCH, SEQ, 16, seed=0), randn(BATCH, SEQ, 32, seed=1)
-    real = MASK.bool()
-    with torch.no_grad():
-        projected = student @ projection.project.weight.T + projection.project.bias
-    expected = ((projected[real] - teacher[real]) ** 2).mean()
-    torch.testing.assert_close(hidden_mse(student, teacher, MASK, projection), expected)
-    with pytest.raises(ValueError, match="HiddenProjection"):
-        hidden_mse(student, teacher, MASK)
-
-
-def test_hidden_projection_is_identity_for_equal_widths():
-    projection = HiddenProjection(32, 32)
-    hidden = randn(BATCH, SEQ, 32, seed=0)
-    assert list(projection.parameters()) == []
-    assert torch.equal(projection(hidden), hidden)
+def test_hidden_mse_refuses_different_widths():
+    with pytest.raises(ValueError, match="differ"):
+        hidden_mse(randn(BATCH, SEQ, 16, seed=0), randn(BATCH, SEQ, 32, seed=1), MASK)
 
 
 # --- combining weighted terms ----------------------------------------------------------

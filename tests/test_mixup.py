@@ -92,6 +92,7 @@ def test_teacher_and_student_train_with_mixup_and_log_the_weight(tmp_path):
         assert json.loads((run.dir / directory / "metrics.json").read_text(encoding="utf-8"))["test"]["accuracy"] >= 0.0
 
 
-def test_mixup_with_a_live_teacher_is_refused(tmp_path):
-    with pytest.raises(UserError, match="relation loss needs the teacher"):
-        check_recipe(mixup_recipe(tmp_path, relation_weight=1.0))
+@pytest.mark.parametrize("live", ["relation_weight", "hidden_weight"])
+def test_mixup_with_a_live_teacher_is_refused(tmp_path, live):
+    with pytest.raises(UserError, match="relation and hidden losses need the teacher"):
+        check_recipe(mixup_recipe(tmp_path, **{live: 1.0}))

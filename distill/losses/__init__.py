@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.losses.hidden import HiddenProjection, hidden_mse
+from distill.losses.hidden import hidden_mse
 from distill.losses.logits import (
     hard_label_loss,
     regression_loss,
@@ -31,7 +31,6 @@ from distill.losses.relation import (
 
 __all__ = [
     "RELATIONS",
-    "HiddenProjection",
     "RelationSettingsError",
     "attention_kl",
     "combine",

@@ -1,45 +1,19 @@
-"""Hidden-state matching: masked MSE, with a learned projection when widths differ."""
+"""Hidden-state matching (TinyBERT): masked MSE between a teacher and a student layer's outputs."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 
-class HiddenProjection(nn.Module):
-    """Maps student hidden states to the teacher's width (TinyBERT's W_h).
-
-    A learned Linear when the widths differ, the identity when they match, so callers can
-    always apply one without checking widths.
-    """
-
-    def __init__(self, student_width: int, teacher_width: int) -> None:
-        super().__init__()
-        same = student_width == teacher_width
-        self.project = nn.Identity() if same else nn.Linear(student_width, teacher_width)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: (..., student_width) -> (..., teacher_width)."""
-        return self.project(hidden)
-
-
-def hidden_mse(
-    student_hidden: Tensor,
-    teacher_hidden: Tensor,
-    attention_mask: Tensor,
-    projection: nn.Module | None = None,
-) -> Tensor:
+def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean squared error over real tokens and every feature; padding is ignored.
 
-    student_hidden: (batch, seq, student_width); teacher_hidden: (batch, seq, teacher_width);
-    attention_mask: (batch, seq), 0 on padding. `projection` maps the student to the
-    teacher's width (see `HiddenProjection`).
+    student_hidden, teacher_hidden: (batch, seq, width), one width (distill offers no learned map
+    between widths: the relation losses bridge them); attention_mask: (batch, seq), 0 on padding.
     """
-    if projection is not None:
-        student_hidden = projection(student_hidden)
     if student_hidden.shape != teacher_hidden.shape:
         raise ValueError(
-            f"student hidden {tuple(student_hidden.shape)} and teacher hidden "
-            f"{tuple(teacher_hidden.shape)} differ; pass a HiddenProjection when widths differ"
+            f"student hidden {tuple(student_hidden.shape)} and teacher hidden {tuple(teacher_hidden.shape)} differ"
         )
     if attention_mask.shape != teacher_hidden.shape[:2]:
         raise ValueError(

@@ -25,7 +25,7 @@ from distill.data.datasets import PreparedData
 from distill.data.encoded import EncodedDataset
 from distill.data.tokenize import TextEncoder
 from distill.errors import UserError
-from distill.losses import combine, parse_relations, relation_loss
+from distill.losses import combine, hidden_mse, parse_relations, relation_loss
 from distill.models.architectures import architecture
 from distill.models.features import FeatureExtractor, Features
 from distill.models.pruning import prune_vocabulary, unprunable
@@ -308,6 +308,16 @@ class RelationTransfer:
                 'set relation_heads to a divisor of every width, or [teacher.ensemble] relation_targets = "member"',
             )
         self.heads = heads.pop()
+        self.hidden_weight = settings.hidden_weight
+        if self.hidden_weight:
+            widths = {AttentionShape.of(model.config).width for model in teachers}
+            if widths != {shape_S.width}:
+                raise UserError(
+                    f"hidden_weight compares hidden states, but the teacher's width is {'/'.join(map(str, sorted(widths)))} "
+                    f"and the student's {shape_S.width}",
+                    f"{where} hidden_weight",
+                    "give the student the teacher's width, or set hidden_weight = 0 (the relations bridge widths)",
+                )
         self._teachers = [(FeatureExtractor(model), architecture(model.config).uses_token_types(model.config)) for model in teachers]
         self._student: FeatureExtractor | None = None
 
@@ -327,7 +337,24 @@ class RelationTransfer:
         return features_T, self._student.extract(**inputs_S)
 
     def loss(self, features_T: list[Features], features_S: Features) -> Tensor:
+        """The relation loss alone (what the stages probe on dev)."""
         return relation_loss(features_T, features_S, self.teacher_layer, self.student_layer, self.relations, self.heads, self.weights)
+
+    def hidden_loss(self, features_T: list[Features], features_S: Features) -> Tensor:
+        """The hidden-state MSE between the two layers' outputs (an ensemble's: weighted over members)."""
+        student = features_S.hidden_states[1:][self.student_layer]  # (batch, seq, width); [0] is the embeddings
+        per_teacher = [
+            weight * hidden_mse(student, features.hidden_states[1:][self.teacher_layer], features_S.attention_mask)
+            for features, weight in zip(features_T, self.weights, strict=True)
+        ]
+        return torch.stack(per_teacher).sum() / sum(self.weights)
+
+    def terms(self, features_T: list[Features], features_S: Features, relation_weight: float) -> dict[str, tuple[float, Tensor]]:
+        """The weighted loss terms for `combine`; a term of weight 0 is not computed."""
+        terms = {"relation": (relation_weight, self.loss(features_T, features_S))} if relation_weight else {}
+        if self.hidden_weight:
+            terms["hidden"] = (self.hidden_weight, self.hidden_loss(features_T, features_S))
+        return terms
 
     def close(self) -> None:
         """Remove every hook, so the models are saved and copied as plain models."""
@@ -397,7 +424,7 @@ def relation_stage(
         def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
             inputs_T = batch["inputs"]
             features_T, features_S = transfer.features(model, inputs_T, pair.student_inputs(inputs_T))
-            return combine({"relation": (1.0, transfer.loss(features_T, features_S))})
+            return combine(transfer.terms(features_T, features_S, 1.0))
 
         result = train(
             pair.student,

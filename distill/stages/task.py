@@ -138,7 +138,7 @@ def label_loss_fn(
             logits_S = word_logits(features_S.logits, batch)
             # without a cache there is one teacher (an ensemble's outputs always come from the cache)
             logits_T = cache.logits[batch["index"]] if cache is not None else word_logits(features_T[0].logits, batch)
-            terms["relation"] = (weights.relation, transfer.loss(features_T, features_S))
+            terms.update(transfer.terms(features_T, features_S, weights.relation))
         elif mixup_alpha is not None:
             mixed = mix_inputs(model, inputs_S, mixup_alpha)
             logits_S = model(**mixed.inputs).logits
@@ -174,9 +174,9 @@ def label_loss_fn(
 
 def _loss_weights(section: TaskSpecificStage) -> LossWeights:
     weights = LossWeights(section.soft_weight, section.hard_weight, section.relation_weight)
-    if not (weights.soft or weights.hard or weights.relation):
+    if not (weights.soft or weights.hard or section.live_teacher):
         raise UserError(
-            "soft_weight, hard_weight and relation_weight are all 0: nothing to train",
+            "soft_weight, hard_weight, relation_weight and hidden_weight are all 0: nothing to train",
             "[stages.task_specific]",
             "set soft_weight and/or hard_weight above 0",
         )
@@ -209,7 +209,7 @@ def run_task_specific(run: Run, work: Path) -> dict[str, Any]:
 
     transfer = (
         RelationTransfer(teacher, pair.student, section, "[stages.task_specific]", relation_members(run, teacher, teacher_dir))
-        if weights.relation
+        if section.live_teacher
         else None
     )
     # soft labels from the cache, unless a live teacher gives them; an ensemble's always come from the cache
