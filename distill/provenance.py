@@ -30,7 +30,7 @@ def _git(*args: str, strip: bool = True) -> str | None:
         done = subprocess.run(
             ["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
         )
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):  # the last: a diff of non-UTF-8 text
         return None
     return done.stdout.strip() if strip else done.stdout
 
@@ -42,9 +42,12 @@ def _uncommitted_digest() -> str | None:
     untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", ".", strip=False)
     if diff is None or untracked is None:
         return None
-    digest = hashlib.sha256(diff.encode("utf-8", "surrogateescape"))
-    for name in sorted(filter(None, untracked.split("\0"))):
-        digest.update(name.encode("utf-8") + b"\0" + (PACKAGE_DIR / name).read_bytes())
+    digest = hashlib.sha256(diff.encode("utf-8"))
+    try:
+        for name in sorted(filter(None, untracked.split("\0"))):
+            digest.update(name.encode("utf-8") + b"\0" + (PACKAGE_DIR / name).read_bytes())
+    except OSError:  # a file gone or unreadable since git listed it: the edits cannot be named
+        return None
     return digest.hexdigest()
 
 

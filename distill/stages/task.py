@@ -116,7 +116,7 @@ def label_loss_fn(
     rdrop_alpha: float | None = None,
 ) -> LossFn:
     """TSD's loss: soft·(the family's soft loss, e.g. KL(teacher ‖ student at τ)·τ²) + hard·(its gold
-    loss, e.g. CE) + relation·relation loss.
+    loss, e.g. CE) + relation·relation loss + hidden·hidden-state MSE (the last two: `transfer.terms`).
 
     With a `transfer` the teacher runs live (its q/k/v are needed) and its logits come from the
     same pass unless a `cache` is given (a teacher ensemble's combined logits); else they come
