@@ -21,7 +21,10 @@ def _fresh_cache():
     provenance._code.cache_clear()
 
 
-@pytest.mark.parametrize("error", [FileNotFoundError("git"), subprocess.TimeoutExpired("git", 5.0)])
+@pytest.mark.parametrize(
+    "error",
+    [FileNotFoundError("git"), subprocess.TimeoutExpired("git", 5.0), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")],
+)
 def test_git_missing_or_hanging_gives_none_not_an_error(monkeypatch, error):
     def fail(*args, **kwargs):
         raise error
