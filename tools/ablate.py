@@ -102,6 +102,12 @@ VARIANTS = (
         "gold_only",
     ),
     Variant("tad_tsd_qk_vv", "TAD (qk,vv) + TSD", _relations(("task_adaptive", "task_specific"), MINILM), "gold_only"),
+    Variant(
+        "tad_tsd_hidden",
+        "TAD (qq,kk,vv + hidden-state MSE, weight 1) + TSD",
+        {"task_adaptive": {"relations": MINILM_V2, "hidden_weight": 1.0}, "task_specific": {"relations": MINILM_V2}},
+        "tad_tsd",
+    ),
     Variant("data_gold", "word-level students on gold labels only", {"data_distill": {"labels": "gold"}}, "data_gold"),
     Variant("data_hard", "data distillation, teacher argmax labels", {"data_distill": {"labels": "hard"}}, "data_gold"),
     Variant("data_soft", "data distillation, teacher soft labels", {"data_distill": {"labels": "soft"}}, "data_gold"),
