@@ -139,6 +139,16 @@ def commits_text(mixed: dict[str, str | None]) -> str:
     return ", ".join(f"{stage} {commit[:12] + commit[40:] if commit else 'unknown'}" for stage, commit in mixed.items())
 
 
+def mixed_code_text(mixed: dict[str, str | None]) -> str:
+    """`stages made by different code (prepare 1a2b3c4d5e6f, report ...)`, for notes and tables."""
+    return f"stages made by different code ({commits_text(mixed)})"
+
+
+def mixed_code_warning(run_dir: str, mixed: dict[str, str | None]) -> str:
+    """A table's warning line for one run whose stages came from different code."""
+    return f"**{MIXED_MARK}**: {run_dir} has {mixed_code_text(mixed)}."
+
+
 def stage_markers(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Stage name -> its done/NAME.json marker (config hash, metrics, seconds, finish time)."""
     paths = sorted((run_dir / "done").glob("*.json"))

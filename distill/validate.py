@@ -7,7 +7,7 @@ from pathlib import Path
 from distill.data.datasets import PreparedData, TaskData
 from distill.errors import UserError
 from distill.recipe import BUILTIN_PREFIX, AugmentSettings, Recipe
-from distill.stages.relations import AttentionShape, relation_heads
+from distill.stages.relations import AttentionShape, check_hidden_widths, relation_heads
 
 
 def _check_teacher(recipe: Recipe) -> tuple[list[str], AttentionShape]:
@@ -91,12 +91,7 @@ def _check_relation_heads(recipe: Recipe, teacher: AttentionShape) -> list[str]:
         if section is None or not section.enabled or (name == "task_specific" and not section.live_teacher):
             continue  # TSD without relation_weight or hidden_weight reads no teacher features
         heads = relation_heads(section.relation_heads, section.relations, teacher, student, f"[stages.{name}]")
-        if section.hidden_weight and teacher.width != student.width:
-            raise UserError(
-                f"hidden_weight compares hidden states, but the teacher's width is {teacher.width} and the student's {student.width}",
-                f"[stages.{name}] hidden_weight",
-                "give the student the teacher's width, or set hidden_weight = 0 (the relations bridge widths)",
-            )
+        check_hidden_widths(section.hidden_weight, teacher, student, f"[stages.{name}]")
         lines.append(
             f"{name}: {heads} relation heads ({', '.join(section.relations)}) "
             f"for widths {teacher.width} and {student.width}"

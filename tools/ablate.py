@@ -309,10 +309,7 @@ def markdown_table(
     minutes = "minutes: the variant's stages, shared by the word-level students of one data variant"
     minutes += "; an ensemble's, the sum of its members'." if subject == "Teacher" else "."
     mixed = {run["run_dir"]: run["mixed_code"] for row in rows for run in row.get("runs", []) if run.get("mixed_code")}
-    warnings = [
-        f"**{provenance.MIXED_MARK}**: {run_dir} has stages made by different code ({provenance.commits_text(commits)})."
-        for run_dir, commits in mixed.items()
-    ]
+    warnings = [provenance.mixed_code_warning(run_dir, commits) for run_dir, commits in mixed.items()]
     return "\n".join([*lines, "", minutes, *(line for warning in warnings for line in ("", warning))]) + "\n"
 
 

@@ -53,10 +53,10 @@ def compared_models(run: Run) -> dict[str, RunModel]:
     return {model.name: model for model in [teacher, *trained_students(run)]}
 
 
-def stage_provenance(run: Run) -> dict[str, dict[str, Any]]:
-    """Per finished stage: the commit and code tree that made it, and its seconds."""
+def stage_provenance(markers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per finished stage (its done marker): the commit and code tree that made it, and its seconds."""
     stages = {}
-    for stage, record in provenance.stage_markers(run.dir).items():
+    for stage, record in markers.items():
         made = record.get("provenance", {})
         stages[stage] = {"git_commit": made.get("git_commit"), "code_tree": made.get("code_tree"), "seconds": record.get("seconds")}
     return stages
@@ -184,8 +184,9 @@ def pooled_over_pairs(scored: list[tuple[SeedRun, SeedRun]], test: list, seed: i
 
 def _run_record(run: Run) -> dict[str, Any]:
     """Where a run is, the commits of its stages, `mixed_code` when they differ, and its resolved recipe."""
-    record = {"run_dir": str(run.dir), "stages": stage_provenance(run), "recipe": provenance.record(run.recipe)["recipe"]}
-    mixed = provenance.mixed_code(provenance.stage_markers(run.dir))
+    markers = provenance.stage_markers(run.dir)
+    record = {"run_dir": str(run.dir), "stages": stage_provenance(markers), "recipe": provenance.record(run.recipe)["recipe"]}
+    mixed = provenance.mixed_code(markers)
     if mixed:
         record["mixed_code"] = mixed
     return provenance.shareable(record)
@@ -194,11 +195,7 @@ def _run_record(run: Run) -> dict[str, Any]:
 def mixed_code_lines(result: dict[str, Any]) -> list[str]:
     """A warning per compared run whose stages were made by different code: its figures are not one code's."""
     runs = [*result["runs"].values(), *(record for pair in result["pairs"] for record in pair.values())]
-    return [
-        f"**{provenance.MIXED_MARK}**: {run['run_dir']} has stages made by different code ({provenance.commits_text(run['mixed_code'])})."
-        for run in runs
-        if run.get("mixed_code")
-    ]
+    return [provenance.mixed_code_warning(run["run_dir"], run["mixed_code"]) for run in runs if run.get("mixed_code")]
 
 
 def markdown(result: dict[str, Any], title_a: str, title_b: str) -> str:

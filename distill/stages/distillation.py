@@ -34,7 +34,7 @@ from distill.models.teacher import label_names, load_classifier, load_tokenizer,
 from distill.pipeline import Run
 from distill.recipe import GeneralStage, RelationSettings, TaskAdaptiveStage
 from distill.stages.common import copy_tokenizer, student_seed, text_encoder, train_config, write_metrics
-from distill.stages.relations import AttentionShape, relation_heads
+from distill.stages.relations import AttentionShape, check_hidden_widths, relation_heads
 from distill.train.loop import move_to_device, seed_everything, train
 
 PROBE_ROWS = 256  # dev rows on which relation stages measure the loss before and after training
@@ -309,15 +309,8 @@ class RelationTransfer:
             )
         self.heads = heads.pop()
         self.hidden_weight = settings.hidden_weight
-        if self.hidden_weight:
-            widths = {AttentionShape.of(model.config).width for model in teachers}
-            if widths != {shape_S.width}:
-                raise UserError(
-                    f"hidden_weight compares hidden states, but the teacher's width is {'/'.join(map(str, sorted(widths)))} "
-                    f"and the student's {shape_S.width}",
-                    f"{where} hidden_weight",
-                    "give the student the teacher's width, or set hidden_weight = 0 (the relations bridge widths)",
-                )
+        for model in teachers:
+            check_hidden_widths(self.hidden_weight, AttentionShape.of(model.config), shape_S, where)
         self._teachers = [(FeatureExtractor(model), architecture(model.config).uses_token_types(model.config)) for model in teachers]
         self._student: FeatureExtractor | None = None
 

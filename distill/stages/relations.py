@@ -54,6 +54,17 @@ def relation_heads(
     return max(d for d in range(1, min(common, PREFERRED_RELATION_HEADS) + 1) if common % d == 0)
 
 
+def check_hidden_widths(hidden_weight: float, teacher: AttentionShape, student: AttentionShape, section: str) -> None:
+    """The hidden-state MSE compares outputs feature by feature: with `hidden_weight` > 0 the
+    widths must match (distill has no learned map between widths; the relations bridge them)."""
+    if hidden_weight and teacher.width != student.width:
+        raise UserError(
+            f"hidden_weight compares hidden states, but the teacher's width is {teacher.width} and the student's {student.width}",
+            f"{section} hidden_weight",
+            "give the student the teacher's width, or set hidden_weight = 0 (the relations bridge widths)",
+        )
+
+
 def _attention_heads(requested: int | None, teacher: AttentionShape, student: AttentionShape, section: str) -> int:
     """MiniLM's R: the attention-head count that teacher and student must share."""
     if teacher.heads != student.heads:

@@ -350,7 +350,7 @@ def made_by(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
 
 def mixed_code_note(report: dict[str, Any]) -> str:
     mixed = report["provenance"].get("mixed_code")
-    return f"stages made by different code ({provenance.commits_text(mixed)})" if mixed else ""
+    return provenance.mixed_code_text(mixed) if mixed else ""
 
 
 def text_source_notes(run: Run) -> str:
